@@ -1,0 +1,778 @@
+"""Resumable, shardable CorLoc runner with CSV / Markdown reports.
+
+Layout of an output folder::
+
+    out/
+      records/meta.shard-<i>-of-<n>.json        settings of shard i (written atomically)
+      records/<method>.shard-<i>-of-<n>.jsonl   one JSON line per evaluated image
+      per_image.csv                             every (dataset, method, image) row
+      summary.md / summary.json                 CorLoc tables (one per dataset, and a
+                                                comparison table across datasets)
+      overlays/<method>/<image>.png             optional figures of the selected boxes
+
+Each per-image record is appended with a single ``write`` of a complete line,
+then flushed and ``fsync``-ed, as soon as it is computed. A resumed run reads
+the records back, drops a trailing partial line left by a kill mid-write, and
+skips the images already done. Summaries are written to a temporary file and
+atomically renamed. Images are assigned to shard ``index % num_shards``; the
+clustering seed is the same for every image, so a sharded run followed by
+:func:`merge_runs` gives exactly the unsharded result.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .corloc import STRATEGIES, CorLocProtocol, Selection, _check_strategies
+from .datasets import BoxDataset, ImageRecord, load_image
+
+__all__ = [
+    "MethodScore",
+    "CorLocSummary",
+    "run_corloc",
+    "merge_runs",
+    "read_records",
+    "summarize_records",
+    "comparison_table",
+    "write_reports",
+]
+
+logger = logging.getLogger(__name__)
+PathLike = Union[str, "os.PathLike[str]"]
+RECORDS_DIR = "records"
+_SAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+# --------------------------------------------------------------------------- summaries
+@dataclass(frozen=True)
+class MethodScore:
+    """CorLoc of one method with one strategy on one dataset.
+
+    Attributes
+    ----------
+    dataset, method, strategy : str
+    n_images : int
+        Images evaluated.
+    corloc : float
+        Fraction of images with reported IoU ``>=`` the threshold (NaN if none).
+    mean_iou : float
+        Mean reported IoU (outer box of the selected component).
+    n_no_component : int
+        Images where no component survived the filters (counted as misses).
+    """
+
+    dataset: str
+    method: str
+    strategy: str
+    n_images: int
+    corloc: float
+    mean_iou: float
+    n_no_component: int
+
+
+@dataclass
+class CorLocSummary:
+    """Scores of every method and strategy on one dataset.
+
+    Attributes
+    ----------
+    dataset : str
+    methods : list of str
+        In run order.
+    strategies : tuple of str
+    scores : list of MethodScore
+    n_expected : int
+        Images of the dataset assigned to the run (all shards).
+    n_skipped : int
+        Images of the dataset left out by the reader (no boxes).
+    protocol : dict
+        The protocol constants.
+    complete : bool
+        Every method has a record for every expected image.
+    """
+
+    dataset: str
+    methods: List[str]
+    strategies: Tuple[str, ...]
+    scores: List[MethodScore]
+    n_expected: int
+    n_skipped: int
+    protocol: Dict[str, Any]
+    complete: bool = True
+
+    def score(self, method: str, strategy: str) -> MethodScore:
+        """The :class:`MethodScore` of ``method`` with ``strategy``."""
+        for s in self.scores:
+            if s.method == method and s.strategy == strategy:
+                return s
+        raise KeyError(f"no score for method={method!r}, strategy={strategy!r}")
+
+    def corloc(self, method: str, strategy: str) -> float:
+        """CorLoc (fraction in [0, 1]) of ``method`` with ``strategy``."""
+        return self.score(method, strategy).corloc
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-serialisable representation."""
+        d = asdict(self)
+        d["strategies"] = list(self.strategies)
+        return d
+
+    def to_markdown(self) -> str:
+        """Markdown table: rows methods, columns strategies (CorLoc % and mean IoU)."""
+        p = self.protocol
+        lines = [
+            f"## CorLoc on {self.dataset}",
+            "",
+            f"CorLoc (%) = share of images whose selected component's outer box has "
+            f"IoU >= {p.get('iou_threshold')} with the matched ground-truth box "
+            f"(min_area={p.get('min_area')}, border={p.get('border')}, "
+            f"connectivity={p.get('connectivity')}). Images: {self.n_expected} evaluated"
+            f", {self.n_skipped} skipped (no boxes)."
+            + ("" if self.complete else " **Incomplete: some records are missing.**"),
+            "",
+        ]
+        head = ["method"] + [f"{s} CorLoc" for s in self.strategies]
+        head += [f"{s} mean IoU" for s in self.strategies] + ["images", "no component"]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
+        for m in self.methods:
+            row = [m]
+            row += [_pct(self.corloc(m, s)) for s in self.strategies]
+            row += [_num(self.score(m, s).mean_iou) for s in self.strategies]
+            first = self.score(m, self.strategies[0])
+            row += [str(first.n_images), str(first.n_no_component)]
+            lines.append("| " + " | ".join(row) + " |")
+        return "\n".join(lines) + "\n"
+
+
+def _pct(v: float) -> str:
+    return "n/a" if v is None or math.isnan(v) else f"{100.0 * v:.1f}"
+
+
+def _num(v: float) -> str:
+    return "n/a" if v is None or math.isnan(v) else f"{v:.3f}"
+
+
+def summarize_records(
+    records: Mapping[str, Sequence[Mapping[str, Any]]],
+    *,
+    dataset: str,
+    strategies: Sequence[str],
+    protocol: Mapping[str, Any],
+    n_expected: Optional[int] = None,
+    n_skipped: int = 0,
+) -> CorLocSummary:
+    """Aggregate per-image records into a :class:`CorLocSummary`.
+
+    Parameters
+    ----------
+    records : mapping of method name to list of records
+        As written by :func:`run_corloc` (see :func:`read_records`).
+    dataset : str
+    strategies : sequence of str
+    protocol : mapping
+        Protocol constants, for the table caption.
+    n_expected : int, optional
+        Images each method should have; ``complete`` is False when one has fewer.
+    n_skipped : int, default 0
+    """
+    strategies = _check_strategies(strategies)
+    scores: List[MethodScore] = []
+    complete = True
+    for method, recs in records.items():
+        if n_expected is not None and len(recs) < n_expected:
+            complete = False
+        for s in strategies:
+            correct = [bool(r[s]["correct"]) for r in recs]
+            ious = [float(r[s]["iou"]) for r in recs]
+            scores.append(
+                MethodScore(
+                    dataset=dataset,
+                    method=method,
+                    strategy=s,
+                    n_images=len(recs),
+                    corloc=float(np.mean(correct)) if correct else math.nan,
+                    mean_iou=float(np.mean(ious)) if ious else math.nan,
+                    n_no_component=sum(1 for r in recs if r[s]["component"] < 0),
+                )
+            )
+    return CorLocSummary(
+        dataset=dataset,
+        methods=list(records),
+        strategies=strategies,
+        scores=scores,
+        n_expected=n_expected if n_expected is not None else max((len(v) for v in records.values()), default=0),
+        n_skipped=n_skipped,
+        protocol=dict(protocol),
+        complete=complete,
+    )
+
+
+def comparison_table(summaries: Sequence[CorLocSummary], *, metric: str = "corloc") -> str:
+    """Markdown comparison like the paper's Table 3 / 5.
+
+    Rows are ``method (strategy)``, columns are datasets; cells are CorLoc (%)
+    or mean IoU. With a single dataset this is the same information as
+    :meth:`CorLocSummary.to_markdown` in the paper's layout.
+
+    Parameters
+    ----------
+    summaries : sequence of CorLocSummary
+        One per dataset (methods may differ; missing cells show ``-``).
+    metric : {"corloc", "mean_iou"}, default "corloc"
+    """
+    if metric not in ("corloc", "mean_iou"):
+        raise ValueError(f"metric: expected 'corloc' or 'mean_iou', got {metric!r}")
+    datasets = [s.dataset for s in summaries]
+    rows: List[Tuple[str, str]] = []
+    for s in summaries:
+        for m in s.methods:
+            for st in s.strategies:
+                if (m, st) not in rows:
+                    rows.append((m, st))
+    head = ["method (strategy)"] + datasets
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m, st in rows:
+        cells = [f"{m} ({st}-box)"]
+        for s in summaries:
+            try:
+                sc = s.score(m, st)
+            except KeyError:
+                cells.append("-")
+                continue
+            cells.append(_pct(sc.corloc) if metric == "corloc" else _num(sc.mean_iou))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- files
+def _safe_name(name: str) -> str:
+    safe = _SAFE.sub("_", name).strip("._") or "method"
+    return safe
+
+
+def _shard_tag(index: int, num: int) -> str:
+    return f"shard-{index}-of-{num}"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_records(path: PathLike, *, repair: bool = False) -> List[Dict[str, Any]]:
+    """Read a JSON-lines records file written by :func:`run_corloc`.
+
+    A trailing partial line (a kill in the middle of a write) is ignored, and
+    removed from the file when ``repair`` is True. A malformed complete line
+    raises ``ValueError`` naming the file and line.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return []
+    data = p.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        warnings.warn(
+            f"{p}: ignoring a partial last line of {len(data) - end} bytes "
+            "(interrupted write); that image will be recomputed",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        if repair:
+            with open(p, "r+b") as fh:
+                fh.truncate(end)
+                fh.flush()
+                os.fsync(fh.fileno())
+    out: List[Dict[str, Any]] = []
+    for lineno, line in enumerate(data[:end].decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{p}: line {lineno} is not valid JSON ({exc}); the file is corrupt") from None
+        if not isinstance(rec, dict) or "image_id" not in rec:
+            raise ValueError(f"{p}: line {lineno} is not a CorLoc record")
+        out.append(rec)
+    return out
+
+
+class _AppendLog:
+    """Append complete lines with one ``os.write`` each, then ``fsync``."""
+
+    def __init__(self, path: Path, fsync: bool = True) -> None:
+        self.fd = os.open(str(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.fsync = fsync
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        data = (json.dumps(record, sort_keys=True, allow_nan=True) + "\n").encode("utf-8")
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        if self.fsync:
+            os.fsync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+# --------------------------------------------------------------------------- overlays
+def _save_overlay(
+    path: Path,
+    image: np.ndarray,
+    record: ImageRecord,
+    selections: Mapping[str, Selection],
+    title: str,
+) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    strategies = list(selections)
+    fig = Figure(figsize=(4 * len(strategies), 4), dpi=100)
+    FigureCanvasAgg(fig)
+    colours = {"selection": "tab:blue", "outer": "tab:red", "gt": "lime"}
+    for k, s in enumerate(strategies):
+        ax = fig.add_subplot(1, len(strategies), k + 1)
+        ax.imshow(image)
+        for b in record.boxes:
+            ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False,
+                                   ec=colours["gt"], lw=2))
+        sel = selections[s]
+        if sel.outer_box is not None:
+            b = sel.outer_box
+            ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False,
+                                   ec=colours["outer"], lw=2))
+            if s == "inner" and sel.selection_box is not None:
+                b = sel.selection_box
+                ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False,
+                                       ec=colours["selection"], lw=2, ls="--"))
+        ax.set_title(f"{s}: IoU={sel.iou:.2f}" + (" ok" if sel.correct else ""), fontsize=9)
+        ax.set_xlim(0, image.shape[1])
+        ax.set_ylim(image.shape[0], 0)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(str(path))
+
+
+# --------------------------------------------------------------------------- runner
+def _check_shards(num_shards: object, shard_index: object) -> Tuple[int, int]:
+    if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
+        raise ValueError(f"num_shards: expected a positive int, got {num_shards!r}")
+    if (
+        isinstance(shard_index, bool)
+        or not isinstance(shard_index, int)
+        or not 0 <= shard_index < num_shards
+    ):
+        raise ValueError(f"shard_index: expected an int in [0, {num_shards - 1}], got {shard_index!r}")
+    return num_shards, shard_index
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, sort_keys=True, default=repr))
+
+
+def run_corloc(
+    dataset: BoxDataset,
+    methods: Mapping[str, Any],
+    out_dir: PathLike,
+    *,
+    strategies: Sequence[str] = STRATEGIES,
+    protocol: Optional[CorLocProtocol] = None,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    overwrite: bool = False,
+    overlays: bool = False,
+    progress: bool = False,
+    fsync: bool = True,
+    on_record: Optional[Callable[[str, Dict[str, Any]], None]] = None,
+) -> CorLocSummary:
+    """Evaluate segmenters on a box dataset with the CorLoc protocol.
+
+    Parameters
+    ----------
+    dataset : BoxDataset
+        From :func:`~captum_nave.evaluation.read_voc`, ``read_coco`` or ``read_folder``.
+    methods : mapping of str to segmenter
+        Name -> callable ``segmenter(image (H, W, 3) uint8) -> labels (H', W')``
+        with a ``config()`` method (:class:`NaveSegmenter`, :class:`SlicSegmenter`, ...).
+        Several models in one run give a comparison table.
+    out_dir : path
+        Output folder (created); see the module docstring for its layout.
+    strategies : sequence of {"inner", "outer"}, default both
+    protocol : CorLocProtocol, optional
+        Protocol constants; the paper's by default.
+    num_shards, shard_index : int, default 1, 0
+        Evaluate only the images with ``index % num_shards == shard_index``.
+        Combine shards with :func:`merge_runs`.
+    overwrite : bool, default False
+        Discard this shard's previous records instead of resuming from them.
+    overlays : bool, default False
+        Save a PNG per (method, image) with the ground truth and selected boxes.
+    progress : bool, default False
+        Show a tqdm progress bar on stderr.
+    fsync : bool, default True
+        ``fsync`` after every record (durability against power loss / kills).
+    on_record : callable, optional
+        Called as ``on_record(method, record)`` after each record is on disk.
+
+    Returns
+    -------
+    CorLocSummary
+        Scores of this shard's images. With a single shard, ``per_image.csv``,
+        ``summary.md`` and ``summary.json`` are written too.
+
+    Raises
+    ------
+    ValueError
+        When ``out_dir`` holds records made with different settings.
+    """
+    if not isinstance(dataset, BoxDataset):
+        raise TypeError(f"dataset: expected a BoxDataset, got {type(dataset).__name__}")
+    if not isinstance(methods, Mapping) or not methods:
+        raise ValueError(f"methods: expected a non-empty mapping name -> segmenter, got {methods!r}")
+    for name, m in methods.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"methods: names must be non-empty strings, got {name!r}")
+        if not callable(m) or not callable(getattr(m, "config", None)):
+            raise TypeError(
+                f"methods[{name!r}]: expected a segmenter (callable with a config() method), "
+                f"got {type(m).__name__}"
+            )
+    safe = {n: _safe_name(n) for n in methods}
+    if len(set(safe.values())) != len(safe):
+        raise ValueError(f"methods: names collide once made file-safe: {safe}")
+    strategies = _check_strategies(strategies)
+    protocol = protocol if protocol is not None else CorLocProtocol()
+    if not isinstance(protocol, CorLocProtocol):
+        raise TypeError(f"protocol: expected a CorLocProtocol, got {type(protocol).__name__}")
+    num_shards, shard_index = _check_shards(num_shards, shard_index)
+
+    out = Path(out_dir)
+    rec_dir = out / RECORDS_DIR
+    rec_dir.mkdir(parents=True, exist_ok=True)
+    tag = _shard_tag(shard_index, num_shards)
+    indices = [i for i in range(len(dataset)) if i % num_shards == shard_index]
+    meta = {
+        "dataset": dataset.name,
+        "n_dataset": len(dataset),
+        "n_skipped": dataset.n_skipped,
+        "num_shards": num_shards,
+        "shard_index": shard_index,
+        "n_shard": len(indices),
+        "strategies": list(strategies),
+        "protocol": protocol.to_dict(),
+        "methods": {n: _jsonable(m.config()) for n, m in methods.items()},
+        "files": {n: f"{safe[n]}.{tag}.jsonl" for n in methods},
+    }
+    meta_path = rec_dir / f"meta.{tag}.json"
+    if overwrite:
+        for n in methods:
+            (rec_dir / meta["files"][n]).unlink(missing_ok=True)
+    elif meta_path.is_file():
+        old = json.loads(meta_path.read_text())
+        for key in ("dataset", "num_shards", "strategies", "protocol"):
+            if old.get(key) != meta[key]:
+                raise ValueError(
+                    f"out_dir: {out} holds results with a different {key} "
+                    f"({old.get(key)!r}, now {meta[key]!r}); use another output folder or "
+                    "overwrite=True (CLI: --overwrite)"
+                )
+        for n in methods:
+            if n in old.get("methods", {}) and old["methods"][n] != meta["methods"][n]:
+                raise ValueError(
+                    f"out_dir: {out} holds results of method {n!r} with different settings "
+                    f"({old['methods'][n]}, now {meta['methods'][n]}); use another output "
+                    "folder, another method name, or overwrite=True (CLI: --overwrite)"
+                )
+        # keep methods of earlier runs in the meta so that merges still find them
+        for n, cfg in old.get("methods", {}).items():
+            if n not in meta["methods"]:
+                meta["methods"][n] = cfg
+                meta["files"][n] = old["files"][n]
+    _atomic_write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True))
+
+    done: Dict[str, Dict[str, Dict[str, Any]]] = {}
+    for n in methods:
+        recs = read_records(rec_dir / meta["files"][n], repair=True)
+        done[n] = {r["image_id"]: r for r in recs}
+    logs = {n: _AppendLog(rec_dir / meta["files"][n], fsync=fsync) for n in methods}
+    try:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(indices, desc=f"CorLoc {dataset.name}", unit="img", disable=not progress)
+        for idx in bar:
+            rec = dataset[idx]
+            todo = [n for n in methods if rec.image_id not in done[n]]
+            if not todo:
+                continue
+            image = load_image(rec)
+            for n in todo:
+                t0 = time.perf_counter()
+                labels = np.asarray(methods[n](image))
+                if labels.ndim != 2 or labels.shape[0] < rec.height or labels.shape[1] < rec.width:
+                    raise ValueError(
+                        f"methods[{n!r}] returned labels of shape {labels.shape} for image "
+                        f"{rec.image_id!r} of size {rec.height}x{rec.width}: expected (H', W') "
+                        "covering the image (padding only at the bottom / right)"
+                    )
+                sels = protocol.evaluate(labels, rec.boxes, strategies)
+                seconds = time.perf_counter() - t0
+                record: Dict[str, Any] = {
+                    "image_id": rec.image_id,
+                    "index": idx,
+                    "width": rec.width,
+                    "height": rec.height,
+                    "labels_shape": [int(labels.shape[0]), int(labels.shape[1])],
+                    "n_gt": int(len(rec.boxes)),
+                    "n_components": sels[strategies[0]].n_components,
+                    "seconds": round(seconds, 4),
+                }
+                for s in strategies:
+                    record[s] = sels[s].to_dict()
+                logs[n].append(record)
+                done[n][rec.image_id] = record
+                if overlays:
+                    _save_overlay(
+                        out / "overlays" / safe[n] / f"{_safe_name(rec.image_id)}.png",
+                        image, rec, sels, f"{n} - {rec.image_id}",
+                    )
+                if on_record is not None:
+                    on_record(n, record)
+    finally:
+        for log in logs.values():
+            log.close()
+
+    wanted = {dataset[i].image_id for i in indices}
+    records = {n: [r for r in done[n].values() if r["image_id"] in wanted] for n in methods}
+    for n in records:
+        records[n].sort(key=lambda r: r["index"])
+    summary = summarize_records(
+        records,
+        dataset=dataset.name,
+        strategies=strategies,
+        protocol=protocol.to_dict(),
+        n_expected=len(indices),
+        n_skipped=dataset.n_skipped,
+    )
+    if num_shards == 1:
+        write_reports(out, [summary], {dataset.name: records})
+    return summary
+
+
+# --------------------------------------------------------------------------- merge
+def merge_runs(
+    run_dirs: Union[PathLike, Sequence[PathLike]],
+    out_dir: Optional[PathLike] = None,
+) -> List[CorLocSummary]:
+    """Merge shard records (possibly from several folders) and write the reports.
+
+    Records of the same dataset are combined across shards; different datasets
+    give one summary each and a cross-dataset comparison table.
+
+    Parameters
+    ----------
+    run_dirs : path or sequence of paths
+        Output folders of :func:`run_corloc` (each with a ``records/`` folder).
+    out_dir : path, optional
+        Where to write ``per_image.csv``, ``summary.md``, ``summary.json``;
+        default: the first of ``run_dirs``.
+
+    Returns
+    -------
+    list of CorLocSummary
+        One per dataset, in the order first seen.
+
+    Raises
+    ------
+    ValueError
+        When shards of one dataset disagree on settings, or records conflict.
+    """
+    dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, os.PathLike)) else [Path(d) for d in run_dirs]
+    if not dirs:
+        raise ValueError("run_dirs: expected at least one folder, got none")
+    metas: List[Tuple[Path, Dict[str, Any]]] = []
+    for d in dirs:
+        rd = d / RECORDS_DIR
+        found = sorted(rd.glob("meta.shard-*-of-*.json")) if rd.is_dir() else []
+        if not found:
+            raise FileNotFoundError(f"run_dirs: no CorLoc records in {d} (expected {rd}/meta.shard-*.json)")
+        for mp in found:
+            try:
+                metas.append((mp.parent, json.loads(mp.read_text())))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{mp}: malformed JSON ({exc})") from None
+
+    by_dataset: Dict[str, List[Tuple[Path, Dict[str, Any]]]] = {}
+    for rd, meta in metas:
+        by_dataset.setdefault(meta["dataset"], []).append((rd, meta))
+
+    summaries: List[CorLocSummary] = []
+    all_records: Dict[str, Dict[str, List[Dict[str, Any]]]] = {}
+    for name, group in by_dataset.items():
+        ref = group[0][1]
+        for rd, meta in group[1:]:
+            for key in ("num_shards", "strategies", "protocol"):
+                if meta[key] != ref[key]:
+                    raise ValueError(
+                        f"merge: shards of {name!r} disagree on {key}: {ref[key]!r} vs "
+                        f"{meta[key]!r} ({rd})"
+                    )
+        method_cfg: Dict[str, Any] = {}
+        for rd, meta in group:
+            for m, cfg in meta["methods"].items():
+                if m in method_cfg and method_cfg[m] != cfg:
+                    raise ValueError(f"merge: method {m!r} of {name!r} has different settings across shards ({rd})")
+                method_cfg.setdefault(m, cfg)
+        shard_counts: Dict[int, int] = {}
+        for _, meta in group:
+            shard_counts[meta["shard_index"]] = max(shard_counts.get(meta["shard_index"], 0), meta["n_shard"])
+        num_shards = ref["num_shards"]
+        missing = sorted(set(range(num_shards)) - set(shard_counts))
+        if missing:
+            warnings.warn(
+                f"merge: dataset {name!r} is missing shard(s) {missing} of {num_shards}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        n_expected = sum(shard_counts.values()) if not missing else None
+        records: Dict[str, Dict[str, Dict[str, Any]]] = {m: {} for m in method_cfg}
+        for rd, meta in group:
+            for m, fname in meta["files"].items():
+                for r in read_records(rd / fname):
+                    prev = records[m].get(r["image_id"])
+                    if prev is not None and _strip_time(prev) != _strip_time(r):
+                        raise ValueError(
+                            f"merge: conflicting records for image {r['image_id']!r}, method {m!r} "
+                            f"in {rd / fname}"
+                        )
+                    records[m].setdefault(r["image_id"], r)
+        ordered = {m: sorted(v.values(), key=lambda r: r["index"]) for m, v in records.items()}
+        summary = summarize_records(
+            ordered,
+            dataset=name,
+            strategies=ref["strategies"],
+            protocol=ref["protocol"],
+            n_expected=n_expected,
+            n_skipped=ref.get("n_skipped", 0),
+        )
+        if missing:
+            summary.complete = False
+        summaries.append(summary)
+        all_records[name] = ordered
+    write_reports(Path(out_dir) if out_dir is not None else dirs[0], summaries, all_records)
+    return summaries
+
+
+def _strip_time(r: Mapping[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in r.items() if k != "seconds"}
+
+
+# --------------------------------------------------------------------------- reports
+def _csv_rows(
+    dataset: str, method: str, recs: Iterable[Mapping[str, Any]], strategies: Sequence[str]
+) -> Iterable[Dict[str, Any]]:
+    for r in recs:
+        row: Dict[str, Any] = {
+            "dataset": dataset,
+            "method": method,
+            "image_id": r["image_id"],
+            "index": r["index"],
+            "width": r["width"],
+            "height": r["height"],
+            "n_gt": r["n_gt"],
+            "n_components": r["n_components"],
+            "seconds": r["seconds"],
+        }
+        for s in strategies:
+            sel = r[s]
+            row[f"{s}_correct"] = int(bool(sel["correct"]))
+            row[f"{s}_iou"] = f"{sel['iou']:.6f}"
+            row[f"{s}_selection_iou"] = f"{sel['selection_iou']:.6f}"
+            row[f"{s}_cluster"] = sel["cluster"]
+            row[f"{s}_gt_index"] = sel["gt_index"]
+            box = sel["outer_box"] or [""] * 4
+            for k, v in zip(("x_min", "y_min", "x_max", "y_max"), box):
+                row[f"{s}_outer_{k}"] = v
+        yield row
+
+
+def write_reports(
+    out_dir: PathLike,
+    summaries: Sequence[CorLocSummary],
+    records: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]],
+) -> Dict[str, Path]:
+    """Write ``per_image.csv``, ``summary.md`` and ``summary.json`` (atomically).
+
+    Parameters
+    ----------
+    out_dir : path
+    summaries : sequence of CorLocSummary
+        One per dataset.
+    records : mapping dataset -> method -> records
+        Per-image records for the CSV.
+
+    Returns
+    -------
+    dict
+        ``{"csv": path, "markdown": path, "json": path}``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    strategies_all: List[str] = []
+    for s in summaries:
+        for st in s.strategies:
+            if st not in strategies_all:
+                strategies_all.append(st)
+    buf = io.StringIO()
+    writer: Optional[csv.DictWriter] = None
+    for s in summaries:
+        for m in s.methods:
+            for row in _csv_rows(s.dataset, m, records.get(s.dataset, {}).get(m, []), strategies_all):
+                if writer is None:
+                    writer = csv.DictWriter(buf, fieldnames=list(row), lineterminator="\n")
+                    writer.writeheader()
+                writer.writerow(row)
+    if writer is None:
+        buf.write("dataset,method,image_id\n")
+    paths = {"csv": out / "per_image.csv", "markdown": out / "summary.md", "json": out / "summary.json"}
+    _atomic_write_text(paths["csv"], buf.getvalue())
+    md = ["# CorLoc results", ""]
+    for s in summaries:
+        md.append(s.to_markdown())
+    if len(summaries) > 1 or any(len(s.methods) > 1 for s in summaries):
+        md += ["## Comparison (CorLoc %, rows: method (selection strategy), columns: datasets)", ""]
+        md.append(comparison_table(summaries))
+    _atomic_write_text(paths["markdown"], "\n".join(md))
+    _atomic_write_text(
+        paths["json"],
+        json.dumps([s.to_dict() for s in summaries], indent=2, sort_keys=True, default=repr),
+    )
+    return paths
