@@ -1,0 +1,325 @@
+"""Exact k-means on implicit Algorithm-1 features.
+
+Lloyd's algorithm with greedy k-means++ seeding (as scikit-learn's ``KMeans``), run
+on :class:`~captum_nave.features.ImplicitFeatures` without ever building the
+``H*W x sum(C)`` matrix:
+
+* assignment: ``||f - c||^2 = ||f||^2 - 2 f.c + ||c||^2`` where ``f.c`` comes from
+  :meth:`ImplicitFeatures.dot` (contraction at each layer's own resolution, then only
+  the K-channel maps are upsampled);
+* update: ``c_k = sum_p [label(p) = k] f(p) / n_k`` from
+  :meth:`ImplicitFeatures.weighted_sum` (the adjoint of the interpolation applied to
+  the K assignment maps).
+
+Both steps are exact, so the labels equal those of k-means on the materialised
+matrix from the same initial centroids (up to floating-point ties). Images are
+clustered in a batch: ``shared=False`` runs N independent k-means problems in
+lock-step (centroids of shape (N, K, D)); ``shared=True`` clusters all pixels of the
+batch together (centroids (1, K, D)). Everything runs on the activations' device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+from ..features import ImplicitFeatures
+
+__all__ = ["KMeansResult", "kmeans_plusplus", "lloyd", "implicit_kmeans", "make_generator"]
+
+
+@dataclass
+class KMeansResult:
+    """Outcome of :func:`implicit_kmeans`.
+
+    Attributes
+    ----------
+    labels : LongTensor of shape (N, H, W)
+    centers : Tensor of shape (G, K, D)
+        G = N for per-image clustering, 1 for a shared clustering.
+    inertia : Tensor of shape (G,)
+        Sum of squared distances of each group's pixels to their centroid.
+    n_iter : int
+        Lloyd iterations of the returned run.
+    """
+
+    labels: Tensor
+    centers: Tensor
+    inertia: Tensor
+    n_iter: int
+
+
+def make_generator(random_state, device: torch.device) -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded from an int, a Generator or None."""
+    if isinstance(random_state, torch.Generator):
+        return random_state
+    g = torch.Generator(device=device)
+    if random_state is None:
+        g.seed()
+    else:
+        if isinstance(random_state, bool) or not isinstance(random_state, int):
+            raise TypeError(f"random_state: expected an int, a torch.Generator or None, got {random_state!r}")
+        g.manual_seed(int(random_state))
+    return g
+
+
+def _groups(feats: ImplicitFeatures, shared: bool) -> int:
+    return 1 if shared else feats.n_images
+
+
+def _as_group_maps(x: Tensor, shared: bool) -> Tensor:
+    """(N, M, H, W) -> (G, M, N*H*W or H*W): one row of pixels per group."""
+    n, m, h, w = x.shape
+    if shared:
+        return x.permute(1, 0, 2, 3).reshape(1, m, n * h * w)
+    return x.reshape(n, m, h * w)
+
+
+def _flat_pixels(x: Tensor, shared: bool) -> Tensor:
+    """(N, H, W) -> (G, P)."""
+    return x.reshape(1, -1) if shared else x.reshape(x.shape[0], -1)
+
+
+def _pixel_coords(flat: Tensor, group: Tensor, feats: ImplicitFeatures, shared: bool):
+    H, W = feats.grid
+    if shared:
+        n = flat // (H * W)
+        rem = flat % (H * W)
+    else:
+        n = group
+        rem = flat
+    return n, rem // W, rem % W
+
+
+def _sq_dist(feats: ImplicitFeatures, centers: Tensor, shared: bool) -> Tensor:
+    """Squared distances of every pixel to every centre, (G, K, P)."""
+    dots = _as_group_maps(feats.dot(centers), shared)  # (G, K, P)
+    fn = _flat_pixels(feats.sq_norms(), shared).unsqueeze(1)  # (G, 1, P)
+    cn = centers.pow(2).sum(-1).unsqueeze(-1)  # (G, K, 1)
+    return (fn - 2 * dots + cn).clamp_min(0)
+
+
+def kmeans_plusplus(
+    feats: ImplicitFeatures,
+    n_clusters: int,
+    *,
+    shared: bool = False,
+    generator: torch.Generator,
+    n_local_trials: Optional[int] = None,
+) -> Tensor:
+    """Greedy k-means++ seeding on implicit features.
+
+    The first centre is a uniformly drawn pixel; each next one is the best (lowest
+    potential) of ``n_local_trials`` candidates drawn with probability proportional to
+    the squared distance to the closest chosen centre (Arthur & Vassilvitskii 2007;
+    the greedy variant of scikit-learn, ``2 + log(K)`` trials by default).
+
+    Returns
+    -------
+    Tensor of shape (G, K, D)
+        Initial centres; G = 1 if ``shared`` else N.
+    """
+    G = _groups(feats, shared)
+    dev = feats.device
+    P = feats.n_pixels * (feats.n_images if shared else 1)
+    L = n_local_trials if n_local_trials is not None else 2 + int(math.log(n_clusters))
+    group_ids = torch.arange(G, device=dev)
+    centers = torch.zeros(G, n_clusters, feats.dim, dtype=feats.dtype, device=dev)
+
+    first = torch.randint(P, (G,), generator=generator, device=dev)
+    centers[:, 0] = feats.rows(*_pixel_coords(first, group_ids, feats, shared))
+    closest = _sq_dist(feats, centers[:, :1], shared)[:, 0]  # (G, P)
+    for k in range(1, n_clusters):
+        weights = closest.clamp_min(0)
+        total = weights.sum(1, keepdim=True)
+        # all points identical to the chosen centres: fall back to uniform draws
+        weights = torch.where(total > 0, weights, torch.ones_like(weights))
+        cand = torch.multinomial(weights, L, replacement=True, generator=generator)  # (G, L)
+        cg = group_ids.unsqueeze(1).expand(G, L).reshape(-1)
+        cand_rows = feats.rows(*_pixel_coords(cand.reshape(-1), cg, feats, shared))
+        cand_rows = cand_rows.reshape(G, L, feats.dim)
+        d = _sq_dist(feats, cand_rows, shared)  # (G, L, P)
+        d = torch.minimum(d, closest.unsqueeze(1))
+        pot = d.sum(-1)  # (G, L)
+        best = pot.argmin(1)  # (G,)
+        centers[:, k] = cand_rows[group_ids, best]
+        closest = d[group_ids, best]
+    return centers
+
+
+def _random_init(feats: ImplicitFeatures, n_clusters: int, *, shared: bool, generator) -> Tensor:
+    """K distinct pixels drawn uniformly per group, as centres (G, K, D)."""
+    G = _groups(feats, shared)
+    P = feats.n_pixels * (feats.n_images if shared else 1)
+    dev = feats.device
+    picks = torch.stack([torch.randperm(P, generator=generator, device=dev)[:n_clusters] for _ in range(G)])
+    gid = torch.arange(G, device=dev).unsqueeze(1).expand_as(picks).reshape(-1)
+    rows = feats.rows(*_pixel_coords(picks.reshape(-1), gid, feats, shared))
+    return rows.reshape(G, n_clusters, feats.dim)
+
+
+def _update(feats: ImplicitFeatures, labels: Tensor, n_clusters: int, shared: bool):
+    """Sums and counts per cluster: (G, K, D), (G, K)."""
+    onehot = torch.nn.functional.one_hot(labels, n_clusters).permute(0, 3, 1, 2).to(feats.dtype)
+    sums = feats.weighted_sum(onehot, per_image=not shared)
+    if shared:
+        sums = sums.unsqueeze(0)
+        counts = onehot.sum((0, 2, 3)).unsqueeze(0)
+    else:
+        counts = onehot.sum((2, 3))
+    return sums, counts
+
+
+def lloyd(
+    feats: ImplicitFeatures,
+    centers: Tensor,
+    *,
+    shared: bool = False,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+):
+    """Lloyd iterations from given centres.
+
+    Stops when no label changes (strict convergence) or when the squared centre shift
+    of every group is at most ``tol`` times the mean feature variance (scikit-learn's
+    criterion). Empty clusters are moved to the pixel farthest from its centre.
+
+    Parameters
+    ----------
+    feats : ImplicitFeatures
+    centers : Tensor of shape (G, K, D)
+    shared : bool
+    max_iter : int
+    tol : float
+
+    Returns
+    -------
+    labels : LongTensor (N, H, W); centers : Tensor (G, K, D); inertia : Tensor (G,);
+    n_iter : int
+    """
+    G, K, _ = centers.shape
+    N = feats.n_images
+    H, W = feats.grid
+    centers = centers.to(feats.dtype).clone()
+    tol_abs = tol * _mean_variance(feats, shared)  # (G,)
+    labels_prev: Optional[Tensor] = None
+    n_iter = 0
+    for n_iter in range(1, max_iter + 1):
+        d = _sq_dist(feats, centers, shared)  # (G, K, P)
+        mind, lab = d.min(1)
+        labels = lab.reshape(N, H, W)
+        sums, counts = _update(feats, labels, K, shared)
+        new_centers = sums / counts.clamp_min(1).unsqueeze(-1)
+        empty = counts == 0
+        if bool(empty.any()):
+            new_centers = _relocate_empty(feats, new_centers, empty, mind, shared)
+        shift = (new_centers - centers).pow(2).sum((1, 2))
+        centers = new_centers
+        if labels_prev is not None and bool(torch.equal(labels, labels_prev)):
+            break
+        if bool((shift <= tol_abs).all()):
+            break
+        labels_prev = labels
+    # final assignment with the final centres (as scikit-learn does)
+    d = _sq_dist(feats, centers, shared)
+    mind, lab = d.min(1)
+    labels = lab.reshape(N, H, W)
+    return labels, centers, mind.sum(-1), n_iter
+
+
+def _mean_variance(feats: ImplicitFeatures, shared: bool) -> Tensor:
+    """Mean over dimensions of the per-dimension variance, per group (G,)."""
+    mu = feats.mean(per_image=not shared)
+    if shared:
+        mu = mu.unsqueeze(0)
+    msq = _flat_pixels(feats.sq_norms(), shared).mean(1)
+    return (msq - mu.pow(2).sum(-1)).clamp_min(0) / feats.dim
+
+
+def _relocate_empty(feats, centers, empty, mind, shared):
+    """Give each empty cluster the pixel currently farthest from its centre."""
+    centers = centers.clone()
+    for g in range(centers.shape[0]):
+        ks = torch.nonzero(empty[g]).flatten()
+        if ks.numel() == 0:
+            continue
+        far = torch.topk(mind[g], int(ks.numel())).indices
+        gid = torch.full_like(far, g)
+        rows = feats.rows(*_pixel_coords(far, gid, feats, shared))
+        centers[g, ks] = rows
+    return centers
+
+
+def implicit_kmeans(
+    feats: ImplicitFeatures,
+    n_clusters: int,
+    *,
+    shared: bool = False,
+    n_init: int = 1,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    random_state=None,
+    init: Union[str, Tensor] = "k-means++",
+) -> KMeansResult:
+    """k-means with k-means++ seeding on implicit features, best of ``n_init`` runs.
+
+    Parameters
+    ----------
+    feats : ImplicitFeatures
+        Features of N images.
+    n_clusters : int
+        K.
+    shared : bool
+        Cluster all pixels of the batch together (True) or each image separately.
+    n_init : int
+        Number of seedings; the run with the lowest inertia is kept (per group).
+    max_iter, tol : int, float
+        Lloyd stopping rules (see :func:`lloyd`).
+    random_state : int, torch.Generator or None
+        Seed of the k-means++ draws.
+    init : "k-means++", "random" or Tensor of shape (G, K, D) or (K, D)
+        Seeding: greedy k-means++ (default), K distinct uniformly drawn pixels (cheap;
+        used for over-clustering into many prototypes), or explicit initial centres
+        (then ``n_init`` is ignored).
+
+    Returns
+    -------
+    KMeansResult
+    """
+    if isinstance(init, Tensor):
+        c0 = init.to(device=feats.device, dtype=feats.dtype)
+        if c0.dim() == 2:
+            c0 = c0.unsqueeze(0).expand(_groups(feats, shared), -1, -1)
+        labels, centers, inertia, it = lloyd(feats, c0, shared=shared, max_iter=max_iter, tol=tol)
+        return KMeansResult(labels, centers, inertia, it)
+    gen = make_generator(random_state, feats.device)
+    best: Optional[KMeansResult] = None
+    for _ in range(max(1, int(n_init))):
+        if init == "random":
+            c0 = _random_init(feats, n_clusters, shared=shared, generator=gen)
+        elif init == "k-means++":
+            c0 = kmeans_plusplus(feats, n_clusters, shared=shared, generator=gen)
+        else:
+            raise ValueError(f"init: expected 'k-means++', 'random' or a Tensor, got {init!r}")
+        labels, centers, inertia, it = lloyd(feats, c0, shared=shared, max_iter=max_iter, tol=tol)
+        run = KMeansResult(labels, centers, inertia, it)
+        if best is None:
+            best = run
+            continue
+        better = run.inertia < best.inertia  # (G,)
+        if bool(better.any()):
+            if shared:
+                best = run
+            else:
+                best = KMeansResult(
+                    torch.where(better[:, None, None], run.labels, best.labels),
+                    torch.where(better[:, None, None], run.centers, best.centers),
+                    torch.where(better, run.inertia, best.inertia),
+                    run.n_iter,
+                )
+    assert best is not None
+    return best
