@@ -109,7 +109,7 @@ def ward(
         return labels.to(feats.device)
     n_proto = max(n_clusters, min(n_prototypes, per_group))
     km = implicit_kmeans(
-        feats, n_proto, shared=shared, random_state=random_state, max_iter=50, init="random"
+        feats, n_proto, shared=shared, random_state=random_state, max_iter=20, init="random"
     )
     labels = torch.empty(N, H, W, dtype=torch.long)
     proto_labels = km.labels.cpu()
