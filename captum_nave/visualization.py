@@ -135,13 +135,15 @@ def _image_hwc(image: Any, param: str = "image") -> np.ndarray:
     return np.clip(a, 0.0, 1.0)
 
 
-def _labels_hw(segments: Any, param: str = "segments") -> np.ndarray:
+def _labels_hw(segments: Any, param: str = "segments", allow_bool: bool = False) -> np.ndarray:
     """(H, W) / (1, H, W) / (1, 1, H, W) integer labels -> int64 (H, W)."""
     a = _to_numpy(segments, param)
     while a.ndim > 2 and a.shape[0] == 1:
         a = a[0]
     if a.ndim != 2:
         raise ValueError(f"{param}: expected shape (H, W) or (1, H, W), got {tuple(a.shape)}")
+    if allow_bool and a.dtype == np.bool_:
+        a = a.astype(np.int64)
     if not np.issubdtype(a.dtype, np.integer):
         raise TypeError(f"{param}: expected integer segment ids, got dtype {a.dtype}")
     if a.size and a.min() < 0:
@@ -164,13 +166,13 @@ def segment_boundaries(labels: Any) -> np.ndarray:
 
     Parameters
     ----------
-    labels : Tensor or ndarray of shape (H, W) or (1, H, W), integer
+    labels : Tensor or ndarray of shape (H, W) or (1, H, W), integer (or a bool mask)
 
     Returns
     -------
     ndarray of shape (H, W), bool
     """
-    lab = _labels_hw(labels, "labels")
+    lab = _labels_hw(labels, "labels", allow_bool=True)
     edge = np.zeros(lab.shape, dtype=bool)
     dv = lab[1:, :] != lab[:-1, :]
     dh = lab[:, 1:] != lab[:, :-1]
@@ -752,7 +754,7 @@ def plot_concept_gallery(
             img = _image_hwc(imgs[i], f"images[{i}]")
             mask = maps[i] == cid
             shown = np.where(mask[..., None], img, img * dim)
-            shown[segment_boundaries(mask.astype(np.int64))] = colors[cid]
+            shown[segment_boundaries(mask)] = colors[cid]
             ax.imshow(shown, interpolation="nearest")
             for s in ax.spines.values():
                 s.set_visible(True)
