@@ -44,6 +44,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from captum_nave.segments import resize_labels
+
 __all__ = [
     "STRATEGIES",
     "Component",
@@ -509,16 +511,8 @@ def _resize_nearest(lab: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     size = _check_size(size)
     if tuple(lab.shape) == size:
         return lab
-    try:
-        from captum_nave.segments import resize_labels  # the core's nearest resize
-    except ImportError:  # pragma: no cover - the core provides it
-        resize_labels = None
     t = torch.from_numpy(np.ascontiguousarray(lab))[None, None]
-    if resize_labels is not None:
-        out = resize_labels(t, size)
-    else:  # pragma: no cover
-        out = torch.nn.functional.interpolate(t.double(), size=size, mode="nearest").long()
-    return as_label_map(out)
+    return as_label_map(resize_labels(t, size))
 
 
 def _check_size(size: object) -> Tuple[int, int]:

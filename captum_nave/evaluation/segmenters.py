@@ -109,7 +109,7 @@ def prepare_image(
         raise ValueError(f"mean/std: expected 3 values each, got {list(mean)} and {list(std)}")
     if torch.any(std_t <= 0):
         raise ValueError(f"std: expected positive values, got {list(std)}")
-    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 255.0
+    x = torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).float() / 255.0
     x = (x - mean_t) / std_t
     h, w = img.shape[:2]
     hp, wp = padded_size(h, w, pad_multiple)
@@ -170,7 +170,7 @@ class NaveSegmenter:
         explainer_kwargs: Optional[Mapping[str, Any]] = None,
         name: Optional[str] = None,
     ) -> None:
-        from captum_nave import LayerClusterExplainer
+        from captum_nave.explainer import LayerClusterExplainer
         from captum_nave.activations import patch_size_of
 
         if not isinstance(model, nn.Module):
