@@ -1,0 +1,188 @@
+"""``captum-nave compare-registers``: compare a ViT without and with registers on images."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+NAME = "compare-registers"
+
+_EPILOG = """\
+Example:
+  captum-nave compare-registers --model-a vit_small_patch14_dinov2.lvd142m \\
+      --model-b vit_small_patch14_reg4_dinov2.lvd142m --size 224 --out cmp cat.jpg dog.jpg
+
+Writes OUT/summary.md (aggregated measures with bootstrap CIs), OUT/per_image.csv,
+OUT/aggregated.csv and OUT/figure.png (image | NAVE A | NAVE B | norm A | norm B |
+CLS attention A | CLS attention B). With --boxes FILE (JSON mapping each image file name
+to a list of [x_min, y_min, x_max, y_max] boxes in original image pixels) CorLoc of both
+models and McNemar's test are added.
+"""
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``compare-registers`` subcommand to ``subparsers``."""
+    p = subparsers.add_parser(
+        NAME,
+        help="compare a ViT without registers with one with registers (norms, attention, NAVE)",
+        description=(
+            "Measure high-norm outlier tokens, CLS attention (entropy, mass on registers / "
+            "patches / outliers), the CLS decomposition (patch vs register vs skip), NAVE "
+            "agreement with its seed noise floor and optionally CorLoc, for two ViTs on the "
+            "same images, with paired bootstrap confidence intervals."
+        ),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("--model-a", required=True, help="model name (usually without registers)")
+    p.add_argument("--model-b", required=True, help="model name (usually with registers)")
+    p.add_argument("--name-a", default=None, help="display name of model A (default: its name)")
+    p.add_argument("--name-b", default=None, help="display name of model B (default: its name)")
+    p.add_argument("--out", default="compare-registers", help="output folder (default: ./compare-registers)")
+    p.add_argument(
+        "--size", type=int, default=None,
+        help="square input size for both models (default: each model's training size); "
+        "must be a multiple of both patch sizes",
+    )
+    p.add_argument("--no-pretrained", action="store_true", help="random weights (no download)")
+    p.add_argument("--n-clusters", type=int, default=5, help="NAVE K (default: 5)")
+    p.add_argument("--layer", type=int, default=-1, help="block index to measure (default: -1, the last)")
+    p.add_argument("--outlier-k", type=float, default=5.0, help="robust outlier rule: median + k * 1.4826 * MAD (default: 5)")
+    p.add_argument("--outlier-threshold", type=float, default=None, help="fixed norm threshold instead of the robust rule")
+    p.add_argument("--boxes", default=None, help="JSON file: {image file name: [[x0, y0, x1, y1], ...]}")
+    p.add_argument("--corloc-strategy", choices=("inner", "outer"), default="inner")
+    p.add_argument("--corloc-min-area", type=int, default=None, help="CorLoc min component area (default: paper's 784)")
+    p.add_argument("--corloc-border", type=int, default=None, help="CorLoc border width (default: paper's 14)")
+    p.add_argument("--figure-rows", type=int, default=4, help="images shown in the figure (default: 4)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=run)
+
+
+def _fail(msg: str) -> None:
+    from captum_nave.cli import CLIError
+
+    raise CLIError(msg)
+
+
+def _transform_box(box: Sequence[float], hw: Tuple[int, int], target: Tuple[int, int]) -> List[float]:
+    """Map a box from original image pixels to the resize + centre-crop of ``resize_images``."""
+    h, w = hw
+    th, tw = target
+    s = max(th / h, tw / w)
+    rh, rw = max(th, round(h * s)), max(tw, round(w * s))
+    top, left = (rh - th) // 2, (rw - tw) // 2
+    x0, y0, x1, y1 = (float(v) for v in box)
+    out = [x0 * s - left, y0 * s - top, x1 * s - left, y1 * s - top]
+    return [min(max(out[0], 0.0), tw - 1.0), min(max(out[1], 0.0), th - 1.0),
+            min(max(out[2], 0.0), tw - 1.0), min(max(out[3], 0.0), th - 1.0)]
+
+
+def _read_boxes(path: str, images: Sequence[str]) -> Dict[str, List[List[float]]]:
+    if not os.path.isfile(path):
+        _fail(f"--boxes: file {path!r} does not exist")
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except (OSError, json.JSONDecodeError) as exc:
+        _fail(f"--boxes: cannot read {path!r} as JSON ({exc})")
+    if not isinstance(data, dict):
+        _fail(f"--boxes: expected a JSON object mapping image file names to boxes, got {type(data).__name__}")
+    out: Dict[str, List[List[float]]] = {}
+    for img in images:
+        key = img if img in data else os.path.basename(img)
+        if key not in data:
+            _fail(f"--boxes: no boxes for image {img!r} in {path!r}")
+        boxes = data[key]
+        arr = np.asarray(boxes, dtype=np.float64)
+        if arr.ndim != 2 or arr.shape[1] != 4 or arr.shape[0] == 0:
+            _fail(f"--boxes: expected a non-empty list of [x0, y0, x1, y1] for {key!r}, got {boxes!r}")
+        out[img] = arr.tolist()
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the comparison and write the summary, tables and figure."""
+    from captum_nave.models import load_image, load_model, normalize, resize_images
+    from captum_nave.registers.compare import compare_registers
+    from captum_nave.registers.layout import vit_layout
+
+    if args.n_clusters < 2:
+        _fail(f"--n-clusters: expected an int >= 2, got {args.n_clusters}")
+    if args.figure_rows < 1:
+        _fail(f"--figure-rows: expected an int >= 1, got {args.figure_rows}")
+    for img in args.images:
+        if not os.path.isfile(img):
+            _fail(f"IMAGE: file {img!r} does not exist")
+    device = args.device or "cpu"
+    torch.manual_seed(args.seed)
+    pretrained = not args.no_pretrained
+    model_a, info_a = load_model(args.model_a, pretrained=pretrained, device=device)
+    model_b, info_b = load_model(args.model_b, pretrained=pretrained, device=device)
+    layouts = []
+    for flag, name, m in (("--model-a", args.model_a, model_a), ("--model-b", args.model_b, model_b)):
+        try:
+            layouts.append(vit_layout(m))
+        except ValueError:
+            _fail(f"{flag}: {name!r} is not a ViT with a readable token layout")
+    sizes = []
+    for flag, info, lay in (("--model-a", info_a, layouts[0]), ("--model-b", info_b, layouts[1])):
+        size = (args.size, args.size) if args.size is not None else tuple(info["input_size"])
+        ph, pw = lay.patch_size or (1, 1)
+        if size[0] % ph or size[1] % pw:
+            _fail(f"--size: {size[0]}x{size[1]} is not a multiple of the patch size {ph}x{pw} of {flag}")
+        sizes.append(size)
+
+    raw = [load_image(p) for p in args.images]
+    xs = []
+    for size, info in zip(sizes, (info_a, info_b)):
+        xs.append(torch.cat([normalize(resize_images(r, size), info) for r in raw]).to(device))
+    display = torch.cat([resize_images(r, sizes[0]) for r in raw])
+
+    boxes = None
+    protocol = None
+    if args.boxes is not None:
+        table = _read_boxes(args.boxes, args.images)
+        boxes = [
+            [_transform_box(b, tuple(r.shape[-2:]), sizes[0]) for b in table[p]]  # type: ignore[arg-type]
+            for p, r in zip(args.images, raw)
+        ]
+        from captum_nave.evaluation.corloc import CorLocProtocol
+
+        kw = {}
+        if args.corloc_min_area is not None:
+            kw["min_area"] = args.corloc_min_area
+        if args.corloc_border is not None:
+            kw["border"] = args.corloc_border
+        protocol = CorLocProtocol(**kw)
+
+    res = compare_registers(
+        model_a, model_b, xs[0], images_b=xs[1], layout_a=layouts[0], layout_b=layouts[1],
+        names=(args.name_a or args.model_a, args.name_b or args.model_b),
+        layer=args.layer, n_clusters=args.n_clusters, seeds=(args.seed, args.seed + 1),
+        outlier_method="fixed" if args.outlier_threshold is not None else "robust",
+        outlier_k=args.outlier_k, outlier_threshold=args.outlier_threshold,
+        boxes=boxes, corloc_strategy=args.corloc_strategy, corloc_protocol=protocol,
+        random_state=args.seed, batch_size=args.batch_size, display_images=display,
+    )
+    os.makedirs(args.out, exist_ok=True)
+    paths = []
+    md = os.path.join(args.out, "summary.md")
+    with open(md, "w") as fh:
+        fh.write(res.to_markdown())
+    paths.append(md)
+    paths.append(res.to_csv(os.path.join(args.out, "per_image.csv")))
+    paths.append(res.to_csv(os.path.join(args.out, "aggregated.csv"), which="aggregated"))
+    fig, _ = res.plot(list(range(min(args.figure_rows, res.n_images))))
+    png = os.path.join(args.out, "figure.png")
+    fig.savefig(png, dpi=120, bbox_inches="tight")
+    paths.append(png)
+    for p in paths:
+        sys.stdout.write(p + "\n")
+    return 0
