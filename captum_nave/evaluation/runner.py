@@ -446,7 +446,9 @@ def run_corloc(
     Returns
     -------
     CorLocSummary
-        Scores of this shard's images. With a single shard, ``per_image.csv``,
+        Scores of this shard's images, for ``methods`` and any other method
+        evaluated into ``out_dir`` by earlier runs (the folder accumulates a
+        comparison). With a single shard, ``per_image.csv``,
         ``summary.md`` and ``summary.json`` are written too.
 
     Raises
@@ -490,6 +492,7 @@ def run_corloc(
         "strategies": list(strategies),
         "protocol": protocol.to_dict(),
         "methods": {n: _jsonable(m.config()) for n, m in methods.items()},
+        "method_order": list(methods),
         "files": {n: f"{safe[n]}.{tag}.jsonl" for n in methods},
     }
     meta_path = rec_dir / f"meta.{tag}.json"
@@ -517,6 +520,8 @@ def run_corloc(
             if n not in meta["methods"]:
                 meta["methods"][n] = cfg
                 meta["files"][n] = old["files"][n]
+        earlier = [n for n in old.get("method_order", []) if n in meta["methods"]]
+        meta["method_order"] = earlier + [n for n in methods if n not in earlier]
     _atomic_write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True))
 
     done: Dict[str, Dict[str, Dict[str, Any]]] = {}
@@ -571,7 +576,13 @@ def run_corloc(
             log.close()
 
     wanted = {dataset[i].image_id for i in indices}
-    records = {n: [r for r in done[n].values() if r["image_id"] in wanted] for n in methods}
+    # methods evaluated into this folder by earlier runs are reported too
+    for n in meta["method_order"]:
+        if n not in done:
+            done[n] = {r["image_id"]: r for r in read_records(rec_dir / meta["files"][n])}
+    records = {
+        n: [r for r in done[n].values() if r["image_id"] in wanted] for n in meta["method_order"]
+    }
     for n in records:
         records[n].sort(key=lambda r: r["index"])
     summary = summarize_records(
@@ -647,7 +658,8 @@ def merge_runs(
                     )
         method_cfg: Dict[str, Any] = {}
         for rd, meta in group:
-            for m, cfg in meta["methods"].items():
+            for m in meta.get("method_order", sorted(meta["methods"])):
+                cfg = meta["methods"][m]
                 if m in method_cfg and method_cfg[m] != cfg:
                     raise ValueError(f"merge: method {m!r} of {name!r} has different settings across shards ({rd})")
                 method_cfg.setdefault(m, cfg)
