@@ -178,7 +178,8 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, where: str = "") -> nn.Con
     shift = -bn.running_mean.detach().double() * scale
     if bn.bias is not None:
         shift = shift + bn.bias.detach().double()
-    fused = nn.Conv2d(
+    fused = torch.nn.utils.skip_init(  # parameters are overwritten below
+        nn.Conv2d,
         conv.in_channels,
         conv.out_channels,
         conv.kernel_size,  # type: ignore[arg-type]
