@@ -22,6 +22,7 @@ weights are downloaded by timm / torchvision; when that fails (offline) a
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import os
 from collections import OrderedDict
@@ -496,13 +497,18 @@ def _load_torchvision(
     )
 
 
-def imagenet_class_name(index: int) -> str:
-    """Short English name of ImageNet-1k class ``index`` (0..999), e.g. 281 -> "tabby"."""
+@functools.lru_cache(maxsize=1)
+def _imagenet_info() -> Any:
     from timm.data import ImageNetInfo
 
+    return ImageNetInfo()
+
+
+def imagenet_class_name(index: int) -> str:
+    """Short English name of ImageNet-1k class ``index`` (0..999), e.g. 281 -> "tabby"."""
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 1000:
         raise ValueError(f"index: expected an ImageNet-1k class index in 0..999, got {index!r}")
-    return ImageNetInfo().index_to_description(index).split(",")[0].strip()
+    return _imagenet_info().index_to_description(index).split(",")[0].strip()
 
 
 # --------------------------------------------------------------------------- images

@@ -1,0 +1,152 @@
+"""Tests of ``captum-nave explain`` run in-process through ``captum_nave.cli.main``."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.image import imread
+
+from captum_nave import LayerClusterExplainer
+from captum_nave import models as models_mod
+from captum_nave.cli import main
+from captum_nave.cli.explain import explain_figure, parse_layers, parse_n_clusters, parse_resolution
+from captum_nave.visualization import segment_colors
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return models_mod.load_model()
+
+
+@pytest.fixture
+def cached_model(lite0, monkeypatch):
+    """The CLI's load_model, with the default model loaded once for the whole module."""
+    real = models_mod.load_model
+
+    def load(name="efficientnet_lite0", pretrained=True, device=None):
+        if name == "efficientnet_lite0" and pretrained:
+            return lite0
+        return real(name, pretrained=pretrained, device=device)
+
+    monkeypatch.setattr(models_mod, "load_model", load)
+    return lite0
+
+
+@pytest.fixture
+def tiny_image(tmp_path):
+    from PIL import Image
+
+    yy, xx = np.mgrid[:64, :64]
+    arr = np.zeros((64, 64, 3), dtype=np.uint8)
+    arr[..., 2] = 200  # blue background
+    disk = (yy - 30) ** 2 + (xx - 34) ** 2 < 15**2
+    arr[disk] = (230, 120, 20)  # orange disk
+    arr[48:, :] = (40, 160, 40)  # green ground
+    path = tmp_path / "tiny.png"
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("captum-nave: error: ")
+    return err[0]
+
+
+def test_explain_writes_the_figure_of_the_api_result(cached_model, tiny_image, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["explain", str(tiny_image), "--out", str(out), "-k", "3", "--size", "64"])
+    assert rc == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed == [str(out / "tiny_nave.png")]
+    written = imread(printed[0])
+    assert written.ndim == 3 and written.shape[0] > 100
+
+    # the same figure rebuilt from the public API: identical pixels
+    model, info = cached_model
+    x01 = models_mod.resize_images(models_mod.load_image(tiny_image), 64)
+    seg = LayerClusterExplainer(model, info["default_layers"]).attribute(
+        models_mod.normalize(x01, info), n_clusters=3, random_state=0
+    )
+    assert sorted(seg.unique().tolist()) == [0, 1, 2]
+    with torch.no_grad():
+        prob = model(models_mod.normalize(x01, info)).softmax(-1)[0]
+    p, c = prob.max(0)
+    fig, axes = explain_figure(
+        x01[0], seg[0],
+        title="tiny - efficientnet_lite0, layers blocks.4, blocks.5, K=3, kmeans, resolution layer",
+        subtitle=f"prediction: {models_mod.imagenet_class_name(int(c))} ({100 * float(p):.0f}%)",
+    )
+    fig.savefig(tmp_path / "expected.png", dpi=100)
+    np.testing.assert_array_equal(imread(tmp_path / "expected.png"), written)
+    legend = [t.get_text() for t in axes[1].get_legend().get_texts()]
+    assert legend == ["segment 0", "segment 1", "segment 2"]
+
+
+def test_explain_without_images_uses_the_sample_photos(cached_model, tmp_path, capsys):
+    out = tmp_path / "samples"
+    rc = main(["explain", "--out", str(out), "--size", "64", "-k", "4", "--resolution", "input"])
+    assert rc == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed == [str(out / f"{n}_nave.png") for n in ("chelsea", "coffee", "astronaut", "rocket")]
+    for path in printed:
+        assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_explain_figure_structure():
+    image = torch.rand(3, 20, 30)
+    seg = torch.zeros(1, 20, 30, dtype=torch.long)
+    seg[:, :, 15:] = 3
+    fig, axes = explain_figure(image, seg, title="T", subtitle="S")
+    assert len(axes) == 2 and fig._suptitle.get_text() == "T"
+    assert axes[0].get_title() == "S" and axes[1].get_title() == "NAVE segments"
+    handles = axes[1].get_legend().legend_handles
+    assert [h.get_label() for h in handles] == ["segment 0", "segment 3"]
+    np.testing.assert_allclose([h.get_facecolor()[:3] for h in handles], segment_colors(4)[[0, 3]])
+
+
+def test_argument_parsers():
+    assert parse_resolution("layer") == "layer" and parse_resolution("Input") == "input"
+    assert parse_resolution("28x20") == (28, 20)
+    assert parse_n_clusters("auto") == "auto" and parse_n_clusters("7") == 7
+    assert parse_layers(["blocks.4", "-1", "layer4"]) == ["blocks.4", -1, "layer4"]
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["missing.png"], "image file 'missing.png' does not exist"),
+        (["--resolution", "12by12"], "--resolution: expected 'layer', 'input' or HxW"),
+        (["-k", "1"], "-k/--n-clusters: expected an integer >= 2 or 'auto', got '1'"),
+        (["--clusterer", "dbscan"], "--clusterer: expected one of kmeans, ward, pca, auto"),
+        (["--model", "resnet5O"], "close names: "),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(argv, expected, tmp_path, capsys):
+    rc = main(["explain", *argv, "--out", str(tmp_path)])
+    assert rc == 2
+    assert expected in _one_line_error(capsys)
+
+
+def test_unknown_layer_and_offline_model_errors(cached_model, tiny_image, tmp_path, capsys, monkeypatch):
+    rc = main(["explain", str(tiny_image), "--layers", "blocks.40", "--out", str(tmp_path)])
+    assert rc == 2
+    assert _one_line_error(capsys).startswith("captum-nave: error: --layers: ")
+
+    import timm
+
+    def offline(name, pretrained=False, **kw):
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    rc = main(["explain", str(tiny_image), "--model", "resnet18", "--out", str(tmp_path / "o")])
+    assert rc == 2
+    line = _one_line_error(capsys)
+    assert "'resnet18'" in line and "download" in line and "efficientnet_lite0" in line
+    assert not (tmp_path / "o").exists()
