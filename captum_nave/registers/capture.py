@@ -328,9 +328,9 @@ def collect_token_statistics(
                 stacklevel=2,
             )
             dec_layers = tuple(x for x in dec_layers if x != b)
-    if model.training:
+    if any(m.training for m in model.modules()):
         warnings.warn(
-            "model: the model is in training mode; dropout makes the measures random. "
+            "model: the model (or a submodule) is in training mode; dropout makes the measures random. "
             "Call model.eval() before measuring (it is not changed here).",
             RuntimeWarning,
             stacklevel=2,
@@ -456,6 +456,11 @@ def _run_batch(
                 qkv = s.pop("qkv")
                 bsz, t, three_a = qkv.shape
                 a = three_a // 3
+                if three_a % 3 or a % acc.num_heads:
+                    raise ValueError(
+                        f"num_heads: the qkv projection of block {b} has {three_a} outputs, not "
+                        f"3 * a multiple of num_heads={acc.num_heads}; check ViTLayout.qkv / num_heads"
+                    )
                 parts = qkv.reshape(bsz, t, 3, acc.num_heads, a // acc.num_heads).permute(2, 0, 3, 1, 4)
                 q, k, v = parts[0], parts[1], parts[2]
             elif "query" in s:

@@ -1,0 +1,109 @@
+"""``captum-nave compare-registers`` run in-process through ``captum_nave.cli.main``."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import captum_nave.cli as cli
+import captum_nave.models as models
+
+from test_registers_models import tiny_timm
+
+
+@pytest.fixture
+def main(monkeypatch):
+    if "compare_registers" not in cli.SUBCOMMANDS:
+        monkeypatch.setattr(cli, "SUBCOMMANDS", [*cli.SUBCOMMANDS, "compare_registers"])
+    return cli.main
+
+
+@pytest.fixture
+def tiny_loader(monkeypatch):
+    """``load_model`` stand-in: tiny random timm ViTs (and a CNN) by name, 48-pixel inputs."""
+    real = models.load_model
+
+    def load(name, pretrained=True, device=None):
+        info = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "input_size": (48, 48)}
+        if name == "tiny-plain":
+            return tiny_timm(img_size=48), dict(info, patch_size=8)
+        if name == "tiny-reg":
+            return tiny_timm(img_size=48, reg_tokens=4, seed=1), dict(info, patch_size=8)
+        if name == "tiny-cnn":
+            return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)).eval(), dict(info, patch_size=None)
+        return real(name, pretrained=pretrained, device=device)
+
+    monkeypatch.setattr(models, "load_model", load)
+
+
+@pytest.fixture
+def images(tmp_path):
+    from skimage import data
+
+    paths = []
+    for name in ("chelsea", "coffee", "astronaut"):
+        arr = getattr(data, name)()
+        img = Image.fromarray(arr).resize((72, 60))
+        p = tmp_path / f"{name}.png"
+        img.save(p)
+        paths.append(str(p))
+    return paths
+
+
+def test_cli_writes_summary_tables_and_figure(main, tiny_loader, images, tmp_path, capsys):
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"chelsea.png": [[20, 5, 60, 55]], "coffee.png": [[5, 5, 50, 40]],
+                                 "astronaut.png": [[10, 0, 40, 30]]}))
+    out = tmp_path / "out"
+    rc = main(["compare-registers", "--model-a", "tiny-plain", "--model-b", "tiny-reg", "--n-clusters", "3",
+               "--boxes", str(boxes), "--corloc-min-area", "10", "--corloc-border", "0",
+               "--out", str(out), *images])
+    assert rc == 0
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(out / f) for f in ("summary.md", "per_image.csv", "aggregated.csv", "figure.png")]
+    md = (out / "summary.md").read_text()
+    assert "tiny-plain vs tiny-reg" in md and "CorLoc (inner)" in md and "| mass_registers |" in md
+    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    assert {r["image"] for r in rows} == {"0", "1", "2"}
+    assert (out / "figure.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_box_mapping_follows_resize_and_centre_crop():
+    from captum_nave.cli.compare_registers import _transform_box
+
+    # 60x120 image -> scale 0.8 to 48x96, centre crop 48x48 from x = 24
+    assert _transform_box([30, 0, 90, 60], (60, 120), (48, 48)) == pytest.approx([0.0, 0.0, 47.0, 47.0])
+    assert _transform_box([40, 10, 60, 30], (60, 120), (48, 48)) == pytest.approx([8.0, 8.0, 24.0, 24.0])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model-a", "tiny-plain", "--model-b", "tiny-reg", "missing.png"], "does not exist"),
+        (["--model-a", "tiny-cnn", "--model-b", "tiny-reg", "IMG"], "--model-a: 'tiny-cnn' is not a ViT"),
+        (["--model-a", "tiny-plain", "--model-b", "tiny-reg", "--size", "50", "IMG"], "--size"),
+        (["--model-a", "tiny-plain", "--model-b", "tiny-reg", "--boxes", "nope.json", "IMG"], "--boxes"),
+        (["--model-a", "tiny-plain", "--model-b", "no_such_model_xyz", "IMG"], "no_such_model_xyz"),
+        (["--model-a", "tiny-plain", "--model-b", "tiny-reg", "--n-clusters", "1", "IMG"], "--n-clusters"),
+    ],
+)
+def test_cli_user_errors_exit_2(main, tiny_loader, images, argv, message, capsys):
+    argv = [images[0] if a == "IMG" else a for a in argv]
+    rc = main(["compare-registers", *argv, "--out", "unused"])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_cli_real_timm_names_random_weights(main, images, tmp_path):
+    out = tmp_path / "real"
+    rc = main(["compare-registers", "--model-a", "vit_tiny_patch16_224", "--model-b", "vit_wee_patch16_reg1_gap_256",
+               "--no-pretrained", "--n-clusters", "3", "--out", str(out), *images[:2]])
+    assert rc == 0
+    md = (out / "summary.md").read_text()
+    assert "blocks 11 (vit_tiny_patch16_224) and 13 (vit_wee_patch16_reg1_gap_256)" in md
