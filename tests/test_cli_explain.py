@@ -139,6 +139,11 @@ def test_unknown_layer_and_offline_model_errors(cached_model, tiny_image, tmp_pa
     assert rc == 2
     assert _one_line_error(capsys).startswith("captum-nave: error: --layers: ")
 
+    rc = main(["explain", str(tiny_image), "--model", "vit_tiny_patch16_224", "--no-pretrained",
+               "--size", "64", "--out", str(tmp_path)])
+    assert rc == 2
+    assert "--size: model 'vit_tiny_patch16_224' only accepts 224x224 inputs, got 64x64" in _one_line_error(capsys)
+
     import timm
 
     def offline(name, pretrained=False, **kw):

@@ -219,7 +219,13 @@ def run(args: argparse.Namespace) -> int:
         samples = sample_images()
         names = list(samples)
         sources = list(samples.values())
-    size = args.size if args.size is not None else info["input_size"]
+    size = (args.size, args.size) if args.size is not None else tuple(info["input_size"])
+    embed = getattr(model, "patch_embed", None)
+    if getattr(embed, "strict_img_size", False) and tuple(getattr(embed, "img_size", size)) != size:
+        _fail(
+            f"--size: model {args.model!r} only accepts {embed.img_size[0]}x{embed.img_size[1]} "
+            f"inputs, got {size[0]}x{size[1]}"
+        )
     os.makedirs(args.out, exist_ok=True)
     stems = _output_names(names)
     imagenet = info.get("num_classes") == 1000 and not args.no_pretrained
@@ -250,6 +256,8 @@ def run(args: argparse.Namespace) -> int:
                 )
             except ValueError as exc:
                 _fail(str(exc).splitlines()[0])
+            except AssertionError as exc:  # models that check their input size with assert
+                _fail(f"model {args.model!r} rejected a {size[0]}x{size[1]} input: {str(exc).splitlines()[0]}")
             seg = seg.cpu()
             subtitles: List[Optional[str]] = [None] * len(chunk)
             if imagenet:
