@@ -370,6 +370,7 @@ def test_vit_matches_float64_cp_lrp_reference(global_pool: str) -> None:
                 p.copy_(1.0 + 0.3 * torch.randn_like(p))
             elif p.dim() == 1 or name in ("pos_embed", "cls_token", "reg_token"):
                 p.copy_(0.3 * torch.randn_like(p))
+        vit.blocks[0].attn.qkv.weight.mul_(4.0)  # sharp attention: q/k paths matter
     x = torch.randn(2, 3, 8, 8)
     target = torch.tensor([1, 2])
     eps = 0.01
