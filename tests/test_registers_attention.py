@@ -78,6 +78,7 @@ def test_eager_method_equals_qkv_and_restores_flags():
     b = collect_token_statistics(model, x, method="eager")
     assert b.method == "eager"
     torch.testing.assert_close(a.attention, b.attention, rtol=0, atol=1e-12)
+    torch.testing.assert_close(a.decompositions[2].patches, b.decompositions[2].patches, rtol=0, atol=1e-12)
     assert all(blk.attn.fused_attn for blk in model.blocks)
     # failure inside the forward pass (wrong input size): flags and hooks restored
     with pytest.raises(Exception):
@@ -86,21 +87,40 @@ def test_eager_method_equals_qkv_and_restores_flags():
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
-def test_rope_attention_falls_back_to_eager():
+@pytest.mark.parametrize(
+    "name", ["vit_medium_patch16_rope_reg1_gap_256", "beit_base_patch16_224"], ids=["eva-rope", "beit-relpos"]
+)
+def test_non_standard_timm_attention_falls_back_to_eager(name):
     import timm
 
     torch.manual_seed(0)
-    model = timm.create_model(
-        "vit_medium_patch16_rope_reg1_gap_256", pretrained=False, img_size=32, depth=2, embed_dim=48, num_heads=3
-    ).eval()
+    model = timm.create_model(name, pretrained=False, img_size=32, depth=2, embed_dim=48, num_heads=3).eval()
+    if name.startswith("beit"):  # make the relative position bias matter
+        for blk in model.blocks:
+            torch.nn.init.normal_(blk.attn.relative_position_bias_table, std=1.0)
     x = torch.randn(2, 3, 32, 32)
-    st = collect_token_statistics(model, x)
-    assert st.method == "eager"  # rotary embeddings: recomputing from qkv would be wrong
+    with pytest.warns(RuntimeWarning, match="decomposition is skipped") if name.startswith("beit") else _no_warning():
+        st = collect_token_statistics(model, x)
+    assert st.method == "eager"  # recomputing from qkv would miss rope / the position bias
     assert all(blk.attn.fused_attn for blk in model.blocks)
     ref = timm_reference_probs(model, x)
     npfx = st.layout.num_prefix_tokens
     for b, p in enumerate(ref):
-        torch.testing.assert_close(st.attention_at(b), p[:, :, npfx:, :].mean(dim=2), rtol=0, atol=1e-6)
+        want = p[:, :, 0, :] if st.layout.has_cls else p[:, :, npfx:, :].mean(dim=2)
+        torch.testing.assert_close(st.attention_at(b), want, rtol=0, atol=1e-6)
+    # BEiT calls F.linear with qkv.weight: forcing "qkv" cannot see the projections
+    if name.startswith("beit"):
+        with pytest.warns(RuntimeWarning), pytest.raises(ValueError, match="did not run"):
+            collect_token_statistics(model, x, method="qkv")
+        assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+class _no_warning:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def test_hand_hub_and_hf_rows_equal_their_own_probabilities():

@@ -20,7 +20,6 @@ Attention rows are obtained in one of two ways:
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -192,11 +191,20 @@ def _has_qkv(acc: _BlockAccess) -> bool:
     return acc.qkv is not None or (acc.query is not None and acc.key is not None)
 
 
-def _uses_rope(attn: nn.Module) -> bool:
+def _qkv_trusted(attn: nn.Module) -> bool:
+    """Whether ``softmax(q k^T * scale)`` from the projections is the module's attention.
+
+    Non-timm modules are trusted (the layout names their projections). Among timm
+    modules only the standard ``timm.layers.Attention`` is: other timm attention classes
+    add rotary embeddings (EVA), relative position biases (BEiT) and the like.
+    """
+    if not type(attn).__module__.startswith("timm."):
+        return True
     try:
-        return "rope" in inspect.signature(attn.forward).parameters
-    except (TypeError, ValueError):
+        from timm.layers import Attention
+    except ImportError:  # pragma: no cover - very old timm
         return False
+    return type(attn) is Attention
 
 
 def _choose_method(method: str, accesses: Sequence[_BlockAccess]) -> str:
@@ -205,7 +213,7 @@ def _choose_method(method: str, accesses: Sequence[_BlockAccess]) -> str:
     eager_ok = all(hasattr(a.attn, "fused_attn") and isinstance(getattr(a.attn, "attn_drop", None), nn.Module) for a in accesses)
     qkv_ok = all(_has_qkv(a) for a in accesses)
     if method == "auto":
-        if qkv_ok and not any(_uses_rope(a.attn) for a in accesses):
+        if qkv_ok and all(_qkv_trusted(a.attn) for a in accesses):
             return "qkv"
         if eager_ok:
             return "eager"
@@ -320,10 +328,12 @@ def collect_token_statistics(
     chosen = _choose_method(method, [accesses[i] for i in needed] or accesses[:1])
     for b in list(dec_layers):
         acc = accesses[b]
-        if not acc.decomposable or (acc.qkv is None and acc.value is None):
+        if not acc.decomposable or (acc.qkv is None and acc.value is None) or not _qkv_trusted(acc.attn):
             warnings.warn(
                 f"decompose_layers: block {b} has a transform between attention and projection "
-                "(attn.norm / gate) or no value projection; its CLS decomposition is skipped",
+                "(attn.norm / gate), no value projection, or a timm attention class other than "
+                "timm.layers.Attention (rotary / relative position terms); its CLS decomposition "
+                "is skipped",
                 RuntimeWarning,
                 stacklevel=2,
             )
