@@ -12,12 +12,10 @@ from __future__ import annotations
 import csv
 import math
 import os
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from .agreement import label_agreement, nave_grid_labels, outlier_cluster_share
