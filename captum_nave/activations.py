@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -371,6 +372,14 @@ def capture_activations(
         extra_t = (extra,)
 
     mod = model if isinstance(model, nn.Module) else None
+    if mod is not None and mod.training:
+        warnings.warn(
+            "the model is in training mode: dropout and batch statistics make the activations "
+            "random; call model.eval() for reproducible explanations (the model's state is "
+            "restored after the forward pass)",
+            UserWarning,
+            stacklevel=3,
+        )
     state = preserve_model_state(mod) if mod is not None else None
     try:
         if state is not None:

@@ -11,3 +11,11 @@ torch.set_num_threads(int(os.environ.get("CAPTUM_NAVE_TEST_THREADS", "2")))
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def shape_nets():
+    """(trained, random-init) ShapeNet pair; trained once per test session (~10 s)."""
+    from trained import train_shape_net
+
+    return train_shape_net()

@@ -15,11 +15,11 @@ def textured_background(n: int, size: int, g: torch.Generator) -> Tensor:
     out = torch.empty(n, 3, size, size)
     for i in range(n):
         theta = torch.rand(1, generator=g).item() * math.pi
-        freq = 0.5 + torch.rand(1, generator=g).item() * 0.8
+        freq = 1.2 + torch.rand(1, generator=g).item() * 1.0  # period 3-5 px
         stripes = 0.5 + 0.5 * torch.sin(freq * (xx * math.cos(theta) + yy * math.sin(theta)))
         c1, c2 = torch.rand(3, generator=g), torch.rand(3, generator=g)
         img = c1[:, None, None] * stripes + c2[:, None, None] * (1 - stripes)
-        img = img + 0.15 * torch.randn(3, size, size, generator=g)
+        img = img + 0.1 * torch.randn(3, size, size, generator=g)
         out[i] = img
     return out.clamp(0, 1)
 
@@ -56,7 +56,7 @@ def shapes_dataset(n: int, size: int = 48, seed: int = 0) -> Tuple[Tensor, Tenso
         m = shape_mask(int(labels[i]), size, cy, cx, r)
         colour = torch.rand(3, generator=g)
         # the shape: a flat colour with mild noise, no stripes
-        fill = colour[:, None, None] + 0.15 * torch.randn(3, size, size, generator=g)
+        fill = colour[:, None, None] + 0.05 * torch.randn(3, size, size, generator=g)
         images[i] = torch.where(m, fill.clamp(0, 1), images[i])
         masks[i] = m
         ys, xs = torch.nonzero(m, as_tuple=True)
