@@ -259,7 +259,10 @@ def default_layers(model: nn.Module) -> List[str]:
     * ResNet-like (``layer3`` and ``layer4``): ``["layer3", "layer4"]``;
     * transformer blocks (``blocks``, ``encoder.layers``, ...) of a patch model: the last block;
     * ConvNeXt / stage-based timm models (``stages``): the last two stages;
-    * VGG-like ``features`` with max-pooling: the outputs just before the last two pools.
+    * VGG-like ``features`` with max-pooling: the outputs just before the last two pools;
+    * torchvision EfficientNet: ``features.{n-4}`` and ``features.{n-3}`` (the same stages
+      as for timm; ``features.{n-1}`` is the 1x1 head convolution); torchvision ConvNeXt:
+      ``features.5`` and ``features.7`` (the last two stages).
 
     Returns an empty list when no rule applies (pass layers explicitly then).
     """
@@ -289,6 +292,13 @@ def default_layers(model: nn.Module) -> List[str]:
         pools = [i for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d)]
         if len(pools) >= 2:
             return [f"features.{pools[-2] - 1}", f"features.{pools[-1] - 1}"]
+        if type(model).__name__ in ("EfficientNet", "EfficientNetV2") and len(features) >= 5:
+            # torchvision: stem, stages 1..7, 1x1 head; as for timm: stage 5 (stride 16), 6 (32)
+            n = len(features)
+            return [f"features.{n - 4}", f"features.{n - 3}"]
+        if type(model).__name__ == "ConvNeXt" and len(features) == 8:
+            # torchvision: stem, then (stage, downsample) pairs; the last two stages
+            return ["features.5", "features.7"]
     return []
 
 

@@ -247,3 +247,28 @@ def test_sample_images():
     for x in imgs.values():
         assert x.dim() == 3 and x.shape[0] == 3 and 0 <= x.min() and x.max() <= 1
     assert imgs["chelsea"].shape == (3, 300, 451)
+
+
+
+def _output_shapes(model, names, size=64):
+    """(channels, stride) of each named layer's output for a size x size input."""
+    mods = dict(model.named_modules())
+    shapes = {}
+    hooks = [mods[n].register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, o.shape)) for n in names]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size))
+    finally:
+        for h in hooks:
+            h.remove()
+    return [(shapes[n][1], size // shapes[n][-1]) for n in names]
+
+
+def test_default_efficientnet_layers_are_the_stride_16_and_32_stages(lite0):
+    import torchvision
+
+    model, info = lite0
+    assert info["default_layers"] == ["blocks.4", "blocks.5"]
+    assert _output_shapes(model, info["default_layers"]) == [(112, 16), (192, 32)]
+    tv = torchvision.models.efficientnet_b0(weights=None).eval()
+    assert _output_shapes(tv, default_layers(tv)) == [(112, 16), (192, 32)]

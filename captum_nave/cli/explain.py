@@ -6,7 +6,7 @@ import argparse
 import os
 import re
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -70,7 +70,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _fail(msg: str) -> None:
+def _fail(msg: str) -> NoReturn:
     from captum_nave.cli import CLIError
 
     raise CLIError(msg)
@@ -86,7 +86,6 @@ def parse_resolution(text: str) -> Union[str, Tuple[int, int]]:
     if m and int(m.group(1)) > 0 and int(m.group(2)) > 0:
         return int(m.group(1)), int(m.group(2))
     _fail(f"--resolution: expected 'layer', 'input' or HxW such as 28x28, got {text!r}")
-    raise AssertionError  # unreachable
 
 
 def parse_n_clusters(text: str) -> Union[int, str]:
