@@ -163,6 +163,23 @@ def test_zero_bias_conservation_resnet50() -> None:
     assert (err < 0.05).all(), f"resnet50: relative conservation error {err}"
 
 
+def test_offline_default_model_real_weights() -> None:
+    """The main job's EfficientNet-Lite0 (real ImageNet weights, TF "SAME" padding)."""
+    from captum_nave.models import load_model, preprocess, sample_images
+
+    model, info = load_model()
+    x = preprocess(sample_images()["chelsea"][None], info, size=96)
+    with torch.no_grad():
+        logits = model(x)
+        torch.testing.assert_close(canonize(model)(x), logits, rtol=1e-4, atol=1e-4)
+    target = int(logits.argmax())
+    rel, delta = lrp_attribute(model, x, target, return_convergence_delta=True)
+    assert torch.isfinite(rel).all() and torch.isfinite(delta).all()
+    # the real weights with every additive term removed: relevance is conserved
+    err, _ = _relative_conservation_error(_zero_biases(copy.deepcopy(model)), x)
+    assert (err < 0.05).all(), err
+
+
 def test_bias_nonzero_breaks_exact_conservation_as_expected() -> None:
     """Control for the conservation test: relevance absorbed by biases shows up."""
     torch.manual_seed(0)

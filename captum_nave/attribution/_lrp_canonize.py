@@ -96,7 +96,7 @@ _STRUCTURAL_NODES = frozenset(
 
 def _timm_types() -> dict[str, type]:
     """timm classes the canonicaliser knows, looked up lazily (timm is a dependency)."""
-    from timm.layers import LayerScale, Mlp, PatchEmbed
+    from timm.layers import Conv2dSame, LayerScale, Mlp, PatchEmbed
     from timm.layers.norm_act import BatchNormAct2d
     from timm.models._efficientnet_blocks import (
         ConvBnAct,
@@ -111,6 +111,7 @@ def _timm_types() -> dict[str, type]:
     except ImportError:  # pragma: no cover - very old timm
         DropPath = nn.Identity  # type: ignore[misc,assignment]
     return {
+        "Conv2dSame": Conv2dSame,
         "LayerScale": LayerScale,
         "Mlp": Mlp,
         "PatchEmbed": PatchEmbed,
@@ -143,7 +144,8 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, where: str = "") -> nn.Con
     Parameters
     ----------
     conv : nn.Conv2d
-        Convolution whose output feeds ``bn`` directly.
+        Convolution whose output feeds ``bn`` directly (``nn.Conv2d`` or timm's
+        ``Conv2dSame``).
     bn : nn.BatchNorm2d
         BatchNorm with running statistics (timm ``BatchNormAct2d`` works too;
         its activation is handled by the caller).
@@ -153,13 +155,16 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, where: str = "") -> nn.Con
     Returns
     -------
     nn.Conv2d
-        New convolution with bias, computing ``bn(conv(x))`` in eval mode.
-        The arithmetic is done in float64 and cast back to the weight dtype.
+        New convolution of the same class with bias, computing ``bn(conv(x))``
+        in eval mode.  The arithmetic is done in float64 and cast back to the
+        weight dtype; ``conv`` itself is not changed.
     """
-    if type(conv) is not nn.Conv2d:
+    conv_types = _conv_types()
+    if type(conv) not in conv_types:
         raise TypeError(
-            f"LRP canonicalisation: expected an nn.Conv2d before the BatchNorm at "
-            f"'{where}', got {type(conv).__name__}"
+            f"LRP canonicalisation: expected a convolution ("
+            + ", ".join(t.__name__ for t in conv_types)
+            + f") before the BatchNorm at '{where}', got {type(conv).__name__}"
         )
     if bn.running_mean is None or bn.running_var is None:
         raise TypeError(
@@ -178,24 +183,18 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, where: str = "") -> nn.Con
     shift = -bn.running_mean.detach().double() * scale
     if bn.bias is not None:
         shift = shift + bn.bias.detach().double()
-    fused = torch.nn.utils.skip_init(  # parameters are overwritten below
-        nn.Conv2d,
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,  # type: ignore[arg-type]
-        stride=conv.stride,  # type: ignore[arg-type]
-        padding=conv.padding,  # type: ignore[arg-type]
-        dilation=conv.dilation,  # type: ignore[arg-type]
-        groups=conv.groups,
-        bias=True,
-        padding_mode=conv.padding_mode,
-        device=conv.weight.device,
-        dtype=conv.weight.dtype,
-    )
-    with torch.no_grad():
-        fused.weight.copy_((w * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype))
-        fused.bias.copy_((b * scale + shift).to(conv.weight.dtype))  # type: ignore[union-attr]
+    # Same class and hyper-parameters (padding, "SAME" padding of timm, groups, ...);
+    # only the weight changes and a bias is added.
+    fused = copy.deepcopy(conv)
+    dtype = conv.weight.dtype
+    fused.weight = nn.Parameter((w * scale.view(-1, 1, 1, 1)).to(dtype), requires_grad=False)
+    fused.bias = nn.Parameter((b * scale + shift).to(dtype), requires_grad=False)
     return fused
+
+
+def _conv_types() -> tuple[type, ...]:
+    """Convolutions the canonicaliser fuses and gives the epsilon rule."""
+    return (nn.Conv2d, _timm_types()["Conv2dSame"])
 
 
 def _fresh_activation(act: Optional[nn.Module]) -> nn.Module:
@@ -258,7 +257,7 @@ def _torchvision_block(block: nn.Module, name: str) -> ResidualBlock:
         if not (
             isinstance(ds, nn.Sequential)
             and len(ds) == 2
-            and type(ds[0]) is nn.Conv2d
+            and type(ds[0]) in _conv_types()
             and isinstance(ds[1], nn.BatchNorm2d)
         ):
             raise TypeError(
@@ -474,7 +473,7 @@ def _fuse_stems(model: nn.Module) -> None:
         elif type(module) is tm["EfficientNet"]:
             for conv_attr, bn_attr in (("conv_stem", "bn1"), ("conv_head", "bn2")):
                 conv, bnm = getattr(module, conv_attr), getattr(module, bn_attr)
-                if type(conv) is nn.Conv2d and isinstance(bnm, nn.BatchNorm2d):
+                if type(conv) in _conv_types() and isinstance(bnm, nn.BatchNorm2d):
                     bn, act = _bn_act(bnm)
                     setattr(module, conv_attr, fuse_conv_bn(conv, bn, f"{name}.{bn_attr}"))
                     setattr(module, bn_attr, act)
@@ -488,7 +487,7 @@ def _fuse_sequentials(model: nn.Module) -> None:
         keys = list(module._modules.keys())
         for a, b in zip(keys[:-1], keys[1:]):
             conv, bnm = module._modules[a], module._modules[b]
-            if type(conv) is nn.Conv2d and type(bnm) is nn.BatchNorm2d:
+            if type(conv) in _conv_types() and type(bnm) is nn.BatchNorm2d:
                 module._modules[a] = fuse_conv_bn(conv, bnm, f"{name}.{b}")
                 module._modules[b] = nn.Identity()
 
@@ -579,21 +578,27 @@ def canonize(model: nn.Module) -> nn.Module:
 RULES = ("epsilon", "gamma")
 
 
+def _linear_leaf_types() -> tuple[type, ...]:
+    """Leaf types that get the epsilon (or gamma) rule, timm's included."""
+    t = _timm_types()
+    return LINEAR_LEAVES + (t["Conv2dSame"], t["LayerScale"])
+
+
 def _leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if len(m._modules) == 0]
 
 
 def check_supported(model: nn.Module) -> None:
     """Raise ``TypeError`` naming the first leaf module without an LRP rule."""
-    known = LINEAR_LEAVES + IDENTITY_ACTIVATIONS + CAPTUM_NONLINEAR + PASS_THROUGH
-    layer_scale = _timm_types()["LayerScale"]
+    linear = _linear_leaf_types()
+    known = linear + IDENTITY_ACTIVATIONS + CAPTUM_NONLINEAR + PASS_THROUGH
     for name, m in _leaf_modules(model):
-        if type(m) in known or type(m) is layer_scale:
+        if type(m) in known:
             continue
         raise TypeError(
             f"LRP: module '{name or '<model>'}' of type {type(m).__module__}."
             f"{type(m).__qualname__} has no LRP rule. Supported leaf types: "
-            + ", ".join(sorted({t.__name__ for t in known} | {"LayerScale"}))
+            + ", ".join(sorted({t.__name__ for t in known}))
             + "; composite blocks supported: torchvision BasicBlock/Bottleneck/ResNet/VGG, "
             "timm EfficientNet blocks without SE, timm VisionTransformer"
         )
@@ -618,11 +623,12 @@ def attach_rules(
         Parameter of the gamma rule.
     """
     check_supported(model)
-    layer_scale = _timm_types()["LayerScale"]
+    linear = _linear_leaf_types()
+    weighted = _conv_types() + (nn.Linear,)
     for _, m in _leaf_modules(model):
         kind = type(m)
-        if kind in LINEAR_LEAVES or kind is layer_scale:
-            if rule == "gamma" and kind in (nn.Conv2d, nn.Linear):
+        if kind in linear:
+            if rule == "gamma" and kind in weighted:
                 m.rule = GammaRule(gamma=gamma)  # type: ignore[assignment]
             else:
                 m.rule = EpsilonRule(epsilon=epsilon)  # type: ignore[assignment]
