@@ -510,10 +510,16 @@ def run_corloc(
                 )
         for n in methods:
             if n in old.get("methods", {}) and old["methods"][n] != meta["methods"][n]:
+                was, now = old["methods"][n], meta["methods"][n]
+                diff = ", ".join(
+                    f"{k}: {was.get(k)!r} -> {now.get(k)!r}"
+                    for k in sorted(set(was) | set(now))
+                    if was.get(k) != now.get(k)
+                )
                 raise ValueError(
                     f"out_dir: {out} holds results of method {n!r} with different settings "
-                    f"({old['methods'][n]}, now {meta['methods'][n]}); use another output "
-                    "folder, another method name, or overwrite=True (CLI: --overwrite)"
+                    f"({diff}); use another output folder, another method name, or "
+                    "overwrite=True (CLI: --overwrite)"
                 )
         # keep methods of earlier runs in the meta so that merges still find them
         for n, cfg in old.get("methods", {}).items():

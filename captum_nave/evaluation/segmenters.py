@@ -148,6 +148,9 @@ class NaveSegmenter:
         Extra keyword arguments of the explainer (``num_prefix_tokens``, ``patch_size``).
     name : str, optional
         Recorded in :meth:`config` (e.g. the model name).
+    metadata : mapping, optional
+        More JSON-serialisable facts recorded in :meth:`config` (e.g. a weights
+        checksum), so that a resumed run refuses different weights.
 
     Examples
     --------
@@ -169,6 +172,7 @@ class NaveSegmenter:
         explain_kwargs: Optional[Mapping[str, Any]] = None,
         explainer_kwargs: Optional[Mapping[str, Any]] = None,
         name: Optional[str] = None,
+        metadata: Optional[Mapping[str, Any]] = None,
     ) -> None:
         from captum_nave.explainer import LayerClusterExplainer
         from captum_nave.activations import patch_size_of
@@ -194,6 +198,7 @@ class NaveSegmenter:
         self.device = torch.device(device)
         self.explain_kwargs = dict(explain_kwargs or {})
         self.name = name
+        self.metadata = dict(metadata or {})
         self.explainer = LayerClusterExplainer(model, layers, **explainer_kwargs)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
@@ -221,4 +226,5 @@ class NaveSegmenter:
             "pad_multiple": list(self.pad_multiple),
             "random_state": self.random_state,
             "explain_kwargs": {k: repr(v) for k, v in sorted(self.explain_kwargs.items())},
+            "metadata": {k: self.metadata[k] for k in sorted(self.metadata)},
         }
