@@ -741,6 +741,26 @@ def test_shared_module_is_rejected() -> None:
         lrp_attribute(Shared(), torch.randn(1, 3, 8, 8), 0)
 
 
+def test_activation_with_shared_input_is_rejected() -> None:
+    """y feeds both GELU and the addition: the activation rule would drop relevance."""
+
+    class SharedInput(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.act = nn.GELU()
+            self.add = Add()
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            return self.fc(self.pool(self.add(self.act(y), y)).flatten(1))
+
+    with pytest.raises(TypeError, match="input of activation module 'act' is also used"):
+        lrp_attribute(SharedInput(), torch.randn(1, 3, 8, 8), 0)
+
+
 def test_squeeze_excite_block_is_rejected() -> None:
     model = timm.create_model("efficientnet_b0", pretrained=False, num_classes=3)
     with pytest.raises(TypeError, match=r"blocks\.0\.0\.se' is SqueezeExcite"):

@@ -650,7 +650,9 @@ def audit_graph(model: nn.Module, inputs: Tensor) -> Tensor:
     Every autograd operation between the input and the output must either lie
     inside a leaf module that has a rule, or only move values (reshape, permute,
     slice, concatenate, ...).  Leaf modules with rules may be called only once
-    per forward pass (Captum keeps one state per module).
+    per forward pass (Captum keeps one state per module), and the input of an
+    activation module must feed nothing else (Captum's activation handling
+    replaces the gradient of that tensor by the activation's relevance).
 
     Parameters
     ----------
@@ -666,21 +668,29 @@ def audit_graph(model: nn.Module, inputs: Tensor) -> Tensor:
     Raises
     ------
     TypeError
-        Naming the unsupported operation or the module called more than once.
+        Naming the unsupported operation, the module called more than once, or
+        the activation whose input is shared.
     """
     check_supported(model)
+    activations = IDENTITY_ACTIVATIONS + CAPTUM_NONLINEAR
+    # grad_fn id -> (module name, [(input grad_fn, output_nr)], grad_fn)
     boundaries: dict[int, tuple[str, list, object]] = {}
+    act_inputs: list[tuple[str, tuple[int, int], object]] = []
     calls: dict[str, int] = {}
     handles = []
 
-    def make_hook(name: str) -> Callable:
+    def make_hook(name: str, is_activation: bool) -> Callable:
         def hook(mod: nn.Module, args: tuple, out: object) -> None:
             calls[name] = calls.get(name, 0) + 1
+            tensors = [a for a in args if isinstance(a, Tensor)]
+            if is_activation:
+                for a in tensors:
+                    if a.grad_fn is not None:
+                        act_inputs.append((name, (id(a.grad_fn), a.output_nr), a.grad_fn))
             if isinstance(out, Tensor) and out.grad_fn is not None:
-                ins = [a.grad_fn for a in args if isinstance(a, Tensor)]
-                if not any(out is a for a in args if isinstance(a, Tensor)):
-                    node = out.grad_fn
-                    boundaries[id(node)] = (name, ins, node)
+                if not any(out is a for a in tensors):
+                    ins = [(a.grad_fn, a.output_nr) for a in tensors]
+                    boundaries[id(out.grad_fn)] = (name, ins, out.grad_fn)
 
         return hook
 
@@ -688,7 +698,8 @@ def audit_graph(model: nn.Module, inputs: Tensor) -> Tensor:
         for name, m in _leaf_modules(model):
             if type(m) in PASS_THROUGH:
                 continue
-            handles.append(m.register_forward_hook(make_hook(name or "<model>")))
+            hook = make_hook(name or "<model>", type(m) in activations)
+            handles.append(m.register_forward_hook(hook))
         x = inputs.detach().clone().requires_grad_(True)
         with torch.enable_grad():
             out = model(x)
@@ -696,13 +707,13 @@ def audit_graph(model: nn.Module, inputs: Tensor) -> Tensor:
             raise TypeError(
                 f"LRP: the model must return a single Tensor of logits, got {type(out).__name__}"
             )
-        keep = [boundaries, out]  # keep graph objects alive while we walk it
         for name, n in calls.items():
             if n > 1:
                 raise TypeError(
                     f"LRP: module '{name}' is called {n} times in one forward pass; LRP needs "
                     "one module per operation (e.g. a separate ReLU after each layer)"
                 )
+        consumers: dict[tuple[int, int], int] = {}
         stack: list[tuple[object, str]] = []
         if out.grad_fn is not None:
             stack.append((out.grad_fn, "<output>"))
@@ -716,21 +727,33 @@ def audit_graph(model: nn.Module, inputs: Tensor) -> Tensor:
             visited.append(node)
             if id(node) in boundaries:
                 mname, ins, _ = boundaries[id(node)]
-                stack.extend((i, mname) for i in ins)
-                continue
-            kind = _node_kind(node)
-            if kind == "AccumulateGrad":
-                continue
-            if kind not in _STRUCTURAL_NODES:
+                edges, consumer = ins, mname
+            else:
+                kind = _node_kind(node)
+                if kind == "AccumulateGrad":
+                    continue
+                if kind not in _STRUCTURAL_NODES:
+                    raise TypeError(
+                        f"LRP: operation {kind} in the model's forward code (feeding "
+                        f"'{consumer}') is outside any module with an LRP rule, so relevance "
+                        "would not be conserved. Express it as a module (e.g. "
+                        "captum_nave.attribution.lrp.Add for residual additions) or use a "
+                        "supported architecture"
+                    )
+                edges = list(node.next_functions)  # type: ignore[attr-defined]
+            for nxt, nr in edges:
+                if nxt is not None:
+                    key = (id(nxt), int(nr))
+                    consumers[key] = consumers.get(key, 0) + 1
+                    stack.append((nxt, consumer))
+        for name, key, _ in act_inputs:
+            if consumers.get(key, 0) > 1:
                 raise TypeError(
-                    f"LRP: operation {kind} in the model's forward code (feeding "
-                    f"'{consumer}') is outside any module with an LRP rule, so relevance "
-                    "would not be conserved. Express it as a module (e.g. "
-                    "captum_nave.attribution.lrp.Add for residual additions) or use a "
-                    "supported architecture"
+                    f"LRP: the input of activation module '{name}' is also used by another "
+                    "operation; LRP's activation rules need it to feed only this module "
+                    "(apply the activation to a separate copy, e.g. through its own layer)"
                 )
-            stack.extend((nxt, consumer) for nxt, _ in node.next_functions)  # type: ignore[attr-defined]
-        del keep, visited
+        del visited, act_inputs
         return out.detach()
     finally:
         for h in handles:

@@ -15,7 +15,8 @@ modified) in which every value-mixing operation is a leaf module:
 =============================  ===============================================
 module in the copy             rule
 =============================  ===============================================
-Conv2d, Linear (BN fused in)   Captum ``EpsilonRule`` (or ``GammaRule``)
+Conv2d, timm Conv2dSame,       Captum ``EpsilonRule`` (or ``GammaRule``);
+Linear                         a following BatchNorm is folded in first
 residual addition ``Add``      ``EpsilonRule``: ``R_a = a R / (a + b + eps)``
 MaxPool2d, (Adaptive)AvgPool   ``EpsilonRule`` (Captum's defaults)
 BatchNorm2d not after a conv   ``EpsilonRule`` (a linear layer in eval mode)
@@ -56,8 +57,8 @@ Canonicalisation of known families (see :mod:`._lrp_canonize`):
 Before propagating, :func:`audit_graph` runs one forward pass of the copy and
 walks its autograd graph: any operation between rule-carrying modules that is
 not a pure re-indexing (reshape, slice, concatenation, ...) raises a
-``TypeError`` naming it, as does a leaf module with no rule or a module called
-more than once.  Unknown architectures thus fail loudly instead of returning
+``TypeError`` naming it, as does a leaf module with no rule, a module called
+more than once, or an activation whose input also feeds another operation.  Unknown architectures thus fail loudly instead of returning
 silently wrong relevance.  Custom models can use :class:`Add` for their
 residual additions.
 
