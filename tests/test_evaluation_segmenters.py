@@ -79,7 +79,8 @@ def test_nave_segmenter_pads_vits_to_the_patch_size_and_leaves_the_model_alone()
     state = {k: v.clone() for k, v in vit.state_dict().items()}
     seg = NaveSegmenter(vit, [-1], n_clusters=3)
     assert seg.pad_multiple == (16, 16)
-    labels = seg(_rgb(50, 70, seed=2))
+    with pytest.warns(UserWarning, match="training mode"):
+        labels = seg(_rgb(50, 70, seed=2))
     assert labels.shape == (64, 80)
     blocks = labels.reshape(4, 16, 5, 16)  # one label per 16x16 patch
     assert np.all(blocks == blocks[:, :1, :, :1])

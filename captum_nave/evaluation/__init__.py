@@ -52,7 +52,14 @@ from .runner import (
     summarize_records,
     write_reports,
 )
-from .segmenters import IMAGENET_MEAN, IMAGENET_STD, NaveSegmenter, padded_size, prepare_image
+from .segmenters import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    NaveSegmenter,
+    Segmenter,
+    padded_size,
+    prepare_image,
+)
 
 __all__ = [
     "STRATEGIES",
@@ -73,6 +80,7 @@ __all__ = [
     "read_dataset",
     "read_folder",
     "read_voc",
+    "Segmenter",
     "NaveSegmenter",
     "IMAGENET_MEAN",
     "IMAGENET_STD",

@@ -24,14 +24,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import math
 import os
 import re
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -51,7 +50,6 @@ __all__ = [
     "write_reports",
 ]
 
-logger = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
 RECORDS_DIR = "records"
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]+")
