@@ -4,8 +4,9 @@ Cluster the activations of chosen layers of a frozen CNN or ViT into a segmentat
 of the input that shows which parts of the image the network processes alike.
 """
 
+from .concepts import ConceptClusters
 from .explainer import LayerClusterExplainer, NaveResult
 
-__all__ = ["LayerClusterExplainer", "NaveResult", "__version__"]
+__all__ = ["LayerClusterExplainer", "NaveResult", "ConceptClusters", "__version__"]
 
 __version__ = "0.1.0"

@@ -372,7 +372,8 @@ def capture_activations(
         extra_t = (extra,)
 
     mod = model if isinstance(model, nn.Module) else None
-    if mod is not None and mod.training:
+    stochastic = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+    if mod is not None and any(m.training and isinstance(m, stochastic) for m in mod.modules()):
         warnings.warn(
             "the model is in training mode: dropout and batch statistics make the activations "
             "random; call model.eval() for reproducible explanations (the model's state is "

@@ -304,15 +304,12 @@ class LayerClusterExplainer(LayerAttribution):
         _check_options(clusterer, n_init, max_iter, tol, interpolation, shared)
         self._check_device(x)
 
-        acts = capture_activations(
-            self.forward_func, self.layers, inputs,
-            additional_forward_args=additional_forward_args,
-            attribute_to_layer_input=attribute_to_layer_input,
-            num_prefix=self.num_prefix_tokens, patch_size=self.patch_size,
-            layer_labels=self.layer_names,
+        feats, acts = self._features(
+            inputs, x, resolution, additional_forward_args, attribute_to_layer_input,
+            interpolation, eps, dtype,
         )
-        t1 = time.perf_counter()
-        grid = self._grid(resolution, acts, tuple(x.shape[-2:]))
+        t1 = t0 + feats.timings["forward"]
+        grid = feats.grid
         n_grid = grid[0] * grid[1] * (x.shape[0] if shared else 1)
         k_check = max(k_range) if auto else n_clusters
         if not auto:
@@ -323,7 +320,6 @@ class LayerClusterExplainer(LayerAttribution):
                 f"n_clusters: must be at most the number of grid pixels ({grid[0]}x{grid[1]}"
                 f"{f' x {x.shape[0]} images' if shared else ''} = {n_grid}), got {k_check}"
             )
-        feats = ImplicitFeatures(acts, grid, eps=eps, dtype=dtype, mode=interpolation)
         t2 = time.perf_counter()
         outcome = cluster(
             feats, 0 if auto else int(n_clusters), clusterer, shared=shared,
@@ -374,6 +370,53 @@ class LayerClusterExplainer(LayerAttribution):
                 "total": t4 - t0,
             },
         )
+
+    def features(
+        self,
+        inputs: Union[Tensor, Tuple[Tensor, ...]],
+        *,
+        resolution: Resolution = "layer",
+        additional_forward_args: Any = None,
+        attribute_to_layer_input: bool = False,
+        interpolation: str = "bicubic",
+        eps: float = 1e-8,
+        dtype: Optional[torch.dtype] = None,
+    ) -> ImplicitFeatures:
+        """Algorithm-1 features of the inputs on the clustering grid, kept implicit.
+
+        One forward pass without gradients; see :class:`~captum_nave.features.ImplicitFeatures`
+        for the operations it offers (dot products, weighted sums, explicit rows).
+        Parameters as in :meth:`attribute`.
+
+        Returns
+        -------
+        ImplicitFeatures
+            For N images on the grid ``(h, w)``, ``dim = sum(C_l)``.
+        """
+        x = self._check_inputs(inputs)
+        self._check_device(x)
+        _check_options("kmeans", 1, 1, 0.0, interpolation, False)
+        feats, _ = self._features(
+            inputs, x, resolution, additional_forward_args, attribute_to_layer_input,
+            interpolation, eps, dtype,
+        )
+        return feats
+
+    def _features(self, inputs, x, resolution, additional_forward_args, attribute_to_layer_input,
+                  interpolation, eps, dtype) -> Tuple[ImplicitFeatures, List[Tensor]]:
+        t0 = time.perf_counter()
+        acts = capture_activations(
+            self.forward_func, self.layers, inputs,
+            additional_forward_args=additional_forward_args,
+            attribute_to_layer_input=attribute_to_layer_input,
+            num_prefix=self.num_prefix_tokens, patch_size=self.patch_size,
+            layer_labels=self.layer_names,
+        )
+        t1 = time.perf_counter()
+        grid = self._grid(resolution, acts, tuple(x.shape[-2:]))
+        feats = ImplicitFeatures(acts, grid, eps=eps, dtype=dtype, mode=interpolation)
+        feats.timings = {"forward": t1 - t0, "features": time.perf_counter() - t1}
+        return feats, acts
 
     def _check_inputs(self, inputs: Union[Tensor, Tuple[Tensor, ...]]) -> Tensor:
         x = inputs[0] if isinstance(inputs, tuple) and len(inputs) > 0 else inputs

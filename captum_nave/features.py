@@ -184,6 +184,7 @@ class ImplicitFeatures:
             sq = torch.where(ok, torch.full_like(norm, weight * weight), torch.zeros_like(norm))
             self.layers.append(LayerFeatures(a, Ry, Rx, scale, sq))
         self.dim = sum(layer.channels for layer in self.layers)
+        self.timings: dict = {}
         self._sq_norms = sum(layer.sq_norm for layer in self.layers)
 
     # ------------------------------------------------------------------ construction

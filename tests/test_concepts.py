@@ -1,0 +1,150 @@
+"""ConceptClusters: streaming mini-batch k-means shared across images."""
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from captum_nave import ConceptClusters, LayerClusterExplainer
+from captum_nave.activations import capture_activations
+from reference import reference_features
+from synthetic import shapes_dataset
+from test_explainer import DirectionNet, direction_image
+
+
+def direction_batches(n=6):
+    """Images made of the same three directions, regions shuffled per image."""
+    x, truth = direction_image()
+    xs, ts = [], []
+    for i in range(n):
+        xi, ti = x.clone(), truth.clone()
+        if i % 2:
+            xi, ti = torch.flip(xi, dims=[3]), torch.flip(ti, dims=[1])
+        if i % 3 == 2:
+            xi, ti = torch.flip(xi, dims=[2]), torch.flip(ti, dims=[0])
+        xs.append(xi)
+        ts.append(ti)
+    return torch.cat(xs), torch.stack(ts)
+
+
+def test_concept_ids_are_consistent_across_images_and_loaders():
+    x, truth = direction_batches(6)
+    ex = LayerClusterExplainer(DirectionNet(), ["feat"])
+    loader = DataLoader(TensorDataset(x, torch.zeros(6)), batch_size=2)
+    cc = ConceptClusters(ex, n_clusters=3, random_state=0).fit(loader)
+    assert cc.cluster_centers_.shape == (3, 3) and cc.n_steps_ == 3
+    seg = cc.predict(x)[:, 0]
+    # each true region maps to one concept id, the same in every image
+    mapping = {}
+    for k in range(3):
+        ids = seg[truth == k].unique()
+        assert ids.numel() == 1
+        mapping[k] = int(ids)
+    assert len(set(mapping.values())) == 3
+    # fitting from a tensor gives the same concepts
+    cc2 = ConceptClusters(ex, n_clusters=3, random_state=0).fit(x[:2])
+    assert torch.equal(cc2.predict(x), cc.predict(x))
+    d = cc.transform(x)
+    assert d.shape == (6, 3, 8, 12)
+    assert torch.equal(d.argmin(1), seg)
+
+
+def test_streaming_update_equals_float64_reference(shape_nets):
+    """After seeding, each partial_fit is exactly the online-mean mini-batch update."""
+    net, _ = shape_nets
+    x, _, _, _ = shapes_dataset(12, 48, seed=3)
+    ex = LayerClusterExplainer(net, ["stage1", "stage2"])
+    cc = ConceptClusters(ex, n_clusters=4, random_state=0)
+    cc.partial_fit(x[:4])
+    C = cc.cluster_centers_.double().clone()
+    N = cc.counts_.double().clone()
+    for s in (4, 8):
+        batch = x[s : s + 4]
+        cc.partial_fit(batch)
+        acts = capture_activations(net, ex.layers, batch)
+        X = reference_features(acts, acts[0].shape[-2:]).reshape(-1, C.shape[1])
+        lab = ((X[:, None] - C[None]) ** 2).sum(-1).argmin(1)
+        for k in range(4):
+            members = X[lab == k]
+            N[k] += len(members)
+            if len(members):
+                C[k] += (members.sum(0) - len(members) * C[k]) / N[k]
+    assert torch.allclose(cc.cluster_centers_.double(), C, atol=1e-5)
+    assert torch.allclose(cc.counts_.double(), N)
+
+
+def test_memory_is_bounded_by_the_batch(monkeypatch):
+    """The largest tensor built does not grow with the number of batches seen."""
+    x, _ = direction_batches(6)
+    x = x.repeat(4, 1, 1, 1)  # 24 images
+    ex = LayerClusterExplainer(DirectionNet(), ["feat", "pooled"])
+    biggest = {"n": 0}
+    orig = torch.einsum
+
+    def track(*a, **k):
+        out = orig(*a, **k)
+        biggest["n"] = max(biggest["n"], out.numel())
+        return out
+
+    monkeypatch.setattr(torch, "einsum", track)
+    ConceptClusters(ex, n_clusters=3, random_state=0).fit(list(x[:4].split(2)))
+    small = biggest["n"]
+    biggest["n"] = 0
+    ConceptClusters(ex, n_clusters=3, random_state=0).fit(list(x.split(2)))
+    assert biggest["n"] == small
+
+
+def test_save_load_roundtrip_and_rejections(tmp_path):
+    x, _ = direction_batches(4)
+    ex = LayerClusterExplainer(DirectionNet(), ["feat", "pooled"])
+    cc = ConceptClusters(ex, n_clusters=3, random_state=0).fit(x)
+    path = tmp_path / "concepts.npz"
+    cc.save(path)
+    # no pickle inside: loads with allow_pickle=False
+    with np.load(path, allow_pickle=False) as z:
+        assert set(z.files) == {"cluster_centers", "counts", "metadata"}
+    back = ConceptClusters.load(path, ex)
+    assert torch.equal(back.predict(x), cc.predict(x))
+    with pytest.raises(ValueError, match=r"explainer: the concepts were fitted on layers \['feat', 'pooled'\]"):
+        ConceptClusters.load(path, LayerClusterExplainer(DirectionNet(), ["feat"]))
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a readable concepts file"):
+        ConceptClusters.load(tmp_path / "junk.npz", ex)
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    with pytest.raises(ValueError, match="not a captum-nave concepts file"):
+        ConceptClusters.load(tmp_path / "other.npz", ex)
+    # fitted on other channels than the explainer gives now
+    back.layer_dims_ = [4, 3]
+    with pytest.raises(ValueError, match="channels"):
+        back.predict(x)
+
+
+def test_errors_and_progress(capsys):
+    x, _ = direction_batches(2)
+    ex = LayerClusterExplainer(DirectionNet(), ["feat"])
+    with pytest.raises(RuntimeError, match="not fitted"):
+        ConceptClusters(ex, 3).predict(x)
+    with pytest.raises(ValueError, match="n_clusters: expected an int >= 2, got 1"):
+        ConceptClusters(ex, 1).fit(x)
+    with pytest.raises(TypeError, match="explainer: expected a LayerClusterExplainer"):
+        ConceptClusters("model", 3).fit(x)
+    with pytest.raises(ValueError, match="data: expected at least one batch"):
+        ConceptClusters(ex, 3).fit([])
+    with pytest.raises(TypeError, match="data: expected batches of image tensors"):
+        ConceptClusters(ex, 3).fit([np.zeros((1, 3, 8, 8))])
+    ConceptClusters(ex, 3, random_state=0).fit([x])  # not a terminal: no bar
+    assert capsys.readouterr().err == ""
+    ConceptClusters(ex, 3, random_state=0, progress=True).fit([x])
+    assert "concepts" in capsys.readouterr().err
+
+
+def test_trained_net_has_a_shape_concept_across_images(shape_nets):
+    net, _ = shape_nets
+    x, masks, _, _ = shapes_dataset(24, 48, seed=11)
+    ex = LayerClusterExplainer(net, ["stage1", "stage2"])
+    cc = ConceptClusters(ex, n_clusters=4, random_state=0).fit(list(x[:16].split(4)))
+    seg = cc.predict(x[16:])[:, 0]
+    m = masks[16:]
+    # the best single concept id, over all held-out images jointly
+    best = max(((seg == k) & m).sum().item() / ((seg == k) | m).sum().item() for k in range(4))
+    assert best >= 0.6, best
