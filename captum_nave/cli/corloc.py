@@ -92,21 +92,21 @@ def register(subparsers: Any) -> None:
                    help="also evaluate SLIC superpixels and/or a regular grid")
     m.add_argument("--slic-segments", type=int, default=None, metavar="N",
                    help="SLIC superpixels per image (default: K)")
-    m.add_argument("--slic-compactness", type=float, default=10.0, help="SLIC compactness (default: 10)")
+    m.add_argument("--slic-compactness", type=float, default=10.0, metavar="C", help="SLIC compactness (default: 10)")
     m.add_argument("--grid", type=int, default=3, metavar="G", help="grid baseline: G x G cells (default: 3)")
 
     q = p.add_argument_group("protocol")
     q.add_argument("--strategy", choices=("inner", "outer", "both"), default="both",
                    help="segment selection by inner box, outer box, or both (default)")
-    q.add_argument("--min-area", type=int, default=784,
+    q.add_argument("--min-area", type=int, default=784, metavar="PX",
                    help="drop components with area <= this many pixels (default: 784 = 14*14*4)")
-    q.add_argument("--border", type=int, default=14, help="pixels zeroed on each side (default: 14)")
-    q.add_argument("--iou-threshold", type=float, default=0.5, help="CorLoc IoU threshold (default: 0.5)")
+    q.add_argument("--border", type=int, default=14, metavar="PX", help="pixels zeroed on each side (default: 14)")
+    q.add_argument("--iou-threshold", type=float, default=0.5, metavar="T", help="CorLoc IoU threshold (default: 0.5)")
 
     r = p.add_argument_group("run")
     r.add_argument("--out", default=None, metavar="DIR", help="output folder (default: ./corloc-results)")
-    r.add_argument("--num-shards", type=int, default=1, help="split the images into this many shards")
-    r.add_argument("--shard-index", type=int, default=0, help="which shard to evaluate (0-based)")
+    r.add_argument("--num-shards", type=int, default=1, metavar="N", help="split the images into this many shards")
+    r.add_argument("--shard-index", type=int, default=0, metavar="I", help="which shard to evaluate (0-based)")
     r.add_argument("--merge", nargs="+", default=None, metavar="DIR",
                    help="merge the results of these output folders (shards, datasets) and write "
                    "the tables to --out; evaluates nothing")
