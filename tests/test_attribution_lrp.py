@@ -153,6 +153,27 @@ def test_zero_bias_conservation(family: str) -> None:
     assert (rel != 0).float().mean() > 0.5
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(class_token=False, global_pool="avg", reg_tokens=4),
+        dict(no_embed_class=True, reg_tokens=2),
+        dict(qk_norm=True, init_values=0.1),  # query/key LayerNorm, LayerScale
+    ],
+    ids=["registers-no-cls-avg", "no-embed-class", "qk-norm-layerscale"],
+)
+def test_zero_bias_conservation_vit_variants(kwargs: dict) -> None:
+    torch.manual_seed(0)
+    kwargs = dict(kwargs)
+    model = _zero_biases(_randomize_scales(_tiny_vit(kwargs.pop("reg_tokens", 0), **kwargs)))
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(canonize(model)(x), model(x), rtol=1e-4, atol=1e-5)
+    err, _ = _relative_conservation_error(model, x)
+    assert (err < 0.05).all(), err
+
+
 @pytest.mark.slow
 def test_zero_bias_conservation_resnet50() -> None:
     torch.manual_seed(0)

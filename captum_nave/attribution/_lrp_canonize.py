@@ -26,6 +26,7 @@ from captum_nave.attribution._lrp_modules import (
     Add,
     AddConstant,
     AttentionMix,
+    AttentionScores,
     DetachedLayerNorm,
     PassThroughRule,
     TokenMean,
@@ -63,8 +64,9 @@ IDENTITY_ACTIVATIONS: tuple[type, ...] = (
 )
 #: Activations Captum handles itself (``rule = None``: relevance passes unchanged).
 CAPTUM_NONLINEAR: tuple[type, ...] = (nn.ReLU, nn.Tanh, nn.Dropout)
-#: Leaves whose backward is a pure re-indexing: no hooks at all.
-PASS_THROUGH: tuple[type, ...] = (nn.Identity, nn.Flatten)
+#: Leaves whose backward is a pure re-indexing, or whose output is a constant
+#: for the relevance pass (attention probabilities): no hooks at all.
+PASS_THROUGH: tuple[type, ...] = (nn.Identity, nn.Flatten, AttentionScores)
 
 #: Autograd nodes allowed between rule-carrying modules: they only move values.
 _STRUCTURAL_NODES = frozenset(
@@ -310,10 +312,20 @@ class _LRPAttention(nn.Module):
         super().__init__()
         self.num_heads = int(attn.num_heads)
         self.head_dim = int(attn.head_dim)
-        self.scale = float(attn.scale)
         self.qkv = attn.qkv
-        self.q_norm = attn.q_norm
-        self.k_norm = attn.k_norm
+        norms = []
+        for key in ("q_norm", "k_norm"):
+            norm = getattr(attn, key)
+            if type(norm) is nn.Identity:
+                norms.append(None)
+            elif isinstance(norm, nn.LayerNorm):
+                norms.append(norm)
+            else:
+                raise TypeError(
+                    f"LRP: attention {key} of type {type(norm).__name__} is not supported "
+                    "(Identity or LayerNorm)"
+                )
+        self.scores = AttentionScores(float(attn.scale), norms[0], norms[1])
         self.mix = AttentionMix()
         self.norm = attn.norm
         self.proj = attn.proj
@@ -322,9 +334,7 @@ class _LRPAttention(nn.Module):
         b, n, _ = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        q, k = self.q_norm(q), self.k_norm(k)
-        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1).detach()
-        out = self.mix(v, attn=attn)
+        out = self.mix(v, attn=self.scores(q, k))
         out = out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
         return self.proj(self.norm(out))
 

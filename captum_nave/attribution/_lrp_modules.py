@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from captum.attr._utils.custom_modules import Addition_Module
 from captum.attr._utils.lrp_rules import PropagationRule
@@ -25,6 +26,7 @@ __all__ = [
     "Add",
     "AddConstant",
     "AttentionMix",
+    "AttentionScores",
     "DetachedLayerNorm",
     "PassThroughRule",
     "TokenMean",
@@ -127,6 +129,51 @@ class AttentionMix(nn.Module):
 
     def forward(self, v: Tensor, *, attn: Tensor) -> Tensor:  # noqa: D102
         return attn @ v
+
+
+class AttentionScores(nn.Module):
+    """Softmax attention probabilities, computed without gradient (CP-LRP).
+
+    ``softmax(norm_q(q) * scale @ norm_k(k)^T)`` on detached ``q`` and ``k``: the
+    result is a constant for the relevance pass, so no relevance flows into the
+    query/key path.  The optional query/key LayerNorms (timm ``qk_norm=True``)
+    are applied functionally here, so that they are not leaf modules with hooks.
+
+    Parameters
+    ----------
+    scale : float
+        Multiplier of the queries (``head_dim ** -0.5`` in timm).
+    q_norm, k_norm : nn.LayerNorm or None
+        Normalisation of queries / keys over the head dimension.
+    """
+
+    def __init__(
+        self, scale: float, q_norm: Optional[nn.LayerNorm], k_norm: Optional[nn.LayerNorm]
+    ) -> None:
+        super().__init__()
+        self.scale = float(scale)
+        self._norms: dict[str, Optional[tuple]] = {}
+        for key, norm in (("q", q_norm), ("k", k_norm)):
+            if norm is None:
+                self._norms[key] = None
+                continue
+            for part in ("weight", "bias"):
+                t = getattr(norm, part)
+                self.register_buffer(f"{key}_{part}", None if t is None else t.detach().clone())
+            self._norms[key] = (tuple(norm.normalized_shape), float(norm.eps))
+
+    def _norm(self, key: str, t: Tensor) -> Tensor:
+        spec = self._norms[key]
+        if spec is None:
+            return t
+        shape, eps = spec
+        return F.layer_norm(t, shape, getattr(self, f"{key}_weight"), getattr(self, f"{key}_bias"), eps)
+
+    def forward(self, q: Tensor, k: Tensor) -> Tensor:  # noqa: D102
+        with torch.no_grad():
+            q = self._norm("q", q.detach()) * self.scale
+            k = self._norm("k", k.detach())
+            return (q @ k.transpose(-2, -1)).softmax(dim=-1)
 
 
 class TokenMean(nn.Module):
