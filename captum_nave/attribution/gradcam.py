@@ -1,0 +1,366 @@
+"""Grad-CAM for CNNs and Vision Transformers, through Captum's ``LayerGradCam``.
+
+Grad-CAM (Selvaraju et al., ICCV 2017) weights each channel ``c`` of a layer's
+activation ``A`` by the spatial mean of the target score's gradient,
+``alpha_c = mean_{y,x} dS/dA_c[y, x]``, and returns ``relu(sum_c alpha_c A_c)``,
+upsampled to the input size.
+
+Captum's ``LayerGradCam`` averages the gradient over *all* dimensions after the
+channel dimension, so on a ViT block, whose output is tokens ``(N, T, C)``, it averages
+over the embedding and sums over tokens: a meaningless ``(N, 1, C)`` result. Here the
+chosen layer gets a temporary forward hook that passes its output through a small
+identity module (:class:`_GridView`, not part of the model):
+
+* a CNN map ``(N, C, h, w)`` goes through unchanged;
+* ViT tokens ``(N, T, C)`` are split into the prefix tokens (class, distillation and
+  register tokens; their number is read with
+  :func:`captum_nave.activations.num_prefix_tokens`, never assumed to be 1) and the
+  patch tokens, which are reshaped to the patch grid ``(N, C, h, w)`` with
+  :func:`captum_nave.activations.tokens_to_grid`, passed through the identity module
+  and flattened back; the hook returns the same values, so the model computes exactly
+  what it computed before.
+
+``LayerGradCam`` is then run on the identity module, i.e. on the patch grid: the
+prefix tokens are neither weighted nor summed into the map. The hook is removed in a
+``finally`` block.
+
+Default layers (:func:`default_gradcam_layer`)
+----------------------------------------------
+=========================================  ==========================================
+family                                     default layer
+=========================================  ==========================================
+ResNet (torchvision / timm)                ``layer4`` (last stage, stride 32)
+VGG (torchvision ``features``)             the last ReLU in ``features`` (the rectified
+                                           last convolution, before the last pooling)
+timm EfficientNet / MobileNet              ``bn2`` (BatchNorm + activation after
+(``conv_head`` + ``bn2``)                  ``conv_head``: the last spatial features)
+torchvision EfficientNet / MobileNet       ``features.{n-1}`` (the 1x1 head conv block)
+ConvNeXt and other staged models           ``stages.{n-1}``
+timm ViT, ``global_pool="token"``          ``blocks.{n-1}.norm1`` (see below)
+timm ViT, other pooling (avg, max, map)    ``blocks.{n-1}``
+torchvision ViT (class token)              ``encoder.layers.{n-1}.ln_1``
+anything else                              the last module (in execution order) whose
+                                           output is a spatial map with more than one
+                                           pixel
+=========================================  ==========================================
+
+Why ``norm1`` of the last block for class-token ViTs: the head reads only the class
+token of the last block's *output*; the patch tokens of that output are not used by any
+later computation, so the gradient of the class score with respect to them is exactly
+zero and Grad-CAM on ``blocks[-1]`` is an all-zero map. The patch tokens entering the
+last block's attention (``blocks[-1].norm1``'s output) are the last patch
+representations that still reach the class token, through the keys and values of that
+attention. For average- or attention-pooled ViTs the last block's patch tokens feed
+the head directly, so the last block itself is used.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import torch
+from captum.attr import LayerAttribution, LayerGradCam
+from torch import Tensor, nn
+
+from captum_nave.activations import (
+    LayerSpec,
+    num_prefix_tokens as _read_num_prefix,
+    patch_size_of,
+    resolve_layers,
+    tokens_to_grid,
+)
+
+from .registry import _forward_args, register_method
+
+__all__ = ["default_gradcam_layer", "gradcam"]
+
+_INTERPOLATION = ("bilinear", "bicubic", "nearest", "area")
+
+
+class _GridView(nn.Module):
+    """Identity on a spatial map ``(N, C, h, w)``: the module ``LayerGradCam`` hooks."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+# --------------------------------------------------------------------------- defaults
+def _vit_blocks(model: nn.Module) -> Optional[Tuple[str, nn.Module]]:
+    for path in ("blocks", "encoder.layers"):
+        obj: Any = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, (nn.Sequential, nn.ModuleList)) and len(obj) > 0:
+            return path, obj
+    return None
+
+
+def _is_torchvision_vit(model: nn.Module) -> bool:
+    return (
+        type(model).__name__ == "VisionTransformer"
+        and hasattr(model, "class_token")
+        and hasattr(model, "encoder")
+    )
+
+
+def _fallback_layer(model: nn.Module, inputs: Tensor, extra: Tuple[Any, ...]) -> str:
+    """Name of the last module (execution order) whose output is a map with h*w > 1."""
+    names = {m: n for n, m in model.named_modules() if n}
+    last: List[str] = []
+    handles = []
+
+    def hook(mod: nn.Module, args: Any, out: Any) -> None:
+        if isinstance(out, Tensor) and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1:
+            last.append(names[mod])
+
+    try:
+        for m in names:
+            handles.append(m.register_forward_hook(hook))
+        with torch.no_grad():
+            model(inputs[:1], *extra)
+    finally:
+        for h in handles:
+            h.remove()
+    if not last:
+        raise ValueError(
+            f"layer: no default Grad-CAM layer for {type(model).__name__} (no submodule outputs a "
+            "spatial map); pass layer= (a module or a dotted name)"
+        )
+    return last[-1]
+
+
+def default_gradcam_layer(
+    model: nn.Module, inputs: Optional[Tensor] = None, additional_forward_args: Any = None
+) -> str:
+    """Dotted name of the documented default Grad-CAM layer of ``model``.
+
+    See the module docstring for the rules per family.
+
+    Parameters
+    ----------
+    model : nn.Module
+    inputs : Tensor of shape (N, C, H, W), optional
+        Needed only for the generic rule (one forward pass of the first image).
+    additional_forward_args : any, optional
+        Extra forward arguments for that pass.
+
+    Returns
+    -------
+    str
+    """
+    children = dict(model.named_children())
+    blocks = _vit_blocks(model)
+    if blocks is not None and (getattr(model, "patch_embed", None) is not None or _is_torchvision_vit(model)):
+        path, seq = blocks
+        last = f"{path}.{len(seq) - 1}"
+        pool = getattr(model, "global_pool", "token" if _is_torchvision_vit(model) else None)
+        token_pooled = pool == "token" or (pool is None and getattr(model, "cls_token", None) is not None)
+        if token_pooled:
+            for norm in ("norm1", "ln_1", "layernorm_before"):
+                if isinstance(getattr(seq[-1], norm, None), nn.Module):
+                    return f"{last}.{norm}"
+            raise ValueError(
+                f"layer: {type(model).__name__} pools its class token and its last block has no "
+                "norm1/ln_1 before the attention; pass layer= (a layer whose patch tokens reach "
+                "the class token)"
+            )
+        return last
+    if "layer4" in children:
+        return "layer4"
+    if "conv_head" in children and isinstance(children.get("bn2"), nn.Module):
+        return "bn2"
+    features = children.get("features")
+    if isinstance(features, nn.Sequential):
+        if any(isinstance(m, nn.MaxPool2d) for m in features):  # VGG-like
+            for i in range(len(features) - 1, -1, -1):
+                if isinstance(features[i], nn.ReLU):
+                    return f"features.{i}"
+            for i in range(len(features) - 1, -1, -1):
+                if isinstance(features[i], nn.Conv2d):
+                    return f"features.{i}"
+        if type(model).__name__ in ("EfficientNet", "EfficientNetV2", "MobileNetV2", "MobileNetV3"):
+            return f"features.{len(features) - 1}"
+    stages = children.get("stages")
+    if isinstance(stages, (nn.Sequential, nn.ModuleList)) and len(stages) > 0:
+        return f"stages.{len(stages) - 1}"
+    if inputs is None:
+        raise ValueError(f"layer: no default Grad-CAM layer for {type(model).__name__}; pass layer=")
+    return _fallback_layer(model, inputs, _forward_args(additional_forward_args))
+
+
+def _layer_name(model: nn.Module, layer: nn.Module) -> str:
+    for name, m in model.named_modules():
+        if m is layer and name:
+            return name
+    return type(layer).__name__
+
+
+def _prefix_count(model: nn.Module, given: Optional[int]) -> Optional[int]:
+    if given is not None:
+        if isinstance(given, bool) or not isinstance(given, int) or given < 0:
+            raise ValueError(f"num_prefix_tokens: expected a non-negative int, got {given!r}")
+        return given
+    n = _read_num_prefix(model)
+    if n is None and _is_torchvision_vit(model):
+        return 1
+    return n
+
+
+# --------------------------------------------------------------------------- method
+def gradcam(
+    model: nn.Module,
+    inputs: Tensor,
+    target: Tensor,
+    *,
+    layer: Optional[LayerSpec] = None,
+    relu_attributions: bool = True,
+    attribute_to_layer_input: bool = False,
+    interpolate_mode: str = "bilinear",
+    num_prefix_tokens: Optional[int] = None,
+    patch_size: Optional[Union[int, Tuple[int, int]]] = None,
+    additional_forward_args: Any = None,
+) -> Tuple[Tensor, Tensor, None, Dict[str, Any]]:
+    """Grad-CAM of ``target`` at ``layer`` (registered as ``"gradcam"``).
+
+    Call it through ``captum_nave.attribution.attribute("gradcam", model, inputs, target,
+    **options)``, which also resolves ``target="auto"`` and protects the model.
+
+    Parameters
+    ----------
+    model : nn.Module
+        CNN or ViT classifier returning (N, K) scores.
+    inputs : Tensor of shape (N, C, H, W)
+    target : LongTensor of shape (N,)
+    layer : module, dotted name or int, optional
+        Layer whose output (or input) is explained; default
+        :func:`default_gradcam_layer`. Its output must be a map (N, C, h, w) or tokens
+        (N, T, C) with ``num_prefix_tokens`` prefix tokens, and it must run once per
+        forward pass.
+    relu_attributions : bool, default True
+        Keep only positive evidence (the Grad-CAM definition).
+    attribute_to_layer_input : bool, default False
+        Use the layer's input instead of its output.
+    interpolate_mode : {"bilinear", "bicubic", "nearest", "area"}
+        Upsampling of the layer map to the input size.
+    num_prefix_tokens : int, optional
+        Tokens before the patch tokens (class, distillation, registers); default read
+        from the model (timm ``num_prefix_tokens``). Only used for token layers.
+    patch_size : int or (int, int), optional
+        Default read from the model (``patch_embed.patch_size``).
+    additional_forward_args : any, optional
+        Extra positional arguments of the model (Captum convention).
+
+    Returns
+    -------
+    maps : Tensor of shape (N, 1, H, W)
+    raw : Tensor of shape (N, 1, h, w)
+        The map at the layer's (patch grid) resolution.
+    delta : None
+    options : dict
+        ``layer`` (name), ``grid`` (h, w), ``num_prefix_tokens`` (for token layers) and
+        the other options used.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: Grad-CAM needs an nn.Module (to hook a layer), got {type(model).__name__}")
+    if not isinstance(relu_attributions, bool):
+        raise TypeError(f"relu_attributions: expected a bool, got {relu_attributions!r}")
+    if not isinstance(attribute_to_layer_input, bool):
+        raise TypeError(f"attribute_to_layer_input: expected a bool, got {attribute_to_layer_input!r}")
+    if interpolate_mode not in _INTERPOLATION:
+        raise ValueError(f"interpolate_mode: expected one of {', '.join(_INTERPOLATION)}, got {interpolate_mode!r}")
+    if layer is None:
+        name = default_gradcam_layer(model, inputs, additional_forward_args)
+        module = resolve_layers(model, [name])[0]
+    else:
+        module = resolve_layers(model, [layer])[0]
+        name = layer if isinstance(layer, str) else _layer_name(model, module)
+    prefix = _prefix_count(model, num_prefix_tokens)
+    if isinstance(patch_size, int) and not isinstance(patch_size, bool):
+        patch = (patch_size, patch_size)
+    elif patch_size is None:
+        patch = patch_size_of(model)
+    elif isinstance(patch_size, (tuple, list)) and len(patch_size) == 2:
+        patch = (int(patch_size[0]), int(patch_size[1]))
+    else:
+        raise ValueError(f"patch_size: expected an int or a pair of ints, got {patch_size!r}")
+
+    hw = (int(inputs.shape[-2]), int(inputs.shape[-1]))
+    view = _GridView()
+    calls = [0]
+    info: Dict[str, Any] = {}
+
+    def to_grid(value: Any) -> Tensor:
+        calls[0] += 1
+        if calls[0] > 1:
+            raise ValueError(
+                f"layer: {name!r} runs more than once per forward pass (a shared module); "
+                "choose a layer that is called once"
+            )
+        if not isinstance(value, Tensor):
+            raise TypeError(
+                f"layer: {name!r} {'input' if attribute_to_layer_input else 'output'} is a "
+                f"{type(value).__name__}; Grad-CAM needs a Tensor (N, C, h, w) or tokens (N, T, C)"
+            )
+        if value.dim() == 4:
+            info["grid"] = tuple(value.shape[-2:])
+            return view(value)
+        if value.dim() == 3:
+            if prefix is None:
+                raise ValueError(
+                    f"num_prefix_tokens: layer {name!r} gives tokens of shape {tuple(value.shape)} but "
+                    "the model does not say how many prefix tokens precede the patches; pass "
+                    "num_prefix_tokens= (and patch_size=)"
+                )
+            grid = view(tokens_to_grid(value, prefix, hw, patch))
+            info["grid"] = tuple(grid.shape[-2:])
+            info["num_prefix_tokens"] = prefix
+            patches = grid.flatten(2).transpose(1, 2)
+            return torch.cat([value[:, :prefix], patches], dim=1)
+        raise ValueError(
+            f"layer: {name!r} gives a tensor of shape {tuple(value.shape)}; Grad-CAM needs a "
+            "spatial map (N, C, h, w) or tokens (N, T, C)"
+        )
+
+    if attribute_to_layer_input:
+        def pre_hook(mod: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
+            if not args:
+                raise ValueError(f"layer: {name!r} received no positional input to explain")
+            return (to_grid(args[0]),) + tuple(args[1:])
+
+        handle = module.register_forward_pre_hook(pre_hook)
+    else:
+        def hook(mod: nn.Module, args: Tuple[Any, ...], out: Any) -> Tensor:
+            return to_grid(out)
+
+        handle = module.register_forward_hook(hook)
+    # the call count is per forward pass: reset it when the model starts one
+    reset = model.register_forward_pre_hook(lambda mod, args: calls.__setitem__(0, 0))
+    try:
+        raw = LayerGradCam(model, view).attribute(
+            inputs,
+            target=target,
+            additional_forward_args=additional_forward_args,
+            relu_attributions=relu_attributions,
+        )
+    except Exception as exc:
+        if calls[0] == 0:
+            raise ValueError(f"layer: {name!r} did not run during the forward pass") from exc
+        raise
+    finally:
+        handle.remove()
+        reset.remove()
+    raw = raw.detach()
+    maps = LayerAttribution.interpolate(raw, hw, interpolate_mode=interpolate_mode)
+    options: Dict[str, Any] = {
+        "layer": name,
+        "relu_attributions": relu_attributions,
+        "attribute_to_layer_input": attribute_to_layer_input,
+        "interpolate_mode": interpolate_mode,
+        **info,
+    }
+    return maps, raw, None, options
+
+
+register_method("gradcam", gradcam)
