@@ -628,8 +628,10 @@ def test_model_unchanged_after_success() -> None:
     model, calls = _user_model()
     before = _snapshot(model)
     x = torch.randn(2, 3, 32, 32)
+    x_before = x.clone()
     lrp_attribute(model, x, [0, 1], return_convergence_delta=True)
     _assert_unchanged(model, before)
+    assert torch.equal(x, x_before) and not x.requires_grad and x.grad is None
     assert calls == [], "user hooks must not run on the working copy"
     assert model.training and all(m.training for m in model.modules())
 
