@@ -1,0 +1,899 @@
+"""Build the self-contained HTML audit report: compute everything, then render it.
+
+:func:`collect_report` runs NAVE (several k-means seeds), the attribution methods, the
+per-segment relevance and ablation scores, the optional register comparison and CorLoc
+evaluation, and records what is needed to reproduce the run. :func:`render_report`
+turns the collected :class:`ReportData` into one HTML string (see
+:mod:`captum_nave.report.sections`), and :func:`build_report` does both and writes the
+file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .environment import package_versions, platform_info, tensor_sha256
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "ModelRun",
+    "CorLocRun",
+    "ReportData",
+    "collect_report",
+    "render_report",
+    "build_report",
+]
+
+#: Methods of a report by default, in panel order.
+DEFAULT_METHODS: Tuple[str, ...] = ("nave", "gradcam", "ig", "lrp")
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+ImageSource = Union[Tensor, str, "os.PathLike[str]"]
+ModelEntry = Union[nn.Module, Tuple[nn.Module, Mapping[str, Any]]]
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class ModelRun:
+    """Everything computed for one model.
+
+    Attributes
+    ----------
+    name : str
+        Display name (user-provided, escaped when rendered).
+    info : dict
+        ``mean``, ``std``, ``source``, ``pretrained``, ``num_classes`` as used.
+    layers : list of str
+        Layers NAVE clusters.
+    weights_sha256 : str
+        :func:`captum_nave.models.state_dict_sha256` before the run.
+    weights_unchanged : bool
+        The hash after the run equals the hash before.
+    targets : LongTensor of shape (N,)
+        Class explained per image.
+    target_names : list of str
+        Display name of each target class.
+    target_probs : Tensor of shape (N,)
+        Softmax probability of the target class.
+    nave : NaveResult
+        NAVE result of the first seed.
+    seed_maps : LongTensor of shape (R, N, 1, H, W)
+        NAVE segments for every seed.
+    stability : list of float or None
+        Mean pairwise ARI over seeds per image (``None`` with a single seed).
+    attributions : dict of str to AttributionResult
+        Per method other than ``"nave"``, in the requested order.
+    errors : dict of str to str
+        Methods that failed (``on_error="record"``), with the error message.
+    relevance : dict of str to SegmentRelevanceTable
+        Per attribution method, the split of its map over the NAVE segments.
+    importance : Tensor of shape (N, K) or None
+        Drop of the target score when each NAVE segment is ablated (FeatureAblation).
+    timings : dict of str to float
+        Seconds per stage (``nave``, each method, ``relevance``, ``importance``).
+    """
+
+    name: str
+    info: Dict[str, Any]
+    layers: List[str]
+    weights_sha256: str
+    weights_unchanged: bool
+    targets: Tensor
+    target_names: List[str]
+    target_probs: Tensor
+    nave: Any
+    seed_maps: Tensor
+    stability: Optional[List[float]]
+    attributions: Dict[str, Any] = field(default_factory=dict)
+    errors: Dict[str, str] = field(default_factory=dict)
+    relevance: Dict[str, Any] = field(default_factory=dict)
+    importance: Optional[Tensor] = None
+    timings: Dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class CorLocRun:
+    """CorLoc of every model (and the SLIC baseline) on the images with boxes.
+
+    Attributes
+    ----------
+    image_indices : list of int
+        Images with at least one box inside the report's crop.
+    boxes : list of ndarray of shape (M, 4)
+        Ground-truth boxes in report pixels (after resizing / cropping), per image.
+    selections : dict of str to list of dict
+        ``{method name: [{"inner": Selection, "outer": Selection}, ...]}`` in the order
+        of ``image_indices``; method names are the model names and ``"SLIC"``.
+    protocol : dict
+        The protocol constants.
+    n_without_boxes : int
+        Images left out because they had no box (or none inside the crop).
+    """
+
+    image_indices: List[int]
+    boxes: List[np.ndarray]
+    selections: Dict[str, List[Dict[str, Any]]]
+    protocol: Dict[str, Any]
+    n_without_boxes: int
+
+    def corloc(self, method: str, strategy: str) -> float:
+        """Fraction of images correctly localised by ``method`` with ``strategy``."""
+        sel = self.selections[method]
+        return float(np.mean([s[strategy].correct for s in sel])) if sel else math.nan
+
+    def mean_iou(self, method: str, strategy: str) -> float:
+        """Mean reported IoU of ``method`` with ``strategy``."""
+        sel = self.selections[method]
+        return float(np.mean([s[strategy].iou for s in sel])) if sel else math.nan
+
+
+@dataclass
+class ReportData:
+    """Everything a report shows; produced by :func:`collect_report`.
+
+    Attributes
+    ----------
+    title : str
+    images : Tensor of shape (N, 3, H, W), values in [0, 1]
+        The images as the models saw them (before normalisation).
+    image_names : list of str
+    image_sizes : list of (int, int)
+        Original (H, W) of every image before resizing.
+    image_sha256 : list of str
+        Hash of every resized image tensor.
+    methods : list of str
+    runs : list of ModelRun
+    register : RegisterComparison or None
+    corloc : CorLocRun or None
+    config : dict
+        The full configuration of the call.
+    versions : dict
+    platform : dict
+    timings : dict of str to float
+    warnings : list of str
+        Warnings raised while computing (also emitted with :mod:`warnings`).
+    """
+
+    title: str
+    images: Tensor
+    image_names: List[str]
+    image_sizes: List[Tuple[int, int]]
+    image_sha256: List[str]
+    methods: List[str]
+    runs: List[ModelRun]
+    register: Any
+    corloc: Optional[CorLocRun]
+    config: Dict[str, Any]
+    versions: Dict[str, Optional[str]]
+    platform: Dict[str, str]
+    timings: Dict[str, float]
+    warnings: List[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- input parsing
+def _is_pathlike(x: Any) -> bool:
+    return isinstance(x, (str, os.PathLike))
+
+
+def _parse_images(images: Any, image_names: Optional[Sequence[str]]) -> Tuple[List[Tensor], List[str]]:
+    """-> list of (3, H, W) float tensors in [0, 1] and their names."""
+    from captum_nave.models import load_image
+
+    names: List[str]
+    if isinstance(images, Tensor):
+        x = images
+        if x.dim() == 3:
+            x = x[None]
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"images: expected a tensor of shape (N, 3, H, W) or (3, H, W), got {tuple(images.shape)}")
+        items: List[Any] = list(x)
+        names = [f"image {i}" for i in range(len(items))]
+    elif isinstance(images, Mapping):
+        items = list(images.values())
+        names = [str(k) for k in images.keys()]
+    elif isinstance(images, (list, tuple)):
+        items = list(images)
+        names = [
+            os.path.splitext(os.path.basename(os.fspath(s)))[0] if _is_pathlike(s) else f"image {i}"
+            for i, s in enumerate(items)
+        ]
+    elif _is_pathlike(images):
+        items = [images]
+        names = [os.path.splitext(os.path.basename(os.fspath(images)))[0]]
+    else:
+        raise TypeError(
+            "images: expected a Tensor (N, 3, H, W) in [0, 1], a sequence of image tensors or "
+            f"file paths, or a mapping name -> image, got {type(images).__name__}"
+        )
+    if not items:
+        raise ValueError("images: expected at least one image, got none")
+    out: List[Tensor] = []
+    for i, item in enumerate(items):
+        if _is_pathlike(item):
+            item = load_image(item)
+        if not isinstance(item, Tensor):
+            raise TypeError(f"images[{i}]: expected a Tensor (3, H, W) or a file path, got {type(item).__name__}")
+        if item.dim() == 4 and item.shape[0] == 1:
+            item = item[0]
+        if item.dim() != 3 or item.shape[0] != 3:
+            raise ValueError(f"images[{i}]: expected shape (3, H, W), got {tuple(item.shape)}")
+        if not item.is_floating_point():
+            raise TypeError(f"images[{i}]: expected a float tensor with values in [0, 1], got {item.dtype}")
+        lo, hi = float(item.min()), float(item.max())
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise ValueError(
+                f"images[{i}]: expected values in [0, 1] (not normalised), got range [{lo:.3g}, {hi:.3g}]"
+            )
+        out.append(item.detach().to("cpu", torch.float32))
+    if image_names is not None:
+        if isinstance(image_names, str) or len(image_names) != len(out):
+            raise ValueError(f"image_names: expected {len(out)} names (one per image), got {image_names!r}")
+        names = [str(n) for n in image_names]
+    return out, names
+
+
+def _model_defaults(model: nn.Module) -> Dict[str, Any]:
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    return {
+        "mean": tuple(float(v) for v in cfg.get("mean", _IMAGENET_MEAN)),
+        "std": tuple(float(v) for v in cfg.get("std", _IMAGENET_STD)),
+        "source": "user model",
+        "pretrained": None,
+    }
+
+
+def _parse_models(models: Any) -> List[Tuple[str, nn.Module, Dict[str, Any]]]:
+    """-> [(name, module, info)] where info has at least mean and std."""
+    if isinstance(models, nn.Module) or (isinstance(models, tuple) and len(models) == 2 and isinstance(models[0], nn.Module) and isinstance(models[1], Mapping)):
+        models = [models]
+    if isinstance(models, Mapping):
+        pairs = [(str(k), v) for k, v in models.items()]
+    elif isinstance(models, (list, tuple)):
+        pairs = []
+        for i, v in enumerate(models):
+            if isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str):
+                pairs.append((v[0], v[1]))
+            else:
+                m = v[0] if isinstance(v, tuple) else v
+                pairs.append((type(m).__name__, v))
+        counts: Dict[str, int] = {}
+        for n, _ in pairs:
+            counts[n] = counts.get(n, 0) + 1
+        seen: Dict[str, int] = {}
+        renamed = []
+        for n, v in pairs:
+            if counts[n] > 1:
+                seen[n] = seen.get(n, 0) + 1
+                n = f"{n} #{seen[n]}"
+            renamed.append((n, v))
+        pairs = renamed
+    else:
+        raise TypeError(
+            "models: expected an nn.Module, a mapping name -> model (or (model, info)), or a "
+            f"list of them, got {type(models).__name__}"
+        )
+    if not pairs:
+        raise ValueError("models: expected at least one model, got none")
+    out = []
+    names = set()
+    for name, entry in pairs:
+        if name in names:
+            raise ValueError(f"models: duplicate model name {name!r}")
+        names.add(name)
+        info: Dict[str, Any] = {}
+        if isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[1], Mapping):
+            module, user_info = entry
+            info.update(user_info)
+        else:
+            module = entry
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"models[{name!r}]: expected an nn.Module (or (nn.Module, info)), got {type(module).__name__}")
+        defaults = _model_defaults(module)
+        for k, v in defaults.items():
+            info.setdefault(k, v)
+        out.append((name, module, info))
+    return out
+
+
+def _parse_size(size: Any) -> Optional[Tuple[int, int]]:
+    if size is None:
+        return None
+    if isinstance(size, bool):
+        raise TypeError(f"size: expected an int or (height, width), got {size!r}")
+    if isinstance(size, int):
+        size = (size, size)
+    if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in size)):
+        raise TypeError(f"size: expected an int or (height, width), got {size!r}")
+    if min(size) < 8:
+        raise ValueError(f"size: expected at least 8 pixels per side, got {tuple(size)}")
+    return int(size[0]), int(size[1])
+
+
+def _resize_geometry(hw: Tuple[int, int], size: Tuple[int, int], crop: bool) -> Tuple[float, float, int, int]:
+    """(scale_y, scale_x, top, left) of :func:`captum_nave.models.resize_images`."""
+    h, w = hw
+    th, tw = size
+    if not crop:
+        return th / h, tw / w, 0, 0
+    s = max(th / h, tw / w)
+    rh, rw = max(th, round(h * s)), max(tw, round(w * s))
+    return rh / h, rw / w, (rh - th) // 2, (rw - tw) // 2
+
+
+def transform_boxes(
+    boxes: Any, hw: Tuple[int, int], size: Tuple[int, int], crop: bool = True
+) -> np.ndarray:
+    """Map boxes from an original image to the resized (and centre-cropped) image.
+
+    Parameters
+    ----------
+    boxes : array-like of shape (M, 4)
+        ``(x_min, y_min, x_max, y_max)`` in pixels of the original image of size ``hw``.
+    hw : (int, int)
+        Original (H, W).
+    size : (int, int)
+        Report image size (H', W').
+    crop : bool
+        As :func:`captum_nave.models.resize_images`.
+
+    Returns
+    -------
+    ndarray of shape (M', 4), float64
+        Boxes clipped to the new image; boxes with no area left are dropped.
+    """
+    arr = np.asarray(boxes, dtype=np.float64)
+    if arr.size == 0:
+        return np.zeros((0, 4))
+    if arr.ndim != 2 or arr.shape[1] != 4 or not np.all(np.isfinite(arr)):
+        raise ValueError(f"boxes: expected an array of shape (M, 4) of finite numbers, got shape {arr.shape}")
+    if np.any(arr[:, 2] <= arr[:, 0]) or np.any(arr[:, 3] <= arr[:, 1]):
+        raise ValueError(f"boxes: expected x_max > x_min and y_max > y_min, got {arr.tolist()}")
+    sy, sx, top, left = _resize_geometry(hw, size, crop)
+    out = arr.copy()
+    out[:, [0, 2]] = out[:, [0, 2]] * sx - left
+    out[:, [1, 3]] = out[:, [1, 3]] * sy - top
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, size[1])
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, size[0])
+    keep = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])
+    return out[keep]
+
+
+def _class_namer(class_names: Any, num_classes: Optional[int], pretrained: Any) -> Callable[[int], str]:
+    if callable(class_names):
+        return lambda k: str(class_names(k))
+    if isinstance(class_names, Mapping):
+        return lambda k: str(class_names.get(k, f"class {k}"))
+    if isinstance(class_names, (list, tuple)):
+        return lambda k: str(class_names[k]) if 0 <= k < len(class_names) else f"class {k}"
+    if class_names is not None:
+        raise TypeError(
+            f"class_names: expected a sequence, a mapping, a callable or None, got {type(class_names).__name__}"
+        )
+    if num_classes == 1000 and pretrained is not False:
+        from captum_nave.models import imagenet_class_name
+
+        return lambda k: f"{imagenet_class_name(k)} ({k})"
+    return lambda k: f"class {k}"
+
+
+def _check_choice_list(values: Any, param: str) -> List[str]:
+    if isinstance(values, str):
+        values = [v for v in values.replace(",", " ").split() if v]
+    if not isinstance(values, (list, tuple)) or not values or not all(isinstance(v, str) for v in values):
+        raise TypeError(f"{param}: expected a non-empty sequence of method names, got {values!r}")
+    out: List[str] = []
+    for v in values:
+        key = v.strip().lower()
+        if key not in out:
+            out.append(key)
+    return out
+
+
+def _check_seeds(seeds: Any) -> List[int]:
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    if not isinstance(seeds, (list, tuple)) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise TypeError(f"seeds: expected a non-empty sequence of ints, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds: expected distinct seeds, got {list(seeds)!r}")
+    return [int(s) for s in seeds]
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    if p is None:
+        p = next(model.buffers(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
+
+
+# --------------------------------------------------------------------------- collect
+def collect_report(
+    images: Any,
+    models: Any,
+    *,
+    image_names: Optional[Sequence[str]] = None,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    layers: Any = None,
+    n_clusters: int = 5,
+    seeds: Sequence[int] = (0, 1, 2),
+    size: Any = None,
+    crop: bool = True,
+    target: Any = "auto",
+    class_names: Any = None,
+    method_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    importance: bool = True,
+    register_pair: Optional[Tuple[str, str]] = None,
+    register_options: Optional[Mapping[str, Any]] = None,
+    boxes: Optional[Sequence[Any]] = None,
+    corloc_protocol: Any = None,
+    title: str = "captum-nave report",
+    on_error: str = "raise",
+    progress: Optional[bool] = None,
+    extra_config: Optional[Mapping[str, Any]] = None,
+) -> ReportData:
+    """Compute everything the report shows (see :func:`build_report` for the parameters)."""
+    from captum_nave import LayerClusterExplainer
+    from captum_nave.attribution import attribute, available_methods, segment_importance, segment_relevance
+    from captum_nave.attribution.registry import resolve_target
+    from captum_nave.models import default_layers, normalize, resize_images, state_dict_sha256
+    from captum_nave.visualization import stability_ari
+
+    t_start = time.perf_counter()
+    if not isinstance(title, str):
+        raise TypeError(f"title: expected a str, got {type(title).__name__}")
+    if on_error not in ("raise", "record"):
+        raise ValueError(f"on_error: expected 'raise' or 'record', got {on_error!r}")
+    method_list = _check_choice_list(methods, "methods")
+    if "nave" not in method_list:
+        raise ValueError(f"methods: expected 'nave' among the methods (the report explains NAVE), got {method_list!r}")
+    known = set(available_methods()) | {"nave"}
+    unknown = [m for m in method_list if m not in known]
+    if unknown:
+        raise ValueError(f"methods: expected names from {sorted(known)}, got unknown {unknown!r}")
+    seed_list = _check_seeds(seeds)
+    if isinstance(n_clusters, bool) or not isinstance(n_clusters, int) or n_clusters < 2:
+        raise ValueError(f"n_clusters: expected an int >= 2, got {n_clusters!r}")
+    opts: Dict[str, Dict[str, Any]] = {}
+    if method_options is not None:
+        if not isinstance(method_options, Mapping):
+            raise TypeError(f"method_options: expected a mapping method -> options, got {type(method_options).__name__}")
+        for k, v in method_options.items():
+            key = str(k).strip().lower()
+            if key not in known:
+                raise ValueError(f"method_options: unknown method {k!r}; expected one of {sorted(known)}")
+            if not isinstance(v, Mapping):
+                raise TypeError(f"method_options[{k!r}]: expected a mapping of options, got {type(v).__name__}")
+            opts[key] = dict(v)
+    if not isinstance(crop, bool):
+        raise TypeError(f"crop: expected a bool, got {crop!r}")
+
+    raw_images, names = _parse_images(images, image_names)
+    specs = _parse_models(models)
+    n = len(raw_images)
+    target_size = _parse_size(size)
+    if target_size is None:
+        shapes = {tuple(t.shape[-2:]) for t in raw_images}
+        if isinstance(images, Tensor) and len(shapes) == 1:
+            target_size = shapes.pop()  # type: ignore[assignment]
+        else:
+            first = specs[0][2].get("input_size")
+            target_size = (int(first[0]), int(first[1])) if first else (224, 224)
+    x01 = torch.cat([resize_images(t, target_size, crop=crop) for t in raw_images])
+    sizes = [(int(t.shape[-2]), int(t.shape[-1])) for t in raw_images]
+
+    names_of_models = [s[0] for s in specs]
+    if register_pair is not None:
+        if not (isinstance(register_pair, (tuple, list)) and len(register_pair) == 2 and all(isinstance(v, str) for v in register_pair)):
+            raise TypeError(f"register_pair: expected two model names, got {register_pair!r}")
+        for nm in register_pair:
+            if nm not in names_of_models:
+                raise ValueError(f"register_pair: expected names of the report's models {names_of_models}, got {nm!r}")
+        if register_pair[0] == register_pair[1]:
+            raise ValueError(f"register_pair: expected two different models, got {tuple(register_pair)!r}")
+
+    report_boxes: Optional[List[np.ndarray]] = None
+    if boxes is not None:
+        if isinstance(boxes, (str, bytes)) or not isinstance(boxes, Sequence) or len(boxes) != n:
+            raise ValueError(f"boxes: expected one array of boxes (M, 4) per image ({n}), got {boxes!r}")
+        report_boxes = [
+            transform_boxes(b if b is not None else np.zeros((0, 4)), sizes[i], target_size, crop)
+            for i, b in enumerate(boxes)
+        ]
+
+    layers_of: Dict[str, Any] = {}
+    if isinstance(layers, Mapping):
+        for k in layers:
+            if k not in names_of_models:
+                raise ValueError(f"layers: unknown model name {k!r}; models are {names_of_models}")
+        layers_of = dict(layers)
+
+    for name, module, _ in specs:
+        embed = getattr(module, "patch_embed", None)
+        if getattr(embed, "strict_img_size", False):
+            fixed = tuple(getattr(embed, "img_size", target_size))
+            if fixed != tuple(target_size):
+                raise ValueError(
+                    f"size: model {name!r} only accepts {fixed[0]}x{fixed[1]} inputs, got "
+                    f"{target_size[0]}x{target_size[1]}; pass size={fixed[0]}"
+                )
+
+    show = progress if progress is not None else False
+    collected_warnings: List[str] = []
+    runs: List[ModelRun] = []
+    inputs_of: Dict[str, Tensor] = {}
+    from tqdm.auto import tqdm
+
+    steps = len(specs) * (len(method_list) + int(importance)) + int(register_pair is not None) + int(report_boxes is not None)
+    bar = tqdm(total=steps, desc="report", unit="step", disable=not show)
+    try:
+        for name, model, info in specs:
+            timings: Dict[str, float] = {}
+            device = _model_device(model)
+            sha_before = state_dict_sha256(model)
+            x = normalize(x01, info).to(device)
+            inputs_of[name] = x
+            spec_layers = layers_of.get(name, layers if not isinstance(layers, Mapping) else None)
+            if spec_layers is None:
+                spec_layers = info.get("default_layers") or default_layers(model)
+            if not spec_layers:
+                raise ValueError(f"layers: model {name!r} has no default layers; name them with layers=")
+            explainer = LayerClusterExplainer(model, spec_layers)
+
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                logits = model(x)
+            if not isinstance(logits, Tensor) or logits.dim() != 2:
+                raise ValueError(f"models[{name!r}]: expected class scores of shape (N, K), got {getattr(logits, 'shape', type(logits))}")
+            targets = resolve_target(target, logits)
+            probs = logits.float().softmax(-1).gather(1, targets[:, None])[:, 0].cpu()
+            namer = _class_namer(class_names, int(logits.shape[1]), info.get("pretrained"))
+            target_names = [namer(int(k)) for k in targets.cpu()]
+            timings["prediction"] = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            nave_opts = dict(opts.get("nave", {}))
+            results = [
+                explainer.explain(x, n_clusters, random_state=s, **nave_opts) for s in seed_list
+            ]
+            seed_maps = torch.stack([r.segments.cpu() for r in results])  # (R, N, 1, H, W)
+            timings["nave"] = time.perf_counter() - t0
+            stability = (
+                [stability_ari(seed_maps[:, i]) for i in range(n)] if len(seed_list) >= 2 else None
+            )
+            bar.update(1)
+            run = ModelRun(
+                name=name,
+                info={k: info.get(k) for k in ("mean", "std", "source", "pretrained", "num_classes", "input_size")},
+                layers=list(explainer.layer_names),
+                weights_sha256=sha_before,
+                weights_unchanged=True,
+                targets=targets.cpu(),
+                target_names=target_names,
+                target_probs=probs,
+                nave=results[0],
+                seed_maps=seed_maps,
+                stability=stability,
+                timings=timings,
+            )
+            seg = results[0].segments
+            for method in method_list:
+                if method == "nave":
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    res = attribute(method, model, x, target=targets, **opts.get(method, {}))
+                except (ValueError, TypeError, RuntimeError, NotImplementedError) as exc:
+                    if on_error == "raise":
+                        raise
+                    msg = _one_line(exc)
+                    run.errors[method] = msg
+                    text = f"report: method {method!r} failed on model {name!r}: {msg}"
+                    collected_warnings.append(text)
+                    warnings.warn(text, RuntimeWarning, stacklevel=2)
+                    bar.update(1)
+                    continue
+                timings[method] = time.perf_counter() - t0
+                run.attributions[method] = res
+                t0 = time.perf_counter()
+                run.relevance[method] = segment_relevance(
+                    seg.cpu(), res.maps.cpu(), method=method, image_names=names
+                )
+                timings["relevance"] = timings.get("relevance", 0.0) + time.perf_counter() - t0
+                bar.update(1)
+            if importance:
+                t0 = time.perf_counter()
+                run.importance = segment_importance(model, x, seg, target=targets).cpu()
+                timings["importance"] = time.perf_counter() - t0
+                bar.update(1)
+            run.weights_unchanged = state_dict_sha256(model) == sha_before
+            if not run.weights_unchanged:  # pragma: no cover - a bug in a method
+                text = f"report: the weights of model {name!r} changed during the run"
+                collected_warnings.append(text)
+                warnings.warn(text, RuntimeWarning, stacklevel=2)
+            runs.append(run)
+
+        register = None
+        if register_pair is not None:
+            from captum_nave.registers import compare_registers
+
+            a, b = register_pair
+            model_of = {nm: m for nm, m, _ in specs}
+            ropts = dict(register_options or {})
+            ropts.setdefault("n_clusters", n_clusters)
+            ropts.setdefault("seeds", (seed_list[0], seed_list[1]) if len(seed_list) >= 2 else (seed_list[0], seed_list[0] + 1))
+            if report_boxes is not None and all(len(bx) > 0 for bx in report_boxes):
+                ropts.setdefault("boxes", report_boxes)
+                if corloc_protocol is not None:
+                    ropts.setdefault("corloc_protocol", corloc_protocol)
+            t0 = time.perf_counter()
+            register = compare_registers(
+                model_of[a], model_of[b], inputs_of[a], images_b=inputs_of[b], names=(a, b),
+                display_images=x01, **ropts,
+            )
+            register_time = time.perf_counter() - t0
+            bar.update(1)
+
+        corloc_run = None
+        if report_boxes is not None:
+            corloc_run = _run_corloc(x01, runs, report_boxes, corloc_protocol, n_clusters)
+            bar.update(1)
+    finally:
+        bar.close()
+
+    total = time.perf_counter() - t_start
+    timings_all = {"total": total}
+    if register_pair is not None:
+        timings_all["register comparison"] = register_time
+    config: Dict[str, Any] = {
+        "title": title,
+        "methods": method_list,
+        "n_clusters": n_clusters,
+        "seeds": seed_list,
+        "image size": list(target_size),
+        "crop": crop,
+        "target": target if isinstance(target, (str, int)) or target is None else [int(t) for t in torch.as_tensor(target).reshape(-1)],
+        "layers": {r.name: r.layers for r in runs},
+        "method options": {m: {k: _plain(v) for k, v in o.items()} for m, o in opts.items()},
+        "segment importance": "FeatureAblation, baseline 0 (normalised input)" if importance else False,
+        "register pair": list(register_pair) if register_pair is not None else None,
+        "register options": {k: _plain(v) for k, v in (register_options or {}).items()},
+        "boxes given": boxes is not None,
+        "corloc protocol": corloc_run.protocol if corloc_run is not None else None,
+        "on_error": on_error,
+        "nave config": {r.name: {k: _plain(v) for k, v in r.nave.config.items()} for r in runs},
+    }
+    if extra_config:
+        config.update({str(k): _plain(v) for k, v in extra_config.items()})
+    return ReportData(
+        title=title,
+        images=x01,
+        image_names=names,
+        image_sizes=sizes,
+        image_sha256=[tensor_sha256(x01[i]) for i in range(n)],
+        methods=method_list,
+        runs=runs,
+        register=register,
+        corloc=corloc_run,
+        config=config,
+        versions=package_versions(),
+        platform=platform_info(),
+        timings=timings_all,
+        warnings=collected_warnings,
+    )
+
+
+def _plain(v: Any) -> Any:
+    """JSON-friendly version of a configuration value."""
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_plain(i) for i in v]
+    if isinstance(v, Mapping):
+        return {str(k): _plain(i) for k, i in v.items()}
+    if isinstance(v, Tensor):
+        return f"Tensor{tuple(v.shape)}" if v.numel() > 8 else v.tolist()
+    if isinstance(v, np.ndarray):
+        return f"ndarray{v.shape}" if v.size > 8 else v.tolist()
+    if hasattr(v, "to_dict"):
+        try:
+            return _plain(v.to_dict())
+        except Exception:  # noqa: BLE001 - only for display
+            pass
+    return repr(v)
+
+
+def _run_corloc(
+    x01: Tensor, runs: List[ModelRun], boxes: List[np.ndarray], protocol: Any, n_clusters: int
+) -> CorLocRun:
+    from captum_nave.evaluation import CorLocProtocol, slic_labels
+
+    proto = protocol if protocol is not None else CorLocProtocol()
+    if not isinstance(proto, CorLocProtocol):
+        raise TypeError(f"corloc_protocol: expected a CorLocProtocol, got {type(proto).__name__}")
+    idx = [i for i, b in enumerate(boxes) if len(b) > 0]
+    selections: Dict[str, List[Dict[str, Any]]] = {}
+    for run in runs:
+        seg = run.nave.segments.cpu()
+        selections[run.name] = [proto.evaluate(seg[i, 0], boxes[i]) for i in idx]
+    uint8 = (x01.permute(0, 2, 3, 1).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+    selections["SLIC"] = [proto.evaluate(slic_labels(uint8[i], n_segments=n_clusters), boxes[i]) for i in idx]
+    return CorLocRun(
+        image_indices=idx,
+        boxes=[boxes[i] for i in idx],
+        selections=selections,
+        protocol=proto.to_dict(),
+        n_without_boxes=len(boxes) - len(idx),
+    )
+
+
+# --------------------------------------------------------------------------- render / build
+def render_report(data: ReportData, *, dpi: float = 80) -> str:
+    """The HTML document of a report (one self-contained string).
+
+    Parameters
+    ----------
+    data : ReportData
+        From :func:`collect_report`.
+    dpi : float
+        Resolution of the embedded figures.
+    """
+    from .sections import render
+
+    if not isinstance(data, ReportData):
+        raise TypeError(f"data: expected a ReportData, got {type(data).__name__}")
+    return render(data, dpi=dpi)
+
+
+def build_report(
+    images: Any,
+    models: Any,
+    *,
+    out_path: Union[str, "os.PathLike[str]"],
+    image_names: Optional[Sequence[str]] = None,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    layers: Any = None,
+    n_clusters: int = 5,
+    seeds: Sequence[int] = (0, 1, 2),
+    size: Any = None,
+    crop: bool = True,
+    target: Any = "auto",
+    class_names: Any = None,
+    method_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    importance: bool = True,
+    register_pair: Optional[Tuple[str, str]] = None,
+    register_options: Optional[Mapping[str, Any]] = None,
+    boxes: Optional[Sequence[Any]] = None,
+    corloc_protocol: Any = None,
+    title: str = "captum-nave report",
+    on_error: str = "raise",
+    progress: Optional[bool] = None,
+    extra_config: Optional[Mapping[str, Any]] = None,
+    dpi: float = 80,
+) -> Path:
+    """Write ONE self-contained HTML audit report for images x models.
+
+    The file has no external resources (figures are embedded as base64 PNG data URIs,
+    CSS is inline, there is no JavaScript, and a Content-Security-Policy forbids scripts
+    and remote loads); every user-provided string is HTML-escaped. Sections:
+
+    * **Overview**: images, models, the class explained for each image;
+    * **Side by side**: per model, image | NAVE | Grad-CAM | IG | LRP for every image,
+      with each method's options and convergence deltas;
+    * **Per-segment relevance**: per model and image, each NAVE segment's area share,
+      its share of every attribution map's absolute relevance and its density (share /
+      area), and the drop of the target score when the segment is ablated;
+    * **Stability**: mean pairwise ARI of the NAVE maps over the k-means ``seeds`` and
+      the paper's Fig. 4 (mean segment colour over seeds);
+    * **Register comparison** (``register_pair``): :func:`captum_nave.registers.compare_registers`
+      on the two models (table and figure);
+    * **CorLoc** (``boxes``): the paper's protocol (:mod:`captum_nave.evaluation`) on the
+      NAVE map of every model and on SLIC, per strategy, with per-image IoUs;
+    * **Reproducibility**: the full configuration, package versions, platform, model
+      weight hashes (checked unchanged after the run), image hashes, seeds and timings.
+
+    Parameters
+    ----------
+    images : Tensor (N, 3, H, W) in [0, 1], sequence of (3, H, W) tensors / file paths, or mapping name -> image
+        Images before normalisation. They are resized to ``size`` (see ``crop``).
+    models : nn.Module, mapping name -> model, or sequence of models / (name, model) pairs
+        A model may be given as ``(model, info)`` with the ``info`` dict of
+        :func:`captum_nave.models.load_model` (``mean``, ``std``, ``default_layers``,
+        ``input_size``, ...). Without ``info`` the normalisation is the timm
+        ``pretrained_cfg``'s or ImageNet's. Models are used as they are (call ``.eval()``
+        first) and never modified.
+    out_path : str or path-like
+        The HTML file to write (written atomically).
+    image_names : sequence of str, optional
+        Default: mapping keys, file stems, or ``"image i"``.
+    methods : sequence of str, default ("nave", "gradcam", "ig", "lrp")
+        ``"nave"`` plus any of :func:`captum_nave.attribution.available_methods`.
+    layers : layer specs, or mapping model name -> layer specs, optional
+        NAVE layers; default: ``info["default_layers"]`` or
+        :func:`captum_nave.models.default_layers`.
+    n_clusters : int, default 5
+    seeds : sequence of int, default (0, 1, 2)
+        k-means seeds; the first gives the maps shown, all give the stability.
+    size : int or (int, int), optional
+        Report image size; default: the batch's size for a tensor, else the first
+        model's ``info["input_size"]``, else 224.
+    crop : bool, default True
+        Resize keeping the aspect ratio and centre-crop (True) or squash (False).
+    target : "auto", int, or one int per image
+        Class explained; ``"auto"``: each model's prediction.
+    class_names : sequence, mapping, callable or None
+        Display names of classes; default: ImageNet names for pretrained 1000-class
+        models, else ``"class k"``.
+    method_options : mapping method -> dict, optional
+        Options for :func:`captum_nave.attribution.attribute` (e.g.
+        ``{"ig": {"n_steps": 32, "internal_batch_size": 16}}``) and for NAVE
+        (``{"nave": {"resolution": "input"}}``).
+    importance : bool, default True
+        Score every segment by ablation (:func:`captum_nave.attribution.segment_importance`).
+    register_pair : (str, str), optional
+        Names of a ViT without and one with registers among ``models``.
+    register_options : mapping, optional
+        Extra arguments of :func:`captum_nave.registers.compare_registers`.
+    boxes : sequence of N arrays (M_i, 4), optional
+        Ground-truth boxes ``(x_min, y_min, x_max, y_max)`` in pixels of each ORIGINAL
+        image; mapped through the resize / crop. Enables the CorLoc section.
+    corloc_protocol : CorLocProtocol, optional
+        Protocol constants (default: the paper's; scale ``min_area`` and ``border`` for
+        small images).
+    title : str
+    on_error : {"raise", "record"}, default "raise"
+        What to do when an attribution method fails on a model: raise, or record the
+        error in the report (and warn) and go on.
+    progress : bool, optional
+        Show a progress bar (default: no).
+    extra_config : mapping, optional
+        Additional entries of the configuration table (e.g. the command line).
+    dpi : float, default 80
+        Resolution of the embedded figures.
+
+    Returns
+    -------
+    pathlib.Path
+        The file written.
+
+    Examples
+    --------
+    >>> from captum_nave.models import load_model, sample_images
+    >>> from captum_nave.report import build_report
+    >>> model, info = load_model()                        # offline EfficientNet-Lite0
+    >>> path = build_report(sample_images(), {"efficientnet_lite0": (model, info)},
+    ...                     out_path="report.html", size=160,
+    ...                     method_options={"ig": {"n_steps": 16}})
+    """
+    data = collect_report(
+        images, models, image_names=image_names, methods=methods, layers=layers,
+        n_clusters=n_clusters, seeds=seeds, size=size, crop=crop, target=target,
+        class_names=class_names, method_options=method_options, importance=importance,
+        register_pair=register_pair, register_options=register_options, boxes=boxes,
+        corloc_protocol=corloc_protocol, title=title, on_error=on_error, progress=progress,
+        extra_config=extra_config,
+    )
+    text = render_report(data, dpi=dpi)
+    path = Path(os.fspath(out_path))
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
