@@ -235,11 +235,14 @@ def _relevance(data: "ReportData") -> Markup:
             for method in methods:
                 if method in run.relevance:
                     per_method[method] = {r["segment"]: r for r in run.relevance[method].for_image(i).rows}
-            head: List[Any] = ["segment", "area"]
+            top = [_th("segment", "text", rowspan=2, scope="col"), _th("area", rowspan=2, scope="col")]
+            sub = []
             for method in per_method:
-                head += [f"{_title(method)} |R| share", f"{_title(method)} density"]
+                top.append(_th(_title(method), colspan=2, scope="colgroup"))
+                sub += [_th("|R| share", scope="col"), _th("density", scope="col")]
             if run.importance is not None:
-                head.append("ablation: score drop")
+                top.append(_th(join(["ablation", tag("br"), "score drop"]), rowspan=2, scope="col"))
+            thead = tag("thead", tag("tr", join(top)), tag("tr", join(sub)) if sub else None)
             rows = []
             for k in ids:
                 cells = [_td(_swatch(k, colors), "text"), _td(_pct(area[k]))]
@@ -263,7 +266,7 @@ def _relevance(data: "ReportData") -> Markup:
                 drows = [[_td(r["segment"], "text")] + [_td(_num(r[c], 4) if isinstance(r[c], float) else r[c]) for c in cols[1:]] for r in full]
                 details.append(tag("details", tag("summary", f"All {_title(method)} columns"), _table(cols, drows)))
             parts.append(tag("h4", f"{name}", id=safe_id(f"rel-{m_idx}-image", i)))
-            parts.append(tag("div", thumb, tag("div", _table(head, rows, text_cols=(0,)), join(details), class_="tablewrap"), class_="rel"))
+            parts.append(tag("div", thumb, tag("div", tag("table", thead, tag("tbody", join(tag("tr", join(r)) for r in rows)), class_="relevance"), join(details), class_="tablewrap"), class_="rel"))
     return _section("segment-relevance", "Per-segment relevance", *parts)
 
 
