@@ -216,9 +216,7 @@ class ConceptClusters:
             return self
         centers = self.cluster_centers_.to(device=feats.device, dtype=feats.dtype)
         labels, mind = self._assign(feats, centers)
-        onehot = torch.nn.functional.one_hot(labels, K).permute(0, 3, 1, 2).to(feats.dtype)
-        sums = feats.weighted_sum(onehot, per_image=False)  # (K, D)
-        n = onehot.sum((0, 2, 3))  # (K,)
+        sums, n = feats.label_sums(labels, K, per_image=False)  # (K, D), (K,)
         counts = self.counts_.to(device=feats.device, dtype=feats.dtype) + n
         step = (sums - n.unsqueeze(1) * centers) / counts.clamp_min(1).unsqueeze(1)
         self.cluster_centers_ = centers + step

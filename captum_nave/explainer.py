@@ -486,14 +486,11 @@ def _check_options(clusterer: Any, n_init: int, max_iter: int, tol: float, inter
 
 def _centroids_and_inertia(feats: ImplicitFeatures, labels: Tensor, k: int, shared: bool) -> Tuple[Tensor, Tensor]:
     """Segment means (G, K, D) and inertia (G,) from the closed form sum||f||^2 - sum n_k||c_k||^2."""
-    onehot = torch.nn.functional.one_hot(labels, k).permute(0, 3, 1, 2).to(feats.dtype)
-    sums = feats.weighted_sum(onehot, per_image=not shared)
+    sums, counts = feats.label_sums(labels, k, per_image=not shared)
     if shared:
-        sums = sums.unsqueeze(0)
-        counts = onehot.sum((0, 2, 3)).unsqueeze(0)
+        sums, counts = sums.unsqueeze(0), counts.unsqueeze(0)
         total = feats.sq_norms().sum().reshape(1)
     else:
-        counts = onehot.sum((2, 3))
         total = feats.sq_norms().sum((1, 2))
     cent = sums / counts.clamp_min(1).unsqueeze(-1)
     inertia = (total - (counts * cent.pow(2).sum(-1)).sum(-1)).clamp_min(0)

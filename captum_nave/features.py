@@ -203,6 +203,23 @@ class ImplicitFeatures:
         GR = torch.matmul(G, Rx.t())  # (N, H, w, W)
         return (GR * Rx.t()).sum(-2).clamp_min(0)
 
+    def select(self, images: Tensor) -> "ImplicitFeatures":
+        """The features of a subset of the images (shares the interpolation matrices).
+
+        Parameters
+        ----------
+        images : LongTensor of shape (M,)
+            Image indices.
+        """
+        sub = object.__new__(ImplicitFeatures)
+        sub.__dict__.update(self.__dict__)
+        sub.layers = [
+            LayerFeatures(l.act[images], l.Ry, l.Rx, l.scale[images], l.sq_norm[images]) for l in self.layers
+        ]
+        sub.n_images = int(images.numel())
+        sub._sq_norms = self._sq_norms[images]
+        return sub
+
     # ------------------------------------------------------------------ properties
     @property
     def n_pixels(self) -> int:
@@ -239,10 +256,15 @@ class ImplicitFeatures:
             v = v.unsqueeze(0)
         out: Optional[Tensor] = None
         for layer, vl in zip(self.layers, self._split(v)):
-            low = torch.einsum("nchw,bmc->nmhw", layer.act, vl) if vl.shape[0] == 1 else \
-                torch.einsum("nchw,nmc->nmhw", layer.act, vl)
-            term = layer.upsample(low) * layer.scale.unsqueeze(1)
-            out = term if out is None else out + term
+            if vl.shape[0] == 1:
+                low = torch.einsum("nchw,bmc->nmhw", layer.act, vl)
+            else:
+                low = torch.einsum("nchw,nmc->nmhw", layer.act, vl)
+            up = layer.upsample(low)  # a fresh tensor: safe to modify in place
+            if out is None:
+                out = up.mul_(layer.scale.unsqueeze(1))
+            else:
+                out.addcmul_(up, layer.scale.unsqueeze(1))
         assert out is not None
         return out
 
@@ -269,6 +291,40 @@ class ImplicitFeatures:
             else:
                 blocks.append(torch.einsum("nmhw,nchw->mc", low, layer.act))
         return torch.cat(blocks, dim=-1)
+
+    def label_sums(self, labels: Tensor, n_labels: int, *, per_image: bool = True) -> Tuple[Tensor, Tensor]:
+        """Sums of the feature vectors of each label, and label counts.
+
+        Equivalent to :meth:`weighted_sum` with one-hot weights, without building them
+        densely in integer form: each layer's per-pixel scale is scattered into K maps.
+
+        Parameters
+        ----------
+        labels : LongTensor of shape (N, H, W), values in ``0..n_labels-1``
+        n_labels : int
+        per_image : bool
+
+        Returns
+        -------
+        sums : Tensor of shape (N, K, D) if ``per_image`` else (K, D)
+        counts : Tensor of shape (N, K) if ``per_image`` else (K,)
+        """
+        n = labels.shape[0]
+        idx = labels.reshape(n, 1, -1)
+        blocks = []
+        for layer in self.layers:
+            m = torch.zeros(n, n_labels, self.n_pixels, dtype=self.dtype, device=self.device)
+            m.scatter_(1, idx, layer.scale.reshape(n, 1, -1))
+            low = layer.downsample_adjoint(m.reshape(n, n_labels, *self.grid))
+            if per_image:
+                blocks.append(torch.einsum("nmhw,nchw->nmc", low, layer.act))
+            else:
+                blocks.append(torch.einsum("nmhw,nchw->mc", low, layer.act))
+        counts = torch.zeros(n, n_labels, dtype=self.dtype, device=self.device)
+        counts.scatter_add_(1, labels.reshape(n, -1), torch.ones(1, 1, dtype=self.dtype, device=self.device).expand(n, self.n_pixels))
+        if not per_image:
+            counts = counts.sum(0)
+        return torch.cat(blocks, dim=-1), counts
 
     def rows(self, n_idx: Tensor, y_idx: Tensor, x_idx: Tensor, *, chunk: int = 512) -> Tensor:
         """Explicit feature vectors of selected pixels.

@@ -92,3 +92,15 @@ def test_no_full_resolution_channel_tensor_is_allocated(resnet_acts, monkeypatch
     feats2 = ImplicitFeatures(resnet_acts, grid)  # construction (norms) tracked too
     assert feats2.dim == feats.dim
     assert 0 < biggest["n"] < full / 20
+
+
+def test_label_sums_equal_one_hot_weighted_sums(resnet_acts):
+    grid = (13, 21)
+    feats = ImplicitFeatures(resnet_acts, grid, dtype=torch.float64)
+    labels = torch.randint(0, 4, (2, *grid))
+    onehot = torch.nn.functional.one_hot(labels, 4).permute(0, 3, 1, 2).double()
+    for per_image in (True, False):
+        sums, counts = feats.label_sums(labels, 4, per_image=per_image)
+        assert torch.allclose(sums, feats.weighted_sum(onehot, per_image=per_image), atol=1e-12)
+        ref_counts = onehot.sum((2, 3)) if per_image else onehot.sum((0, 2, 3))
+        assert torch.equal(counts, ref_counts)

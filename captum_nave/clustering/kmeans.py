@@ -164,14 +164,17 @@ def _random_init(feats: ImplicitFeatures, n_clusters: int, *, shared: bool, gene
 
 def _update(feats: ImplicitFeatures, labels: Tensor, n_clusters: int, shared: bool):
     """Sums and counts per cluster: (G, K, D), (G, K)."""
-    onehot = torch.nn.functional.one_hot(labels, n_clusters).permute(0, 3, 1, 2).to(feats.dtype)
-    sums = feats.weighted_sum(onehot, per_image=not shared)
+    sums, counts = feats.label_sums(labels, n_clusters, per_image=not shared)
     if shared:
-        sums = sums.unsqueeze(0)
-        counts = onehot.sum((0, 2, 3)).unsqueeze(0)
-    else:
-        counts = onehot.sum((2, 3))
+        return sums.unsqueeze(0), counts.unsqueeze(0)
     return sums, counts
+
+
+def _assign(feats: ImplicitFeatures, centers: Tensor, shared: bool) -> Tensor:
+    """Nearest centre per pixel, (G, P): argmax of 2 f.c - ||c||^2 (||f||^2 is constant per pixel)."""
+    score = _as_group_maps(feats.dot(centers), shared).mul_(2)  # (G, K, P)
+    score.sub_(centers.pow(2).sum(-1).unsqueeze(-1))
+    return score.max(1).indices  # (Tensor.max over dim is much faster than argmax on CPU)
 
 
 def lloyd(
@@ -184,9 +187,11 @@ def lloyd(
 ):
     """Lloyd iterations from given centres.
 
-    Stops when no label changes (strict convergence) or when the squared centre shift
-    of every group is at most ``tol`` times the mean feature variance (scikit-learn's
-    criterion). Empty clusters are moved to the pixel farthest from its centre.
+    Each group (image, or the whole batch if ``shared``) stops when none of its labels
+    changes (strict convergence) or when its squared centre shift is at most ``tol``
+    times its mean feature variance (scikit-learn's criterion); converged images drop
+    out of the batch, so the work is the sum, not the maximum, of the iterations.
+    Empty clusters are moved to the pixel farthest from its centre.
 
     Parameters
     ----------
@@ -199,35 +204,46 @@ def lloyd(
     Returns
     -------
     labels : LongTensor (N, H, W); centers : Tensor (G, K, D); inertia : Tensor (G,);
-    n_iter : int
+    n_iter : int (iterations of the slowest group)
     """
     G, K, _ = centers.shape
-    N = feats.n_images
     H, W = feats.grid
     centers = centers.to(feats.dtype).clone()
     tol_abs = tol * _mean_variance(feats, shared)  # (G,)
-    labels_prev: Optional[Tensor] = None
+    dev = feats.device
+    n_img = feats.n_images
+    labels_prev = torch.full((n_img, H, W), -1, dtype=torch.long, device=dev)
+    active = torch.arange(G, device=dev)
+    fa = feats
     n_iter = 0
-    for n_iter in range(1, max_iter + 1):
-        d = _sq_dist(feats, centers, shared)  # (G, K, P)
-        mind, lab = d.min(1)
-        labels = lab.reshape(N, H, W)
-        sums, counts = _update(feats, labels, K, shared)
-        new_centers = sums / counts.clamp_min(1).unsqueeze(-1)
+    while active.numel() > 0 and n_iter < max_iter:
+        n_iter += 1
+        ca = centers[active]
+        labels = _assign(fa, ca, shared).reshape(fa.n_images, H, W)
+        sums, counts = _update(fa, labels, K, shared)
+        new = sums / counts.clamp_min(1).unsqueeze(-1)
         empty = counts == 0
         if bool(empty.any()):
-            new_centers = _relocate_empty(feats, new_centers, empty, mind, shared)
-        shift = (new_centers - centers).pow(2).sum((1, 2))
-        centers = new_centers
-        if labels_prev is not None and bool(torch.equal(labels, labels_prev)):
-            break
-        if bool((shift <= tol_abs).all()):
-            break
-        labels_prev = labels
+            mind = _sq_dist(fa, ca, shared).min(1).values
+            new = _relocate_empty(fa, new, empty, mind, shared)
+        shift = (new - ca).pow(2).sum((1, 2))
+        centers[active] = new
+        if shared:
+            same = torch.equal(labels, labels_prev)
+            labels_prev = labels
+            done = torch.tensor([same], device=dev) | (shift <= tol_abs)
+        else:
+            same = (labels == labels_prev[active]).flatten(1).all(1)
+            labels_prev[active] = labels
+            done = same | (shift <= tol_abs[active])
+        if bool(done.any()):
+            active = active[~done]
+            if not shared and active.numel() > 0:
+                fa = feats.select(active)
     # final assignment with the final centres (as scikit-learn does)
     d = _sq_dist(feats, centers, shared)
     mind, lab = d.min(1)
-    labels = lab.reshape(N, H, W)
+    labels = lab.reshape(n_img, H, W)
     return labels, centers, mind.sum(-1), n_iter
 
 
