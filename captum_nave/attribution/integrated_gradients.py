@@ -19,6 +19,13 @@ Baselines (``baselines=``):
 
 Channels are summed into one map (N, 1, H, W); the per-channel attributions are kept
 as ``raw``.
+
+Integration rules are Captum's, with one correction: Captum 0.9's
+``"riemann_trapezoid"`` evaluates ``n`` points spaced ``1 / (n - 1)`` apart but weighs
+them with ``1 / n`` (halved at the ends), so its weights sum to ``(n - 1) / n`` and even
+a linear model misses completeness by that factor. The attributions are rescaled by
+the inverse of the weights' sum (a no-op for the other rules and for a fixed Captum),
+which gives the exact trapezoidal rule; the delta is recomputed accordingly.
 """
 
 from __future__ import annotations
@@ -208,6 +215,13 @@ def integrated_gradients(
         return_convergence_delta=True,
     )
     raw = raw.detach()
+    delta = delta.detach().to(raw.dtype).reshape(-1)
+    weight_sum = _weight_sum(method, int(n_steps))
+    if abs(weight_sum - 1.0) > 1e-12:
+        # sum(raw) - delta = F(x) - F(b) does not depend on the weights
+        gap = raw.sum(dim=(1, 2, 3)) - delta
+        raw = raw / weight_sum
+        delta = raw.sum(dim=(1, 2, 3)) - gap
     maps = raw.sum(dim=1, keepdim=True)
     options: Dict[str, Any] = {
         "baselines": baselines if isinstance(baselines, (str, int, float)) else "tensor",
@@ -220,7 +234,15 @@ def integrated_gradients(
         options["blur_sigma"] = blur_sigma if blur_sigma is not None else max(inputs.shape[-2:]) / 10.0
     if isinstance(baselines, str) and baselines.strip().lower() == "uniform":
         options["random_state"] = random_state
-    return maps, raw, delta.detach().to(raw.dtype).reshape(-1), options
+    return maps, raw, delta, options
+
+
+def _weight_sum(method: str, n_steps: int) -> float:
+    """Sum of Captum's quadrature weights for ``method`` with ``n_steps`` points (1 if exact)."""
+    from captum.attr._utils.approximation_methods import approximation_parameters
+
+    step_sizes, _ = approximation_parameters(method)
+    return float(sum(step_sizes(n_steps)))
 
 
 register_method("ig", integrated_gradients)

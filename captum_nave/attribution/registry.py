@@ -232,6 +232,7 @@ def attribute(
     method: str,
     model: Union[nn.Module, Callable[..., Tensor]],
     inputs: Tensor,
+    /,
     target: TargetLike = "auto",
     **options: Any,
 ) -> AttributionResult:
@@ -251,7 +252,8 @@ def attribute(
     target : "auto", None, int, sequence of int or integer Tensor of shape () or (N,)
         Class explained per image; ``"auto"`` / ``None``: the predicted (arg-max) class.
     **options
-        Method options, e.g. ``layer=`` for ``"gradcam"``, ``baselines=``, ``n_steps=``,
+        Method options (``method``, ``model`` and ``inputs`` are positional-only, so an
+        option may be called ``method``, as IG's integration rule is), e.g. ``layer=`` for ``"gradcam"``, ``baselines=``, ``n_steps=``,
         ``internal_batch_size=`` for ``"ig"``, ``epsilon=`` for ``"lrp"``; see
         :func:`~captum_nave.attribution.gradcam.gradcam`,
         :func:`~captum_nave.attribution.integrated_gradients.integrated_gradients` and
