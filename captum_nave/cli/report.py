@@ -1,0 +1,251 @@
+"""``captum-nave report``: one self-contained HTML audit report for images x models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Dict, List, NoReturn, Optional, Sequence
+
+import numpy as np
+import torch
+
+NAME = "report"
+
+_EPILOG = """\
+Example:
+  captum-nave report                                   # scikit-image photos, offline model
+  captum-nave report cat.jpg dog.png --methods nave,gradcam,ig,lrp -k 5 --out audit.html
+  captum-nave report *.jpg --model efficientnet_lite0 --model tv:resnet50 --seeds 0 1 2 3
+  captum-nave report img.png --model vit_small_patch14_dinov2.lvd142m \\
+      --model vit_small_patch14_reg4_dinov2.lvd142m --register-pair \\
+      vit_small_patch14_dinov2.lvd142m vit_small_patch14_reg4_dinov2.lvd142m --size 518
+  captum-nave report photos/*.jpg --boxes boxes.json --out audit.html
+
+Writes ONE HTML file (default: report.html) and prints its path. The file is
+self-contained: figures are embedded, there is no JavaScript and nothing is loaded
+from the network. Sections: side-by-side grids (NAVE | Grad-CAM | IG | LRP) per
+model, per-segment relevance tables, stability across the k-means --seeds, a
+register comparison (--register-pair A B, two of the --model names), a CorLoc
+table (--boxes), and a reproducibility section (configuration, package versions,
+model weight hashes, seeds, timings).
+
+--boxes FILE is JSON mapping an image (its path as given, its file name or its
+name without extension) to a list of [x_min, y_min, x_max, y_max] boxes in pixels
+of the original image, e.g. {"cat.jpg": [[12, 30, 200, 180]]}.
+The default model, efficientnet_lite0, is ImageNet-trained and needs no network
+access; other timm / torchvision ('tv:NAME') names download their weights.
+"""
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``report`` subcommand to ``subparsers``."""
+    p = subparsers.add_parser(
+        NAME,
+        help="write one self-contained HTML audit report (NAVE beside Grad-CAM / IG / LRP, stability, registers, CorLoc)",
+        description=(
+            "Explain images with NAVE and pixel attribution methods on one or more models and "
+            "write a single self-contained HTML report that can be handed over: side-by-side "
+            "grids, per-segment relevance, stability across seeds, optional register comparison "
+            "and CorLoc, and everything needed to reproduce the run. With no IMAGE, uses the "
+            "photos bundled with scikit-image."
+        ),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (default: scikit-image sample photos)")
+    p.add_argument(
+        "--model", action="append", default=None, metavar="NAME",
+        help="model to explain; repeat for several (default: efficientnet_lite0, offline). timm names, "
+        "'tv:NAME' for torchvision",
+    )
+    p.add_argument("--no-pretrained", action="store_true", help="random weights of the same architectures")
+    p.add_argument(
+        "--layers", nargs="+", default=None, metavar="L",
+        help="NAVE layers for every model (default: each model's default layers)",
+    )
+    p.add_argument(
+        "--methods", default="nave,gradcam,ig,lrp", metavar="M[,M...]",
+        help="comma-separated methods; nave is always included (default: nave,gradcam,ig,lrp)",
+    )
+    p.add_argument("-k", "--n-clusters", type=int, default=5, metavar="K", help="number of NAVE segments (default: 5)")
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=None, metavar="S",
+        help="k-means seeds for the stability section (default: --seed, --seed+1, --seed+2)",
+    )
+    p.add_argument("--size", type=int, default=None, help="image size in pixels (default: the first model's, 224)")
+    p.add_argument("--target", default="auto", metavar="CLASS|auto", help="class index to explain, or auto (the prediction; default)")
+    p.add_argument("--ig-steps", type=int, default=32, metavar="N", help="Integrated Gradients steps (default: 32)")
+    p.add_argument("--internal-batch-size", type=int, default=16, metavar="B", help="IG path points per forward pass (default: 16)")
+    p.add_argument(
+        "--register-pair", nargs=2, default=None, metavar=("A", "B"),
+        help="compare ViT A (without registers) with ViT B (with registers); both must be --model names",
+    )
+    p.add_argument("--boxes", default=None, metavar="FILE", help="JSON ground-truth boxes per image: adds the CorLoc section")
+    p.add_argument("--min-area", type=int, default=None, metavar="PX", help="CorLoc minimum component area (default: the paper's 784)")
+    p.add_argument("--border", type=int, default=None, metavar="PX", help="CorLoc border removed from components (default: the paper's 14)")
+    p.add_argument("--title", default="captum-nave report", help="report title")
+    p.add_argument(
+        "--keep-going", action="store_true",
+        help="record a method that fails on a model in the report instead of stopping",
+    )
+    p.add_argument("--out", default="report.html", metavar="FILE", help="output HTML file (default: report.html)")
+    p.set_defaults(func=run)
+
+
+def _fail(msg: str) -> NoReturn:
+    from captum_nave.cli import CLIError
+
+    raise CLIError(msg)
+
+
+def _methods(text: str) -> List[str]:
+    from captum_nave.attribution import available_methods
+
+    items = [m.strip().lower() for m in str(text).split(",") if m.strip()]
+    known = ["nave"] + available_methods()
+    bad = [m for m in items if m not in known]
+    if not items or bad:
+        _fail(f"--methods: expected a comma-separated list of {', '.join(known)}, got {text!r}")
+    return (["nave"] if "nave" not in items else []) + items
+
+
+def _target(text: str) -> Any:
+    t = str(text).strip().lower()
+    if t == "auto":
+        return "auto"
+    try:
+        v = int(t)
+    except ValueError:
+        v = -1
+    if v < 0:
+        _fail(f"--target: expected a class index >= 0 or 'auto', got {text!r}")
+    return v
+
+
+def read_boxes(path: str, image_paths: Sequence[str]) -> List[np.ndarray]:
+    """Boxes of every image from a JSON file (see the command's help).
+
+    An image matches a key equal to its path as given, its file name, or its file name
+    without extension. Images without a key get no box.
+
+    Returns
+    -------
+    list of ndarray of shape (M, 4), one per image
+    """
+    if not os.path.isfile(path):
+        _fail(f"--boxes: file {path!r} does not exist")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        _fail(f"--boxes: cannot read {path!r} as JSON ({str(exc).splitlines()[0]})")
+    if not isinstance(data, dict):
+        _fail(f"--boxes: expected a JSON object mapping image names to lists of boxes, got a {type(data).__name__}")
+    out: List[np.ndarray] = []
+    used = set()
+    for p in image_paths:
+        base = os.path.basename(p)
+        stem = os.path.splitext(base)[0]
+        key = next((k for k in (p, base, stem) if k in data), None)
+        if key is None:
+            out.append(np.zeros((0, 4)))
+            continue
+        used.add(key)
+        try:
+            arr = np.asarray(data[key], dtype=np.float64).reshape(-1, 4) if data[key] else np.zeros((0, 4))
+        except (TypeError, ValueError):
+            _fail(f"--boxes: entry {key!r} must be a list of [x_min, y_min, x_max, y_max], got {data[key]!r}")
+        if not np.all(np.isfinite(arr)) or np.any(arr[:, 2] <= arr[:, 0]) or np.any(arr[:, 3] <= arr[:, 1]):
+            _fail(f"--boxes: entry {key!r} must have x_max > x_min and y_max > y_min, got {data[key]!r}")
+        out.append(arr)
+    if not used:
+        _fail(f"--boxes: no key of {path!r} matches an image (keys: {', '.join(list(data)[:5])})")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from captum_nave.models import WeightsUnavailableError, load_model, sample_images
+    from captum_nave.report import build_report
+
+    from captum_nave.cli.explain import parse_layers
+
+    methods = _methods(args.methods)
+    target = _target(args.target)
+    if args.n_clusters < 2:
+        _fail(f"-k/--n-clusters: expected an integer >= 2, got {args.n_clusters}")
+    if args.size is not None and args.size < 8:
+        _fail(f"--size: expected an image size of at least 8 pixels, got {args.size}")
+    if args.ig_steps < 1:
+        _fail(f"--ig-steps: expected a positive integer, got {args.ig_steps}")
+    if args.internal_batch_size < 1:
+        _fail(f"--internal-batch-size: expected a positive integer, got {args.internal_batch_size}")
+    seeds = list(args.seeds) if args.seeds is not None else [args.seed, args.seed + 1, args.seed + 2]
+    if len(set(seeds)) != len(seeds):
+        _fail(f"--seeds: expected distinct seeds, got {' '.join(map(str, seeds))}")
+    for path in args.images:
+        if not os.path.isfile(path):
+            _fail(f"image file {path!r} does not exist")
+    model_names = list(args.model) if args.model else ["efficientnet_lite0"]
+    if len(set(model_names)) != len(model_names):
+        _fail(f"--model: each model once, got {' '.join(model_names)}")
+    if args.register_pair is not None:
+        for nm in args.register_pair:
+            if nm not in model_names:
+                _fail(f"--register-pair: {nm!r} is not one of the --model names ({', '.join(model_names)})")
+        if args.register_pair[0] == args.register_pair[1]:
+            _fail("--register-pair: expected two different models")
+    if args.boxes is not None and not args.images:
+        _fail("--boxes: give the IMAGE files the boxes belong to")
+    boxes = read_boxes(args.boxes, args.images) if args.boxes is not None else None
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_dir):
+        _fail(f"--out: folder {out_dir!r} does not exist")
+    protocol = None
+    if args.min_area is not None or args.border is not None:
+        from captum_nave.evaluation import CorLocProtocol
+
+        kw: Dict[str, int] = {}
+        if args.min_area is not None:
+            kw["min_area"] = args.min_area
+        if args.border is not None:
+            kw["border"] = args.border
+        try:
+            protocol = CorLocProtocol(**kw)
+        except ValueError as exc:
+            _fail(f"--min-area/--border: {str(exc).splitlines()[0]}")
+
+    device = torch.device(args.device or "cpu")
+    models: Dict[str, Any] = {}
+    for name in model_names:
+        try:
+            model, info = load_model(name, pretrained=not args.no_pretrained, device=device)
+        except ValueError as exc:
+            _fail(f"--model: {' '.join(str(exc).split())}")
+        except WeightsUnavailableError as exc:
+            _fail(" ".join(str(exc).split()))
+        models[name] = (model, info)
+
+    if args.images:
+        images: Any = list(args.images)
+    else:
+        images = sample_images()
+    options = {"ig": {"n_steps": args.ig_steps, "internal_batch_size": args.internal_batch_size}}
+    cli_args = {k: v for k, v in vars(args).items() if k != "func"}
+    try:
+        path = build_report(
+            images, models, out_path=args.out, methods=methods, layers=parse_layers(args.layers),
+            n_clusters=args.n_clusters, seeds=seeds, size=args.size, target=target,
+            method_options={k: v for k, v in options.items() if k in methods},
+            register_pair=tuple(args.register_pair) if args.register_pair else None,
+            boxes=boxes, corloc_protocol=protocol, title=args.title,
+            on_error="record" if args.keep_going else "raise",
+            progress=sys.stderr.isatty(), extra_config={"command-line arguments": cli_args},
+        )
+    except (ValueError, TypeError) as exc:
+        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    except AssertionError as exc:  # models that check their input size with assert
+        _fail(f"a model rejected the input: {str(exc).splitlines()[0] if str(exc) else 'assertion failed'}")
+    print(str(path))
+    return 0
