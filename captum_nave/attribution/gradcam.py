@@ -32,8 +32,9 @@ family                                     default layer
 ResNet (torchvision / timm)                ``layer4`` (last stage, stride 32)
 VGG (torchvision ``features``)             the last ReLU in ``features`` (the rectified
                                            last convolution, before the last pooling)
-timm EfficientNet / MobileNet              ``bn2`` (BatchNorm + activation after
+timm EfficientNet / MobileNetV2           ``bn2`` (BatchNorm + activation after
 (``conv_head`` + ``bn2``)                  ``conv_head``: the last spatial features)
+timm MobileNetV3 (head after pooling)      ``blocks.{n-1}``
 torchvision EfficientNet / MobileNet       ``features.{n-1}`` (the 1x1 head conv block)
 ConvNeXt and other staged models           ``stages.{n-1}``
 timm ViT, ``global_pool="token"``          ``blocks.{n-1}.norm1`` (see below)
@@ -171,6 +172,9 @@ def default_gradcam_layer(
         return "layer4"
     if "conv_head" in children and isinstance(children.get("bn2"), nn.Module):
         return "bn2"
+    timm_blocks = children.get("blocks")
+    if "conv_stem" in children and isinstance(timm_blocks, nn.Sequential) and len(timm_blocks) > 0:
+        return f"blocks.{len(timm_blocks) - 1}"  # timm MobileNetV3: conv_head runs after pooling
     features = children.get("features")
     if isinstance(features, nn.Sequential):
         if any(isinstance(m, nn.MaxPool2d) for m in features):  # VGG-like
