@@ -108,6 +108,21 @@ class LayerFeatures:
     def channels(self) -> int:
         return int(self.act.shape[1])
 
+    def contract(self, v: Tensor) -> Tensor:
+        """Channel contraction at low resolution: (B, M, C) -> (N, M, h, w), B in {1, N}.
+
+        A batched matrix product on the (N, C, h*w) view of ``act`` (no copy of it).
+        """
+        n, c, h, w = self.act.shape
+        low = torch.matmul(v, self.act.reshape(n, c, h * w))  # (N, M, h*w)
+        return low.reshape(n, v.shape[1], h, w)
+
+    def contract_adjoint(self, low: Tensor, per_image: bool) -> Tensor:
+        """Adjoint of :meth:`contract`: (N, M, h, w) -> (N, M, C) or, summed, (M, C)."""
+        n, c, h, w = self.act.shape
+        out = torch.matmul(low.reshape(n, low.shape[1], h * w), self.act.reshape(n, c, h * w).transpose(1, 2))
+        return out if per_image else out.sum(0)
+
     def upsample(self, x: Tensor) -> Tensor:
         """Bicubic upsampling of (..., h, w) maps to (..., H, W) through the matrices."""
         return _apply(self.Rx, _apply(self.Ry, x, -2), -1)
@@ -256,10 +271,7 @@ class ImplicitFeatures:
             v = v.unsqueeze(0)
         out: Optional[Tensor] = None
         for layer, vl in zip(self.layers, self._split(v)):
-            if vl.shape[0] == 1:
-                low = torch.einsum("nchw,bmc->nmhw", layer.act, vl)
-            else:
-                low = torch.einsum("nchw,nmc->nmhw", layer.act, vl)
+            low = layer.contract(vl)  # (N, M, h, w)
             up = layer.upsample(low)  # a fresh tensor: safe to modify in place
             if out is None:
                 out = up.mul_(layer.scale.unsqueeze(1))
@@ -286,10 +298,7 @@ class ImplicitFeatures:
         blocks = []
         for layer in self.layers:
             low = layer.downsample_adjoint(w * layer.scale.unsqueeze(1))  # (N, M, h, w)
-            if per_image:
-                blocks.append(torch.einsum("nmhw,nchw->nmc", low, layer.act))
-            else:
-                blocks.append(torch.einsum("nmhw,nchw->mc", low, layer.act))
+            blocks.append(layer.contract_adjoint(low, per_image))
         return torch.cat(blocks, dim=-1)
 
     def label_sums(self, labels: Tensor, n_labels: int, *, per_image: bool = True) -> Tuple[Tensor, Tensor]:
@@ -316,10 +325,7 @@ class ImplicitFeatures:
             m = torch.zeros(n, n_labels, self.n_pixels, dtype=self.dtype, device=self.device)
             m.scatter_(1, idx, layer.scale.reshape(n, 1, -1))
             low = layer.downsample_adjoint(m.reshape(n, n_labels, *self.grid))
-            if per_image:
-                blocks.append(torch.einsum("nmhw,nchw->nmc", low, layer.act))
-            else:
-                blocks.append(torch.einsum("nmhw,nchw->mc", low, layer.act))
+            blocks.append(layer.contract_adjoint(low, per_image))
         counts = torch.zeros(n, n_labels, dtype=self.dtype, device=self.device)
         counts.scatter_add_(1, labels.reshape(n, -1), torch.ones(1, 1, dtype=self.dtype, device=self.device).expand(n, self.n_pixels))
         if not per_image:
@@ -338,27 +344,24 @@ class ImplicitFeatures:
         -------
         Tensor of shape (P, D)
         """
-        out = []
-        for s in range(0, int(n_idx.numel()), chunk):
-            n, y, x = n_idx[s : s + chunk], y_idx[s : s + chunk], x_idx[s : s + chunk]
-            blocks = []
-            for layer in self.layers:
-                a = layer.act[n]  # (p, C, h, w)
-                ry = layer.Ry[y] if layer.Ry is not None else None
-                rx = layer.Rx[x] if layer.Rx is not None else None
-                if ry is None:
-                    a = a[torch.arange(a.shape[0], device=a.device), :, y, :]  # (p, C, w)
-                else:
-                    a = torch.einsum("pchw,ph->pcw", a, ry)
-                if rx is None:
-                    a = a[torch.arange(a.shape[0], device=a.device), :, x]
-                else:
-                    a = torch.einsum("pcw,pw->pc", a, rx)
-                blocks.append(a * layer.scale[n, y, x].unsqueeze(1))
-            out.append(torch.cat(blocks, dim=1))
-        if not out:
-            return torch.zeros(0, self.dim, dtype=self.dtype, device=self.device)
-        return torch.cat(out, dim=0)
+        P = int(n_idx.numel())
+        out = torch.zeros(P, self.dim, dtype=self.dtype, device=self.device)
+        offset = 0
+        for layer in self.layers:
+            n_, c, h, w = layer.act.shape
+            ry = layer.Ry[y_idx] if layer.Ry is not None else torch.nn.functional.one_hot(y_idx, h).to(self.dtype)
+            rx = layer.Rx[x_idx] if layer.Rx is not None else torch.nn.functional.one_hot(x_idx, w).to(self.dtype)
+            taps = (ry.unsqueeze(2) * rx.unsqueeze(1)).reshape(P, h * w)  # (P, h*w) interpolation weights
+            block = torch.empty(P, c, dtype=self.dtype, device=self.device)
+            for n in torch.unique(n_idx).tolist():  # one matrix product per image, no gather of act
+                sel = torch.nonzero(n_idx == n).flatten()
+                for s in range(0, int(sel.numel()), chunk):
+                    part = sel[s : s + chunk]
+                    # (C, h*w) @ (h*w, p): act is used in place, only the small taps are transposed
+                    block[part] = torch.matmul(layer.act[n].reshape(c, h * w), taps[part].t()).t()
+            out[:, offset : offset + c] = block * layer.scale[n_idx, y_idx, x_idx].unsqueeze(1)
+            offset += c
+        return out
 
     def mean(self, *, per_image: bool = True) -> Tensor:
         """Mean feature vector, shape (N, D) if ``per_image`` else (D,)."""
