@@ -208,7 +208,7 @@ def _side_by_side(data: "ReportData", dpi: float) -> Markup:
         if run.errors:
             parts.append(tag("div", tag("strong", "Methods that failed on this model"),
                              tag("ul", join(tag("li", f"{_title(k)}: {v}") for k, v in run.errors.items())), class_="errors"))
-    return _section("side-by-side", "Side by side: NAVE, Grad-CAM, IG, LRP", *parts)
+    return _section("side-by-side", "Side by side: " + ", ".join(_title(m) for m in data.methods), *parts)
 
 
 def _relevance(data: "ReportData") -> Markup:
