@@ -27,6 +27,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import os
 import platform
@@ -47,6 +48,27 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 # --------------------------------------------------------------------------- measurement
+def _malloc_returns_memory() -> None:
+    """Make glibc return freed blocks to the OS, so resident memory tracks live memory.
+
+    Without this, glibc keeps freed heap memory and the resident size never falls
+    between measurements: every peak after the first would read as zero.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD: large blocks come from mmap
+        libc.mallopt(-1, 256 * 1024)  # M_TRIM_THRESHOLD
+    except OSError:  # not glibc
+        pass
+
+
+def _trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
 class PeakMemory:
     """Peak resident memory (bytes) above the level at entry, sampled in a thread."""
 
@@ -61,6 +83,7 @@ class PeakMemory:
 
     def __enter__(self) -> "PeakMemory":
         gc.collect()
+        _trim()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -271,6 +294,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--skip-concepts", action="store_true")
     p.add_argument("--out", default=None, help="results file (default benchmarks/results[-cuda].md)")
     args = p.parse_args(argv)
+    _malloc_returns_memory()
     device = torch.device(args.device)
     batch, size = (2, 64) if args.quick else (8, 224)
     rows = []

@@ -395,7 +395,7 @@ class LayerClusterExplainer(LayerAttribution):
         """
         x = self._check_inputs(inputs)
         self._check_device(x)
-        _check_options("kmeans", 1, 1, 0.0, interpolation, False)
+        _check_interpolation(interpolation)
         feats, _ = self._features(
             inputs, x, resolution, additional_forward_args, attribute_to_layer_input,
             interpolation, eps, dtype,
@@ -478,10 +478,14 @@ def _check_options(clusterer: Any, n_init: int, max_iter: int, tol: float, inter
         raise ValueError(f"max_iter: expected an int >= 1, got {max_iter!r}")
     if not isinstance(tol, (int, float)) or tol < 0:
         raise ValueError(f"tol: expected a float >= 0, got {tol!r}")
-    if interpolation not in ("bicubic", "bilinear"):
-        raise ValueError(f"interpolation: expected 'bicubic' or 'bilinear', got {interpolation!r}")
+    _check_interpolation(interpolation)
     if not isinstance(shared, bool):
         raise TypeError(f"shared: expected a bool, got {shared!r}")
+
+
+def _check_interpolation(interpolation: str) -> None:
+    if interpolation not in ("bicubic", "bilinear"):
+        raise ValueError(f"interpolation: expected 'bicubic' or 'bilinear', got {interpolation!r}")
 
 
 def _centroids_and_inertia(feats: ImplicitFeatures, labels: Tensor, k: int, shared: bool) -> Tuple[Tensor, Tensor]:
