@@ -1,0 +1,146 @@
+"""Tests of ``captum-nave compare`` run in-process through ``captum_nave.cli.main``.
+
+The written CSV must equal what the public API gives for the same images and options
+(NAVE segments, then ``attribute`` and ``segment_relevance`` per method), and the PNG
+must have one row per image and one column per panel. User mistakes end with one
+error line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.image import imread
+
+from captum_nave import LayerClusterExplainer
+from captum_nave import cli
+from captum_nave import models as models_mod
+from captum_nave.attribution import attribute, segment_relevance
+
+
+@pytest.fixture(autouse=True)
+def compare_registered(monkeypatch):
+    """Make sure the dispatcher knows the subcommand (until the lead lists it)."""
+    if "compare" not in cli.SUBCOMMANDS:
+        monkeypatch.setattr(cli, "SUBCOMMANDS", [*cli.SUBCOMMANDS, "compare"])
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return models_mod.load_model()
+
+
+@pytest.fixture
+def cached_model(lite0, monkeypatch):
+    real = models_mod.load_model
+
+    def load(name="efficientnet_lite0", pretrained=True, device=None):
+        if name == "efficientnet_lite0" and pretrained:
+            return lite0
+        return real(name, pretrained=pretrained, device=device)
+
+    monkeypatch.setattr(models_mod, "load_model", load)
+    return lite0
+
+
+@pytest.fixture
+def tiny_image(tmp_path):
+    from PIL import Image
+
+    yy, xx = np.mgrid[:64, :64]
+    arr = np.zeros((64, 64, 3), dtype=np.uint8)
+    arr[..., 2] = 200
+    arr[(yy - 30) ** 2 + (xx - 34) ** 2 < 15**2] = (230, 120, 20)
+    arr[48:, :] = (40, 160, 40)
+    path = tmp_path / "tiny.png"
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def _read_csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_compare_sample_photos_matches_the_api(cached_model, tmp_path, capsys) -> None:
+    out = tmp_path / "cmp"
+    code = cli.main(["compare", "--size", "64", "-k", "3", "--ig-steps", "8", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(out / "compare.png"), str(out / "segment_relevance.csv")]
+
+    # the same computation through the public API
+    model, info = cached_model
+    samples = models_mod.sample_images()
+    x = models_mod.normalize(torch.cat([models_mod.resize_images(v, (64, 64)) for v in samples.values()]), info)
+    seg = LayerClusterExplainer(model, info["default_layers"]).attribute(x, n_clusters=3, random_state=0)
+    options = {"gradcam": {}, "ig": {"n_steps": 8, "baselines": "zeros", "internal_batch_size": 16}, "lrp": {}}
+    expected = []
+    for method, opts in options.items():
+        maps = attribute(method, model, x, "auto", **opts).maps
+        expected += segment_relevance(seg, maps, method=method, image_names=list(samples)).rows
+    rows = _read_csv(out / "segment_relevance.csv")
+    assert len(rows) == len(expected)
+    for got, want in zip(rows, expected):
+        assert (got["method"], got["image_name"], int(got["segment"])) == (want["method"], want["image_name"], want["segment"])
+        for key in ("pixels", "area_share", "positive", "negative", "absolute_share", "density"):
+            assert np.isclose(float(got[key]), want[key], rtol=1e-6, atol=1e-9), (key, got[key], want[key])
+
+    png = imread(out / "compare.png")
+    # plot_side_by_side: 2.4 inches per panel at 100 dpi; 4 images x (image + 4 panels)
+    assert png.shape[0] == 4 * 240 and png.shape[1] == 5 * 240
+
+
+def test_compare_one_file_some_methods_and_a_fixed_target(cached_model, tiny_image, tmp_path, capsys) -> None:
+    out = tmp_path / "one"
+    code = cli.main([
+        "--seed", "1", "compare", str(tiny_image), "--methods", "gradcam,lrp", "--target", "285",
+        "--size", "64", "-k", "2", "--out", str(out),
+    ])
+    assert code == 0
+    rows = _read_csv(out / "segment_relevance.csv")
+    assert {r["method"] for r in rows} == {"gradcam", "lrp"} and {r["image_name"] for r in rows} == {"tiny"}
+    for method in ("gradcam", "lrp"):
+        shares = [float(r["area_share"]) for r in rows if r["method"] == method]
+        assert len(shares) == 2 and np.isclose(sum(shares), 1.0)
+    png = imread(out / "compare.png")
+    assert png.shape[:2] == (240, 3 * 240)  # image | Grad-CAM | LRP (no NAVE panel asked)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--methods", "nave,smoothgrad"], "--methods: expected names from nave, gradcam, ig, lrp"),
+        (["--methods", ","], "--methods: expected at least one of"),
+        (["--target", "cat"], "--target: expected a class index"),
+        (["--target", "1000"], r"--target: expected a class index in \[0, 999\]"),
+        (["-k", "1"], "-k/--n-clusters: expected an integer >= 2, got 1"),
+        (["--ig-baseline", "black"], "--ig-baseline: expected one of zeros, blur, uniform"),
+        (["missing.png"], "image file 'missing.png' does not exist"),
+        (["--model", "resnet_999"], "--model: name: unknown model 'resnet_999'"),
+        (["--layers", "blocks.99"], "--layers: "),
+    ],
+)
+def test_user_errors_are_one_line(cached_model, tmp_path, capsys, argv, message) -> None:
+    import re
+
+    code = cli.main(["compare", "--size", "32", "--out", str(tmp_path / "x"), *argv])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("captum-nave: error: ")
+    assert re.search(message, err[0]), err[0]
+    assert not (tmp_path / "x" / "compare.png").exists()
+
+
+def test_help_has_an_example(capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["compare", "--help"])
+    text = capsys.readouterr().out
+    assert "Example:" in text and "captum-nave compare" in text and "--methods" in text
