@@ -327,21 +327,30 @@ def gradcam(
             "spatial map (N, C, h, w) or tokens (N, T, C)"
         )
 
-    if attribute_to_layer_input:
-        def pre_hook(mod: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
-            if not args:
-                raise ValueError(f"layer: {name!r} received no positional input to explain")
-            return (to_grid(args[0]),) + tuple(args[1:])
+    def pre_hook(mod: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
+        if not args:
+            raise ValueError(f"layer: {name!r} received no positional input to explain")
+        return (to_grid(args[0]),) + tuple(args[1:])
 
-        handle = module.register_forward_pre_hook(pre_hook)
-    else:
-        def hook(mod: nn.Module, args: Tuple[Any, ...], out: Any) -> Tensor:
-            return to_grid(out)
+    def hook(mod: nn.Module, args: Tuple[Any, ...], out: Any) -> Tensor:
+        return to_grid(out)
 
-        handle = module.register_forward_hook(hook)
-    # the call count is per forward pass: reset it when the model starts one
-    reset = model.register_forward_pre_hook(lambda mod, args: calls.__setitem__(0, 0))
+    def start(mod: nn.Module, args: Any) -> None:  # the call count is per forward pass
+        calls[0] = 0
+        finished[0] = False
+
+    def end(mod: nn.Module, args: Any, out: Any) -> None:
+        finished[0] = True
+
+    finished = [False]
+    handles = []
     try:
+        handles.append(model.register_forward_pre_hook(start))
+        handles.append(model.register_forward_hook(end))
+        if attribute_to_layer_input:
+            handles.append(module.register_forward_pre_hook(pre_hook))
+        else:
+            handles.append(module.register_forward_hook(hook))
         raw = LayerGradCam(model, view).attribute(
             inputs,
             target=target,
@@ -349,12 +358,12 @@ def gradcam(
             relu_attributions=relu_attributions,
         )
     except Exception as exc:
-        if calls[0] == 0:
+        if finished[0] and calls[0] == 0:
             raise ValueError(f"layer: {name!r} did not run during the forward pass") from exc
         raise
     finally:
-        handle.remove()
-        reset.remove()
+        for h in handles:
+            h.remove()
     raw = raw.detach()
     maps = LayerAttribution.interpolate(raw, hw, interpolate_mode=interpolate_mode)
     options: Dict[str, Any] = {

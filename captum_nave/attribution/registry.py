@@ -209,22 +209,19 @@ class _Guard:
     """Restore the model's mode, requires_grad, buffers and ``.grad`` (also on failure)."""
 
     def __init__(self, model: Optional[nn.Module]) -> None:
-        self.model = model
         self.state = preserve_model_state(model) if model is not None else None
+        self.grads = [(p, p.grad) for p in model.parameters()] if model is not None else []
 
     def __enter__(self) -> "_Guard":
-        if self.model is not None:
-            self.grads = [(p, p.grad) for p in self.model.parameters()]
-            assert self.state is not None
+        if self.state is not None:
             self.state.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.model is not None:
-            assert self.state is not None
+        if self.state is not None:
             self.state.__exit__(*exc)
-            for p, g in self.grads:
-                p.grad = g
+        for p, g in self.grads:
+            p.grad = g
 
 
 # --------------------------------------------------------------------------- entry point
