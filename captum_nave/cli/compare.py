@@ -28,9 +28,10 @@ Example:
 
 Writes OUT/compare.png (one row per image: the image | NAVE segments | one heatmap per
 attribution method) and OUT/segment_relevance.csv (per image, NAVE segment and method:
-area share, positive / negative / absolute relevance mass and share, density), and
-prints both paths. NAVE is always computed, since the CSV is per NAVE segment; leave
-'nave' out of --methods to drop its panel. --target auto explains each image's
+area share, positive / negative / absolute relevance mass and share, density; written
+when --methods names at least one attribution method), and prints the paths. NAVE is
+always computed, since the CSV is per NAVE segment; leave 'nave' out of --methods to
+drop its panel. --target auto explains each image's
 predicted class. The default model, efficientnet_lite0, is ImageNet-trained and needs
 no network access.
 """
