@@ -21,7 +21,7 @@ from typing import List, Optional, Sequence
 __all__ = ["main", "build_parser", "CLIError"]
 
 #: Subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS: List[str] = ["explain", "compare_registers", "corloc"]
+SUBCOMMANDS: List[str] = ["explain", "compare", "compare_registers", "concepts", "corloc", "report"]
 
 
 class CLIError(Exception):
