@@ -25,6 +25,7 @@ from torch import Tensor, nn
 __all__ = [
     "LayerSpec",
     "resolve_layers",
+    "find_blocks",
     "layer_names",
     "num_prefix_tokens",
     "patch_size_of",
@@ -42,8 +43,12 @@ def layer_names(model: nn.Module) -> List[str]:
     return [name for name, _ in model.named_modules() if name]
 
 
-def _block_container(model: nn.Module) -> Optional[nn.Module]:
-    """The sequence of transformer blocks of a ViT-like model, if any."""
+def find_blocks(model: nn.Module) -> Optional[Tuple[str, nn.Module]]:
+    """The dotted path and container of a ViT-like model's sequence of blocks, if any.
+
+    Looks for timm's ``blocks``, Hugging Face's ``encoder.layer``, torchvision's
+    ``encoder.layers``, OpenCLIP's ``transformer.resblocks`` and a plain ``layers``.
+    """
     for path in ("blocks", "encoder.layer", "encoder.layers", "transformer.resblocks", "layers"):
         obj: Any = model
         for part in path.split("."):
@@ -51,7 +56,7 @@ def _block_container(model: nn.Module) -> Optional[nn.Module]:
             if obj is None:
                 break
         if isinstance(obj, (nn.Sequential, nn.ModuleList)) and len(obj) > 0:
-            return obj
+            return path, obj
     return None
 
 
@@ -68,12 +73,13 @@ def _resolve_one(model: nn.Module, spec: LayerSpec, names: List[str]) -> nn.Modu
             f"got {type(spec).__name__}: {spec!r}"
         )
     if isinstance(spec, int):
-        blocks = _block_container(model)
-        if blocks is None:
+        found = find_blocks(model)
+        if found is None:
             raise ValueError(
                 f"layers: integer index {spec} needs a model with a sequence of blocks "
                 "(e.g. timm ViT 'blocks'); give a dotted layer name instead"
             )
+        blocks = found[1]
         n = len(blocks)
         if not -n <= spec < n:
             raise ValueError(f"layers: block index must be in [{-n}, {n - 1}], got {spec}")

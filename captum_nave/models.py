@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .activations import find_blocks
+
 __all__ = [
     "DEFAULT_MODEL",
     "SAMPLE_IMAGE_NAMES",
@@ -274,15 +276,11 @@ def default_layers(model: nn.Module) -> List[str]:
     if "layer3" in children and "layer4" in children:
         return ["layer3", "layer4"]
     if _patch_size(model) is not None:
-        for path in ("blocks", "encoder.layers", "encoder.layer", "layers"):
-            obj: Any = model
-            for part in path.split("."):
-                obj = getattr(obj, part, None)
-                if obj is None:
-                    break
-            if isinstance(obj, (nn.Sequential, nn.ModuleList)) and len(obj) > 0:
-                last = list(obj.named_children())[-1][0]
-                return [f"{path}.{last}"]
+        found = find_blocks(model)
+        if found is not None:
+            path, blocks = found
+            last = list(blocks.named_children())[-1][0]
+            return [f"{path}.{last}"]
     stages = children.get("stages")
     if isinstance(stages, (nn.Sequential, nn.ModuleList)) and len(stages) >= 2:
         n = len(stages)

@@ -64,6 +64,7 @@ from captum.attr import LayerAttribution, LayerGradCam
 from torch import Tensor, nn
 
 from captum_nave.activations import (
+    find_blocks,
     LayerSpec,
     num_prefix_tokens as _read_num_prefix,
     patch_size_of,
@@ -86,18 +87,6 @@ class _GridView(nn.Module):
 
 
 # --------------------------------------------------------------------------- defaults
-def _vit_blocks(model: nn.Module) -> Optional[Tuple[str, nn.Module]]:
-    for path in ("blocks", "encoder.layers"):
-        obj: Any = model
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if isinstance(obj, (nn.Sequential, nn.ModuleList)) and len(obj) > 0:
-            return path, obj
-    return None
-
-
 def _is_torchvision_vit(model: nn.Module) -> bool:
     return (
         type(model).__name__ == "VisionTransformer"
@@ -152,7 +141,7 @@ def default_gradcam_layer(
     str
     """
     children = dict(model.named_children())
-    blocks = _vit_blocks(model)
+    blocks = find_blocks(model)
     if blocks is not None and (getattr(model, "patch_embed", None) is not None or _is_torchvision_vit(model)):
         path, seq = blocks
         last = f"{path}.{len(seq) - 1}"
