@@ -19,16 +19,6 @@ from captum_nave import models as models_mod
 from captum_nave.cli.concepts import collect_images
 
 
-@pytest.fixture(autouse=True)
-def _registered(monkeypatch):
-    """Until the lead registers them, make sure report / concepts are subcommands."""
-    names = list(cli.SUBCOMMANDS)
-    for extra in ("report", "concepts"):
-        if extra not in names:
-            names.append(extra)
-    monkeypatch.setattr(cli, "SUBCOMMANDS", names)
-
-
 @pytest.fixture(scope="module")
 def lite0():
     return models_mod.load_model()

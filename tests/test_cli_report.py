@@ -21,16 +21,6 @@ from captum_nave.report import collect_report, render_report
 from test_report import parse
 
 
-@pytest.fixture(autouse=True)
-def _registered(monkeypatch):
-    """Until the lead registers them, make sure report / concepts are subcommands."""
-    names = list(cli.SUBCOMMANDS)
-    for extra in ("report", "concepts"):
-        if extra not in names:
-            names.append(extra)
-    monkeypatch.setattr(cli, "SUBCOMMANDS", names)
-
-
 @pytest.fixture(scope="module")
 def lite0():
     return models_mod.load_model()

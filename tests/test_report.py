@@ -356,7 +356,7 @@ def test_side_by_side_figure_is_drawn_from_the_real_maps(independent, cnn_report
 
 
 def test_reproducibility_section(cnn, cnn_report):
-    page, data = cnn_report["page"], cnn_report["data"]
+    page = cnn_report["page"]
     models = page.table("models-table")
     assert models[1][0] == "resnet18" and models[1][3] == "layer3, layer4"
     assert models[1][6] == state_dict_sha256(cnn) and models[1][7] == "yes"

@@ -21,7 +21,7 @@ import torch
 from .escaping import Markup, escape, figure_data_uri, join, png_data_uri, safe_id, tag
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .builder import ModelRun, ReportData
+    from .builder import ReportData
 
 __all__ = ["SECTION_IDS", "render", "load_template"]
 
@@ -331,6 +331,9 @@ def _registers(data: "ReportData", dpi: float) -> Markup:
     prow.append([_td("noise floor: ARI between two seeds of B", "text"), _td(_num(floor_b))])
     parts.append(_table(["between the two models", "mean"], prow,
                         caption="Agreement of the NAVE maps of A and B on the common patch grid, next to each model's seed noise floor."))
+    if res.corloc is None and data.corloc is not None:
+        parts.append(tag("p", "CorLoc with McNemar's test is compared here only when every image has a box "
+                              f"({data.corloc.n_without_boxes} image(s) have none); see the CorLoc section.", class_="note"))
     if res.corloc is not None:
         c = res.corloc
         parts.append(tag("p", f"CorLoc ({c.strategy} boxes): A {_pct(c.corloc_a)}, B {_pct(c.corloc_b)}; McNemar "
