@@ -680,11 +680,11 @@ import matplotlib.pyplot as plt
 
 out = Path("corloc_out")
 print(sorted(p.name for p in out.iterdir()))
-overlays = sorted((out / "overlays").rglob("*.png"))[:3]
-fig, axes = plt.subplots(1, len(overlays), figsize=(5 * len(overlays), 4), layout="constrained")
-for ax, path in zip(np.atleast_1d(axes), overlays):
-    ax.imshow(plt.imread(path))
-    ax.set_title(f"{path.parent.name}/{path.name}", fontsize=8)
+folders = sorted(p for p in (out / "overlays").iterdir())           # one folder per method
+print([p.name for p in folders])
+fig, axes = plt.subplots(len(folders), 1, figsize=(8, 2.6 * len(folders)), layout="constrained")
+for ax, folder in zip(axes, folders):
+    ax.imshow(plt.imread(folder / "000000.png"))                    # the same image for every method
     ax.axis("off")
 plt.show()
 """),
