@@ -139,12 +139,18 @@ def test_errors_and_progress(capsys):
 
 
 def test_trained_net_has_a_shape_concept_across_images(shape_nets):
-    net, _ = shape_nets
+    """One concept covers the shapes of held-out images for the trained net, not at random init.
+
+    (Measured over seeds 0-3: trained 0.56-0.76, random init 0.21-0.23.)
+    """
     x, masks, _, _ = shapes_dataset(24, 48, seed=11)
-    ex = LayerClusterExplainer(net, ["stage1", "stage2"])
-    cc = ConceptClusters(ex, n_clusters=4, random_state=0).fit(list(x[:16].split(4)))
-    seg = cc.predict(x[16:])[:, 0]
     m = masks[16:]
-    # the best single concept id, over all held-out images jointly
-    best = max(((seg == k) & m).sum().item() / ((seg == k) | m).sum().item() for k in range(4))
-    assert best >= 0.6, best
+    best = {}
+    for name, net in zip(("trained", "random"), shape_nets):
+        ex = LayerClusterExplainer(net, ["stage1", "stage2"])
+        cc = ConceptClusters(ex, n_clusters=4, random_state=0).fit(list(x[:16].split(4)))
+        seg = cc.predict(x[16:])[:, 0]
+        # the best single concept id, over all held-out images jointly
+        best[name] = max(((seg == k) & m).sum().item() / ((seg == k) | m).sum().item() for k in range(4))
+    assert best["trained"] >= 0.5, best
+    assert best["trained"] >= best["random"] + 0.25, best

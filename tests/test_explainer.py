@@ -178,6 +178,11 @@ def test_determinism_with_random_state():
         a = ex.attribute(x, n_clusters=5, random_state=3, clusterer=clusterer)
         b = ex.attribute(x, n_clusters=5, random_state=3, clusterer=clusterer)
         assert torch.equal(a, b), clusterer
+        # an image's segments do not depend on the rest of the batch or its position
+        alone = ex.attribute(x[2:3], n_clusters=5, random_state=3, clusterer=clusterer)
+        moved = ex.attribute(x[[2, 0]], n_clusters=5, random_state=3, clusterer=clusterer)
+        assert adjusted_rand_score(alone.flatten(), a[2].flatten()) > 0.999, clusterer
+        assert adjusted_rand_score(alone.flatten(), moved[0].flatten()) > 0.999, clusterer
 
 
 def _snapshot(model):

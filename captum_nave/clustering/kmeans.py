@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from ..features import ImplicitFeatures
 
-__all__ = ["KMeansResult", "kmeans_plusplus", "lloyd", "implicit_kmeans", "make_generator"]
+__all__ = ["KMeansResult", "kmeans_plusplus", "lloyd", "implicit_kmeans", "make_generator", "make_generators"]
 
 
 @dataclass
@@ -65,6 +65,29 @@ def make_generator(random_state, device: torch.device) -> torch.Generator:
             raise TypeError(f"random_state: expected an int, a torch.Generator or None, got {random_state!r}")
         g.manual_seed(int(random_state))
     return g
+
+
+def make_generators(random_state, n: int, device: torch.device) -> List[torch.Generator]:
+    """``n`` generators that all start from the same seed, one per clustering group.
+
+    Every image of a batch draws its k-means++ / PCA randomness from its own generator
+    with the same seed, so an image gets the same segments whatever else is in the
+    batch (and wherever it is in it). The seed is ``random_state`` itself for an int,
+    one draw from it for a ``torch.Generator``, and a fresh random seed for ``None``.
+    """
+    if isinstance(random_state, torch.Generator):
+        seed = int(torch.randint(2**62, (1,), generator=random_state, device=random_state.device))
+    elif random_state is None:
+        seed = int(torch.randint(2**62, (1,)))
+    else:
+        seed = None
+        make_generator(random_state, device)  # validates the type
+    gens = []
+    for _ in range(n):
+        g = torch.Generator(device=device)
+        g.manual_seed(int(random_state) if seed is None else seed)
+        gens.append(g)
+    return gens
 
 
 def _groups(feats: ImplicitFeatures, shared: bool) -> int:
@@ -108,7 +131,7 @@ def kmeans_plusplus(
     n_clusters: int,
     *,
     shared: bool = False,
-    generator: torch.Generator,
+    generators: Sequence[torch.Generator],
     n_local_trials: Optional[int] = None,
 ) -> Tensor:
     """Greedy k-means++ seeding on implicit features.
@@ -130,7 +153,7 @@ def kmeans_plusplus(
     group_ids = torch.arange(G, device=dev)
     centers = torch.zeros(G, n_clusters, feats.dim, dtype=feats.dtype, device=dev)
 
-    first = torch.randint(P, (G,), generator=generator, device=dev)
+    first = torch.cat([torch.randint(P, (1,), generator=g, device=dev) for g in generators])
     centers[:, 0] = feats.rows(*_pixel_coords(first, group_ids, feats, shared))
     closest = _sq_dist(feats, centers[:, :1], shared)[:, 0]  # (G, P)
     for k in range(1, n_clusters):
@@ -138,7 +161,9 @@ def kmeans_plusplus(
         total = weights.sum(1, keepdim=True)
         # all points identical to the chosen centres: fall back to uniform draws
         weights = torch.where(total > 0, weights, torch.ones_like(weights))
-        cand = torch.multinomial(weights, L, replacement=True, generator=generator)  # (G, L)
+        cand = torch.stack(
+            [torch.multinomial(weights[g], L, replacement=True, generator=generators[g]) for g in range(G)]
+        )  # (G, L), each group with its own generator
         cg = group_ids.unsqueeze(1).expand(G, L).reshape(-1)
         cand_rows = feats.rows(*_pixel_coords(cand.reshape(-1), cg, feats, shared))
         cand_rows = cand_rows.reshape(G, L, feats.dim)
@@ -151,12 +176,12 @@ def kmeans_plusplus(
     return centers
 
 
-def _random_init(feats: ImplicitFeatures, n_clusters: int, *, shared: bool, generator) -> Tensor:
+def _random_init(feats: ImplicitFeatures, n_clusters: int, *, shared: bool, generators) -> Tensor:
     """K distinct pixels drawn uniformly per group, as centres (G, K, D)."""
     G = _groups(feats, shared)
     P = feats.n_pixels * (feats.n_images if shared else 1)
     dev = feats.device
-    picks = torch.stack([torch.randperm(P, generator=generator, device=dev)[:n_clusters] for _ in range(G)])
+    picks = torch.stack([torch.randperm(P, generator=g, device=dev)[:n_clusters] for g in generators])
     gid = torch.arange(G, device=dev).unsqueeze(1).expand_as(picks).reshape(-1)
     rows = feats.rows(*_pixel_coords(picks.reshape(-1), gid, feats, shared))
     return rows.reshape(G, n_clusters, feats.dim)
@@ -312,13 +337,13 @@ def implicit_kmeans(
             c0 = c0.unsqueeze(0).expand(_groups(feats, shared), -1, -1)
         labels, centers, inertia, it = lloyd(feats, c0, shared=shared, max_iter=max_iter, tol=tol)
         return KMeansResult(labels, centers, inertia, it)
-    gen = make_generator(random_state, feats.device)
+    gens = make_generators(random_state, _groups(feats, shared), feats.device)
     best: Optional[KMeansResult] = None
     for _ in range(max(1, int(n_init))):
         if init == "random":
-            c0 = _random_init(feats, n_clusters, shared=shared, generator=gen)
+            c0 = _random_init(feats, n_clusters, shared=shared, generators=gens)
         elif init == "k-means++":
-            c0 = kmeans_plusplus(feats, n_clusters, shared=shared, generator=gen)
+            c0 = kmeans_plusplus(feats, n_clusters, shared=shared, generators=gens)
         else:
             raise ValueError(f"init: expected 'k-means++', 'random' or a Tensor, got {init!r}")
         labels, centers, inertia, it = lloyd(feats, c0, shared=shared, max_iter=max_iter, tol=tol)

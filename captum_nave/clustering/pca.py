@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..features import ImplicitFeatures
-from .kmeans import _as_group_maps, make_generator
+from .kmeans import _as_group_maps, make_generators
 
 __all__ = ["implicit_pca", "pca_argmax"]
 
@@ -44,11 +44,13 @@ def implicit_pca(
         The feature mean of each group.
     """
     G = 1 if shared else feats.n_images
-    gen = make_generator(random_state, feats.device)
+    gens = make_generators(random_state, G, feats.device)
     L = min(n_components + n_oversamples, feats.dim)
     mean = feats.mean(per_image=not shared)
     mean = mean.unsqueeze(0) if shared else mean  # (G, D)
-    omega = torch.randn(G, L, feats.dim, generator=gen, device=feats.device, dtype=feats.dtype)
+    omega = torch.stack(  # one sketch per group from its own generator: batch-independent
+        [torch.randn(L, feats.dim, generator=g, device=feats.device, dtype=feats.dtype) for g in gens]
+    )
 
     def forward(V: Tensor) -> Tensor:  # (G, L, D) -> centred F V, (G, P, L)
         y = _as_group_maps(feats.dot(V), shared)  # (G, L, P)
