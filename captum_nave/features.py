@@ -207,16 +207,21 @@ class ImplicitFeatures:
     def _pixel_sq_norms(a: Tensor, Ry: Optional[Tensor], Rx: Optional[Tensor]) -> Tensor:
         """``||u(p)||^2`` for every grid pixel without upsampling the channels.
 
-        Returns a tensor of shape (N, H, W).
+        Image by image, so the row-interpolated activation ``B = R_y A`` (C x H x w)
+        exists for one image at a time. Returns a tensor of shape (N, H, W).
         """
-        B = _apply(Ry, a, -2)  # (N, C, H, w)
-        if Rx is None:
-            return B.pow(2).sum(1)
-        # Gram per output row: G[n, y] = B[n, :, y, :]^T B[n, :, y, :]  -> (N, H, w, w)
-        G = torch.einsum("ncyj,ncyk->nyjk", B, B)
-        # quadratic form per column x: sum_jk Rx[x, j] G[j, k] Rx[x, k]
-        GR = torch.matmul(G, Rx.t())  # (N, H, w, W)
-        return (GR * Rx.t()).sum(-2).clamp_min(0)
+        out = []
+        for img in a:
+            B = _apply(Ry, img, -2)  # (C, H, w)
+            if Rx is None:
+                out.append(B.pow(2).sum(0))
+                continue
+            # Gram per output row: G[y] = B[:, y, :]^T B[:, y, :]  -> (H, w, w)
+            G = torch.matmul(B.permute(1, 2, 0), B.permute(1, 0, 2))
+            # quadratic form per column x: sum_jk Rx[x, j] G[y, j, k] Rx[x, k]
+            GR = torch.matmul(G, Rx.t())  # (H, w, W)
+            out.append((GR * Rx.t()).sum(-2).clamp_min(0))
+        return torch.stack(out)
 
     def select(self, images: Tensor) -> "ImplicitFeatures":
         """The features of a subset of the images (shares the interpolation matrices).
