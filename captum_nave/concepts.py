@@ -10,7 +10,7 @@ The update is the online-mean rule of mini-batch k-means (Sculley 2010; scikit-l
 ``MiniBatchKMeans``): every pixel of a batch is assigned to its nearest centroid and
 each centroid moves to the running mean of all pixels ever assigned to it,
 ``c_k <- c_k + (S_k - n_k c_k) / N_k`` with ``S_k``, ``n_k`` the batch's sum and count
-and ``N_k`` the total count. The centroids are seeded by exact k-means (k-means++) on
+and ``N_k`` the total count. The centroids are seeded by k-means++ and a few Lloyd iterations on
 the pixels of the first batch.
 """
 
@@ -74,6 +74,10 @@ class ConceptClusters:
         Passes over the data in :meth:`fit`.
     random_state : int or None
         Seed of the k-means++ seeding on the first batch.
+    init_max_iter : int
+        Lloyd iterations of the k-means that seeds the centroids on the first batch
+        (after k-means++). The mini-batch updates refine them, as in scikit-learn's
+        ``MiniBatchKMeans``, so a full convergence on the first batch is not needed.
     progress : bool or None
         Show a progress bar; ``None`` (default) shows it only when stderr is a terminal.
     device : str or torch.device, optional
@@ -108,6 +112,7 @@ class ConceptClusters:
         resolution: Resolution = "layer",
         n_epochs: int = 1,
         random_state: Optional[int] = None,
+        init_max_iter: int = 5,
         progress: Optional[bool] = None,
         device: Optional[Union[str, torch.device]] = None,
     ) -> None:
@@ -116,6 +121,7 @@ class ConceptClusters:
         self.resolution = resolution
         self.n_epochs = n_epochs
         self.random_state = random_state
+        self.init_max_iter = init_max_iter
         self.progress = progress
         self.device = device
 
@@ -131,6 +137,9 @@ class ConceptClusters:
         e = self.n_epochs
         if isinstance(e, bool) or not isinstance(e, int) or e < 1:
             raise ValueError(f"n_epochs: expected an int >= 1, got {e!r}")
+        m = self.init_max_iter
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            raise ValueError(f"init_max_iter: expected an int >= 1, got {m!r}")
 
     def _device(self) -> Optional[torch.device]:
         if self.device is not None:
@@ -205,7 +214,7 @@ class ConceptClusters:
                     f"n_clusters: the first batch has {n_pix} grid pixels, fewer than n_clusters={K}"
                 )
             gen = make_generator(self.random_state, feats.device)
-            km = implicit_kmeans(feats, K, shared=True, random_state=gen)
+            km = implicit_kmeans(feats, K, shared=True, random_state=gen, max_iter=self.init_max_iter)
             self.cluster_centers_ = km.centers[0].clone()
             counts = torch.bincount(km.labels.reshape(-1), minlength=K).to(feats.dtype)
             self.counts_ = counts
@@ -280,7 +289,8 @@ class ConceptClusters:
         """Constructor parameters (scikit-learn convention)."""
         return {
             "explainer": self.explainer, "n_clusters": self.n_clusters, "resolution": self.resolution,
-            "n_epochs": self.n_epochs, "random_state": self.random_state, "progress": self.progress,
+            "n_epochs": self.n_epochs, "random_state": self.random_state,
+            "init_max_iter": self.init_max_iter, "progress": self.progress,
             "device": self.device,
         }
 
