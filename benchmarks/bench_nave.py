@@ -278,7 +278,7 @@ def write_results(path: str, device: torch.device, rows: List[Dict], concepts: O
             f"{thr:.2f}x the bare forward throughput {concepts['n_images'] / concepts['t_forward']:.2f} img/s "
             f"(target >= 0.7x: {ok(thr >= 0.7)})"
         )
-    lines.append("")
+    lines += ["", ""]
     with open(path, "w") as fh:
         fh.write("\n".join(lines))
     print(f"wrote {path}")
