@@ -494,9 +494,12 @@ assert facts["clean"][0] > 0.9 and facts["watermarked"][1] > 0.9
 
 `ConceptClusters(explainer, n_clusters=K).fit(data)` accepts a tensor, a list of batches or
 a `DataLoader`; `predict` gives concept maps `(N, 1, H, W)` with ids shared by all images.
-We fit 4 concepts of the clean model over 40 images and ask, for every concept, how much
-of the horizontal bars (class 0), of the vertical bars (class 1) and of the background it
-covers.
+We fit 4 concepts of the clean model over 40 images (4 batches of 10) and ask, for every
+concept, how much of the horizontal bars (class 0), of the vertical bars (class 1) and of
+the background it covers.
+
+k-means has local optima, and a concept is only worth reading if it survives a change of
+seed. So we fit three times, with `random_state` 0, 1 and 2, and look for what they agree on.
 """),
     code("""
 x_set, y_set, bars = make_images(40, seed=7)
@@ -511,26 +514,31 @@ def concept_table(maps, k_max):
         print(f"concept {k}: {100 * h:5.1f}% of horizontal bars | {100 * v:5.1f}% of vertical bars | {100 * bg:5.1f}% of background")
 
 
-clean_concepts = ConceptClusters(LayerClusterExplainer(models["clean"], ["conv2", "conv3"]),
-                                 n_clusters=4, random_state=0).fit(x_set.split(10))
-maps = clean_concepts.predict(x_set)
-concept_table(maps, 4)
-bar_share = max(((maps[bars] == k).float().mean().item() for k in range(4)))
-assert bar_share > 0.6   # one concept holds most bar pixels of every image: an "object" concept
-fig, axes = plot_concept_gallery(x_set, maps, n_top=4)
+explainer = LayerClusterExplainer(models["clean"], ["conv2", "conv3"])
+for seed in (0, 1, 2):
+    concepts = ConceptClusters(explainer, n_clusters=4, random_state=seed).fit(x_set.split(10))
+    maps = concepts.predict(x_set)
+    inertia = concepts.transform(x_set).pow(2).amin(1).sum().item()   # squared distance to the nearest concept
+    print(f"random_state={seed}: total inertia {inertia:.2f}")
+    concept_table(maps, 4)
+    bar_counts = torch.bincount(maps[bars], minlength=4).float() / bars.sum()
+    background = int(torch.bincount(maps[~bars], minlength=4).argmax())
+    # stable across seeds: the bars live in at most two concepts, and the background concept avoids them
+    assert bar_counts.sort(descending=True).values[:2].sum() > 0.7
+    assert bar_counts[background] < 0.1
+    if seed == 0:
+        first_maps = maps
+fig, axes = plot_concept_gallery(x_set, first_maps, n_top=4)
 fig
 """),
     md("""
-With the two layers together the model has one *object* concept shared by both classes:
-the bars of every image fall into it whatever their orientation, and the background and
-edges are split into the others. The class itself is decided by the last layer, where the
-orientation lives: clustering `conv3` alone separates horizontal from vertical bars into
-different concepts - a class clustering.
-"""),
-    code("""
-last = ConceptClusters(LayerClusterExplainer(models["clean"], ["conv3"]), n_clusters=4, random_state=0)
-maps_last = last.fit(x_set.split(10)).predict(x_set)
-concept_table(maps_last, 4)
+All three fits agree that the model separates the bars from the background: two concepts
+hold most of the bar pixels (which are only 4% of the image), and the concept that holds
+most of the background holds almost none of them. They disagree on *how* the bars are cut: in our run one seed split them by orientation
+(a class clustering), another put both orientations into a single *object* concept, and
+their total inertias (printed) are within 2% of each other. Orientation, which decides the
+class, does not dominate these layers' activations, and a single fit would have told a
+story that a second fit contradicts. On your own data, compare a few seeds (or a few K) before naming a concept.
 """),
     md("""
 ## The watermark concept
