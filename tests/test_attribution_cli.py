@@ -144,3 +144,32 @@ def test_help_has_an_example(capsys) -> None:
         cli.main(["compare", "--help"])
     text = capsys.readouterr().out
     assert "Example:" in text and "captum-nave compare" in text and "--methods" in text
+
+
+def test_target_by_imagenet_class_name() -> None:
+    """Names resolve to the class whose synonyms hold them; ambiguous and unknown names are refused."""
+    from captum_nave.cli import CLIError
+    from captum_nave.cli.compare import parse_target
+    from captum_nave.models import imagenet_class_index, imagenet_class_name
+
+    assert parse_target("Egyptian  Cat") == 285 and parse_target("tabby cat") == parse_target("tabby") == 281
+    assert parse_target("285") == 285 and parse_target("AUTO") == "auto"
+    for idx in (0, 281, 285, 999):  # round trip through the first synonym
+        assert imagenet_class_index(imagenet_class_name(idx)) == idx
+    with pytest.raises(CLIError, match=r"'crane' names several ImageNet-1k classes, pass an index: 134 \(crane\); 517"):
+        parse_target("crane")
+    with pytest.raises(CLIError, match=r"got 'cat' \(closest: 'tabby cat', 'tiger cat'"):
+        parse_target("cat")
+
+
+def test_compare_target_by_name_explains_that_class(cached_model, tiny_image, tmp_path) -> None:
+    def run(target: str) -> list:
+        out = tmp_path / target.replace(" ", "_")
+        code = cli.main(["compare", str(tiny_image), "--methods", "gradcam", "--target", target,
+                         "--size", "64", "-k", "2", "--out", str(out)])
+        assert code == 0
+        return _read_csv(out / "segment_relevance.csv")
+
+    named, index, other = run("Egyptian cat"), run("285"), run("0")
+    assert named == index
+    assert [r["positive"] for r in named] != [r["positive"] for r in other]

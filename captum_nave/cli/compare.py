@@ -32,7 +32,7 @@ area share, positive / negative / absolute relevance mass and share, density; wr
 when --methods names at least one attribution method), and prints the paths. NAVE is
 always computed, since the CSV is per NAVE segment; leave 'nave' out of --methods to
 drop its panel. --target auto explains each image's
-predicted class. The default model, efficientnet_lite0, is ImageNet-trained and needs
+predicted class; --target also takes an ImageNet class name ("tabby cat"). The default model, efficientnet_lite0, is ImageNet-trained and needs
 no network access.
 """
 
@@ -56,7 +56,8 @@ def register(subparsers: Any) -> None:
         "--methods", default="nave,gradcam,ig,lrp", metavar="M[,M...]",
         help="comma-separated panels: nave and attribution methods (default: nave,gradcam,ig,lrp)",
     )
-    p.add_argument("--target", default="auto", metavar="CLASS|auto", help="class index to explain, or auto (the prediction; default)")
+    p.add_argument("--target", default="auto", metavar="CLASS|auto",
+                   help="class to explain: an index, an ImageNet class name (\"tabby cat\"), or auto (the prediction; default)")
     p.add_argument(
         "--model", default="efficientnet_lite0",
         help="timm name, 'tv:NAME' for torchvision, or efficientnet_lite0 (default, offline)",
@@ -112,13 +113,24 @@ def parse_methods(text: str) -> List[str]:
 
 
 def parse_target(text: str) -> Union[str, int]:
-    """``"auto"`` or a non-negative class index."""
-    t = str(text).strip().lower()
+    """``"auto"``, a non-negative class index, or an ImageNet-1k class name (-> its index)."""
+    t = " ".join(str(text).strip().lower().split())
     if t == "auto":
         return "auto"
     if re.fullmatch(r"\d+", t):
         return int(t)
-    _fail(f"--target: expected a class index (an integer >= 0) or 'auto', got {text!r}")
+    from captum_nave.models import imagenet_class_index
+
+    try:
+        return imagenet_class_index(t)
+    except ValueError as exc:
+        detail = str(exc).split("; ", 1)[1] if "; " in str(exc) else ""
+        if "several" in str(exc):
+            detail = str(exc).split(": ", 1)[1]
+        _fail(
+            f"--target: expected a class index (an integer >= 0), 'auto' or an ImageNet-1k class "
+            f"name, got {text!r}" + (f" ({detail})" if detail else "")
+        )
 
 
 def _parse_layers(specs: Optional[Sequence[str]]) -> Optional[List[Union[str, int]]]:

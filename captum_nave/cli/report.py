@@ -75,7 +75,8 @@ def register(subparsers: Any) -> None:
         help="k-means seeds for the stability section (default: --seed, --seed+1, --seed+2)",
     )
     p.add_argument("--size", type=int, default=None, help="image size in pixels (default: the first model's, 224)")
-    p.add_argument("--target", default="auto", metavar="CLASS|auto", help="class index to explain, or auto (the prediction; default)")
+    p.add_argument("--target", default="auto", metavar="CLASS|auto",
+                   help="class to explain: an index, an ImageNet class name (\"tabby cat\"), or auto (the prediction; default)")
     p.add_argument("--ig-steps", type=int, default=32, metavar="N", help="Integrated Gradients steps (default: 32)")
     p.add_argument("--internal-batch-size", type=int, default=16, metavar="B", help="IG path points per forward pass (default: 16)")
     p.add_argument(
@@ -109,19 +110,6 @@ def _methods(text: str) -> List[str]:
     if not items or bad:
         _fail(f"--methods: expected a comma-separated list of {', '.join(known)}, got {text!r}")
     return (["nave"] if "nave" not in items else []) + items
-
-
-def _target(text: str) -> Any:
-    t = str(text).strip().lower()
-    if t == "auto":
-        return "auto"
-    try:
-        v = int(t)
-    except ValueError:
-        v = -1
-    if v < 0:
-        _fail(f"--target: expected a class index >= 0 or 'auto', got {text!r}")
-    return v
 
 
 def read_boxes(path: str, image_paths: Sequence[str]) -> List[np.ndarray]:
@@ -169,10 +157,11 @@ def run(args: argparse.Namespace) -> int:
     from captum_nave.models import WeightsUnavailableError, load_model, sample_images
     from captum_nave.report import build_report
 
+    from captum_nave.cli.compare import parse_target
     from captum_nave.cli.explain import parse_layers
 
     methods = _methods(args.methods)
-    target = _target(args.target)
+    target = parse_target(args.target)
     if args.n_clusters < 2:
         _fail(f"-k/--n-clusters: expected an integer >= 2, got {args.n_clusters}")
     if args.size is not None and args.size < 8:
