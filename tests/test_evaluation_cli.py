@@ -135,6 +135,23 @@ def test_cli_shards_and_merge_equal_one_run(tmp_path, capsys):
     assert (tmp_path / "m" / "summary.md").read_text() == (tmp_path / "one" / "summary.md").read_text()
 
 
+def test_cli_auto_k_matches_the_library(tmp_path, capsys):
+    root = make_folder(tmp_path / "data", n=2)
+    out = tmp_path / "auto"
+    argv = ["--seed", "1", "corloc", "--format", "folder", "--root", str(root), "--model",
+            "efficientnet_lite0@random", "-k", "auto", "--k-range", "2", "4", "--out", str(out), *SMALL]
+    assert cli.main(argv) == 0
+    torch.manual_seed(1)
+    model, info = load_model("efficientnet_lite0", pretrained=False)
+    seg = NaveSegmenter(model, info["default_layers"], n_clusters="auto", mean=info["mean"], std=info["std"],
+                        random_state=1, explain_kwargs={"clusterer": "kmeans", "k_range": (2, 3, 4)})
+    run_corloc(read_folder(root), {"lite0": seg}, tmp_path / "lib",
+               protocol=CorLocProtocol(min_area=16, border=2), fsync=False)
+    lib = read_records(tmp_path / "lib" / "records" / "lite0.shard-0-of-1.jsonl")
+    got = read_records(out / "records" / "efficientnet_lite0_random.shard-0-of-1.jsonl")
+    assert _strip(got) == _strip(lib) and len(got) == 2
+
+
 def test_parse_model_spec():
     assert parse_model_spec("tv:resnet50", False) == ("tv:resnet50", True)
     assert parse_model_spec("tv:resnet50@random", False) == ("tv:resnet50", False)
@@ -150,7 +167,9 @@ def test_parse_model_spec():
         (["--format", "folder", "--root", "{root}", "--model"], "nothing to evaluate"),
         (["--format", "folder", "--root", "{root}", "--num-shards", "2", "--shard-index", "2"], "--shard-index"),
         (["--format", "folder", "--root", "{root}", "--min-area", "-1"], "--min-area"),
-        (["--format", "folder", "--root", "{root}", "-k", "1"], "n-clusters"),
+        (["--format", "folder", "--root", "{root}", "-k", "1"], "-k/--n-clusters: expected an integer >= 2 or auto, got '1'"),
+        (["--format", "folder", "--root", "{root}", "-k", "many"], "expected an integer >= 2 or auto, got 'many'"),
+        (["--format", "folder", "--root", "{root}", "-k", "auto", "--k-range", "5", "3"], "--k-range: expected 2 <= MIN <= MAX, got 5 3"),
         (["--format", "voc", "--root", "{root}/missing"], "root"),
         (["--format", "folder", "--root", "{root}", "--model", "efficientnet_lite0", "--layers", "nope"], "--layers"),
         (["--merge", "{root}/nothing"], "no CorLoc records"),

@@ -69,6 +69,20 @@ def test_nave_segmenter_equals_the_explainer_on_the_prepared_image():
     assert seg.config()["pad_multiple"] == [8, 8] and seg.config()["layers"] == ["3"]
 
 
+def test_nave_segmenter_auto_k_equals_the_explainer_elbow_rule():
+    model = _tiny_cnn().eval()
+    img = _rgb(40, 40, seed=3)
+    seg = NaveSegmenter(model, ["1", "3"], n_clusters="auto", random_state=2,
+                        explain_kwargs={"k_range": (2, 3, 4, 5, 6)})
+    labels = seg(img)
+    x = prepare_image(img)
+    res = LayerClusterExplainer(model, ["1", "3"]).explain(x, n_clusters="auto", random_state=2, k_range=(2, 3, 4, 5, 6))
+    np.testing.assert_array_equal(labels, res.segments[0, 0].numpy())
+    k = int(res.n_clusters[0])
+    assert k != 5 and len(np.unique(labels)) == k  # the elbow's K, not the default 5
+    assert seg.config()["n_clusters"] == "auto"
+
+
 def test_nave_segmenter_pads_vits_to_the_patch_size_and_leaves_the_model_alone():
     torch.manual_seed(0)
     vit = timm.create_model(
@@ -94,6 +108,8 @@ def test_nave_segmenter_argument_errors():
         NaveSegmenter(lambda x: x, ["a"])
     with pytest.raises(ValueError, match="n_clusters"):
         NaveSegmenter(_tiny_cnn(), ["3"], n_clusters=1)
+    with pytest.raises(ValueError, match="n_clusters: expected an int >= 2 or 'auto', got 'many'"):
+        NaveSegmenter(_tiny_cnn(), ["3"], n_clusters="many")
     with pytest.raises(ValueError, match="layers"):
         NaveSegmenter(_tiny_cnn(), ["nope"])
 

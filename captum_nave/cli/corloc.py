@@ -82,7 +82,11 @@ def register(subparsers: Any) -> None:
     m.add_argument("--layers", nargs="+", default=None, metavar="L",
                    help="layers to cluster (dotted names or block indices such as -1); default: "
                    "each model's default layers (ViTs: the last block)")
-    m.add_argument("-k", "--n-clusters", type=int, default=5, metavar="K", help="clusters K (default: 5, the paper's)")
+    m.add_argument("-k", "--n-clusters", default="5", metavar="K|auto",
+                   help="clusters K (default: 5, the paper's), or auto: K per image by the "
+                   "inertia-elbow rule over --k-range")
+    m.add_argument("--k-range", type=int, nargs=2, default=(3, 10), metavar=("MIN", "MAX"),
+                   help="candidate K for -k auto (default: 3 10)")
     m.add_argument("--clusterer", default="kmeans", choices=("kmeans", "ward", "pca"),
                    help="clustering algorithm (default: kmeans)")
     m.add_argument("--pad-multiple", type=int, default=None, metavar="P",
@@ -180,6 +184,9 @@ def _build_methods(args: argparse.Namespace) -> Dict[str, Any]:
 
     device = torch.device(args.device or "cpu")
     layers = parse_layers(args.layers)
+    explain_kwargs: Dict[str, Any] = {"clusterer": args.clusterer}
+    if args.n_clusters == "auto":
+        explain_kwargs["k_range"] = tuple(range(args.k_range[0], args.k_range[1] + 1))
     methods: Dict[str, Any] = {}
     for spec in args.model:
         name, pretrained = parse_model_spec(spec, args.no_pretrained)
@@ -210,7 +217,7 @@ def _build_methods(args: argparse.Namespace) -> Dict[str, Any]:
                 pad_multiple=pad,
                 random_state=args.seed,
                 device=device,
-                explain_kwargs={"clusterer": args.clusterer},
+                explain_kwargs=explain_kwargs,
                 name=key,
                 metadata={"weights_sha256": info.get("weights_sha256"), "pretrained": pretrained},
             )
@@ -218,7 +225,7 @@ def _build_methods(args: argparse.Namespace) -> Dict[str, Any]:
             _fail(f"--layers: {str(exc).splitlines()[0]}")
     if "slic" in args.baseline:
         methods["SLIC"] = SlicSegmenter(
-            n_segments=args.slic_segments or args.n_clusters, compactness=args.slic_compactness
+            n_segments=args.slic_segments or (args.n_clusters if args.n_clusters != "auto" else 5), compactness=args.slic_compactness
         )
     if "grid" in args.baseline:
         methods[f"grid {args.grid}x{args.grid}"] = GridSegmenter(args.grid, args.grid)
@@ -259,8 +266,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     # cheap checks first, so that mistakes fail before any model is loaded
-    if args.n_clusters < 2:
-        _fail(f"-k/--n-clusters: expected an integer >= 2, got {args.n_clusters}")
+    k_text = str(args.n_clusters).strip().lower()
+    if k_text != "auto" and (not re.fullmatch(r"\d+", k_text) or int(k_text) < 2):
+        _fail(f"-k/--n-clusters: expected an integer >= 2 or auto, got {args.n_clusters!r}")
+    args.n_clusters = "auto" if k_text == "auto" else int(k_text)
+    k_min, k_max = args.k_range
+    if not 2 <= k_min <= k_max:
+        _fail(f"--k-range: expected 2 <= MIN <= MAX, got {k_min} {k_max}")
     if args.limit is not None and args.limit < 1:
         _fail(f"--limit: expected a positive integer, got {args.limit}")
     if args.pad_multiple is not None and args.pad_multiple < 1:

@@ -127,8 +127,9 @@ class NaveSegmenter:
     model : nn.Module
     layers : layer spec or sequence of layer specs
         As accepted by :class:`captum_nave.LayerClusterExplainer`.
-    n_clusters : int, default 5
-        K (the paper uses 5).
+    n_clusters : int or "auto", default 5
+        K (the paper uses 5). ``"auto"`` picks K per image by the inertia-elbow rule
+        over ``explain_kwargs["k_range"]`` (default 3..10).
     mean, std : sequence of 3 floats, default ImageNet
     pad_multiple : int or (int, int), optional
         Pad height / width to multiples of this. Default: the model's patch
@@ -158,7 +159,7 @@ class NaveSegmenter:
         model: nn.Module,
         layers: Any,
         *,
-        n_clusters: int = 5,
+        n_clusters: Union[int, str] = 5,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         pad_multiple: Optional[Union[int, Sequence[int]]] = None,
@@ -174,8 +175,10 @@ class NaveSegmenter:
 
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-        if isinstance(n_clusters, bool) or not isinstance(n_clusters, int) or n_clusters < 2:
-            raise ValueError(f"n_clusters: expected an int >= 2, got {n_clusters!r}")
+        if n_clusters != "auto" and (
+            isinstance(n_clusters, bool) or not isinstance(n_clusters, int) or n_clusters < 2
+        ):
+            raise ValueError(f"n_clusters: expected an int >= 2 or 'auto', got {n_clusters!r}")
         self.model = model
         self.layers = layers
         self.n_clusters = n_clusters
