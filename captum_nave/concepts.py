@@ -74,6 +74,11 @@ class ConceptClusters:
         Passes over the data in :meth:`fit`.
     random_state : int or None
         Seed of the k-means++ seeding on the first batch.
+    n_init : int
+        Seedings of the first batch (k-means++ then ``init_max_iter`` Lloyd
+        iterations each); the one with the lowest inertia on that batch is kept, as
+        in scikit-learn's ``MiniBatchKMeans``. Concepts from k-means depend on the
+        seeding: raise it (or compare a few ``random_state``) before naming concepts.
     init_max_iter : int
         Lloyd iterations of the k-means that seeds the centroids on the first batch
         (after k-means++). The mini-batch updates refine them, as in scikit-learn's
@@ -112,6 +117,7 @@ class ConceptClusters:
         resolution: Resolution = "layer",
         n_epochs: int = 1,
         random_state: Optional[int] = None,
+        n_init: int = 1,
         init_max_iter: int = 5,
         progress: Optional[bool] = None,
         device: Optional[Union[str, torch.device]] = None,
@@ -121,6 +127,7 @@ class ConceptClusters:
         self.resolution = resolution
         self.n_epochs = n_epochs
         self.random_state = random_state
+        self.n_init = n_init
         self.init_max_iter = init_max_iter
         self.progress = progress
         self.device = device
@@ -137,6 +144,9 @@ class ConceptClusters:
         e = self.n_epochs
         if isinstance(e, bool) or not isinstance(e, int) or e < 1:
             raise ValueError(f"n_epochs: expected an int >= 1, got {e!r}")
+        n = self.n_init
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n_init: expected an int >= 1, got {n!r}")
         m = self.init_max_iter
         if isinstance(m, bool) or not isinstance(m, int) or m < 1:
             raise ValueError(f"init_max_iter: expected an int >= 1, got {m!r}")
@@ -214,7 +224,9 @@ class ConceptClusters:
                     f"n_clusters: the first batch has {n_pix} grid pixels, fewer than n_clusters={K}"
                 )
             gen = make_generator(self.random_state, feats.device)
-            km = implicit_kmeans(feats, K, shared=True, random_state=gen, max_iter=self.init_max_iter)
+            km = implicit_kmeans(
+                feats, K, shared=True, random_state=gen, n_init=self.n_init, max_iter=self.init_max_iter
+            )
             self.cluster_centers_ = km.centers[0].clone()
             counts = torch.bincount(km.labels.reshape(-1), minlength=K).to(feats.dtype)
             self.counts_ = counts
@@ -290,7 +302,7 @@ class ConceptClusters:
         return {
             "explainer": self.explainer, "n_clusters": self.n_clusters, "resolution": self.resolution,
             "n_epochs": self.n_epochs, "random_state": self.random_state,
-            "init_max_iter": self.init_max_iter, "progress": self.progress,
+            "n_init": self.n_init, "init_max_iter": self.init_max_iter, "progress": self.progress,
             "device": self.device,
         }
 

@@ -71,7 +71,7 @@ def _one_line_error(capsys) -> str:
 def test_concepts_equal_the_api_fit(cached_model, image_dir, tmp_path, capsys):
     out = tmp_path / "out"
     rc = cli.main(["--seed", "3", "concepts", str(image_dir), "-k", "3", "--size", "64", "--batch-size", "2",
-                   "--epochs", "2", "--top", "2", "--out", str(out)])
+                   "--epochs", "2", "--n-init", "3", "--top", "2", "--out", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed == [str(out / "concept_gallery.png"), str(out / "concepts.npz"), str(out / "concept_shares.csv")]
@@ -81,7 +81,7 @@ def test_concepts_equal_the_api_fit(cached_model, image_dir, tmp_path, capsys):
     files = sorted(image_dir.glob("*.png"))
     x = models_mod.normalize(torch.cat([models_mod.resize_images(models_mod.load_image(f), 64) for f in files]), info)
     explainer = LayerClusterExplainer(model, info["default_layers"])
-    ref = ConceptClusters(explainer, n_clusters=3, n_epochs=2, random_state=3).fit([x[0:2], x[2:4], x[4:5]])
+    ref = ConceptClusters(explainer, n_clusters=3, n_epochs=2, random_state=3, n_init=3).fit([x[0:2], x[2:4], x[4:5]])
     saved = ConceptClusters.load(out / "concepts.npz", explainer)
     torch.testing.assert_close(saved.cluster_centers_, ref.cluster_centers_.float(), rtol=1e-5, atol=1e-6)
     assert saved.n_steps_ == ref.n_steps_ == 6
@@ -102,7 +102,7 @@ def test_concepts_equal_the_api_fit(cached_model, image_dir, tmp_path, capsys):
     # a second run with the same seed gives the same file; another seed is allowed to differ
     out2 = tmp_path / "out2"
     assert cli.main(["--seed", "3", "concepts", str(image_dir), "-k", "3", "--size", "64", "--batch-size", "2",
-                     "--epochs", "2", "--top", "2", "--out", str(out2)]) == 0
+                     "--epochs", "2", "--n-init", "3", "--top", "2", "--out", str(out2)]) == 0
     again = ConceptClusters.load(out2 / "concepts.npz", explainer)
     assert torch.equal(again.cluster_centers_, saved.cluster_centers_)
 
@@ -118,6 +118,7 @@ def test_collect_images_reads_folders_and_files(image_dir):
         (["concepts", "nowhere/"], "image file or folder 'nowhere/' does not exist"),
         (["concepts", "-k", "1"], "-k/--n-clusters: expected an integer >= 2"),
         (["concepts", "--top", "0"], "--top: expected a positive integer"),
+        (["concepts", "--n-init", "0"], "--n-init: expected a positive integer, got 0"),
         (["concepts", "--batch-size", "0"], "--batch-size: expected a positive integer"),
         (["concepts", "--size", "4"], "--size: expected an image size of at least 8"),
         (["concepts", "--model", "no_such_model_xyz"], "--model: "),

@@ -126,6 +126,8 @@ def test_errors_and_progress(capsys):
         ConceptClusters(ex, 3).predict(x)
     with pytest.raises(ValueError, match="n_clusters: expected an int >= 2, got 1"):
         ConceptClusters(ex, 1).fit(x)
+    with pytest.raises(ValueError, match="n_init: expected an int >= 1, got 0"):
+        ConceptClusters(ex, 3, n_init=0).fit(x)
     with pytest.raises(TypeError, match="explainer: expected a LayerClusterExplainer"):
         ConceptClusters("model", 3).fit(x)
     with pytest.raises(ValueError, match="data: expected at least one batch"):
@@ -136,6 +138,31 @@ def test_errors_and_progress(capsys):
     assert capsys.readouterr().err == ""
     ConceptClusters(ex, 3, random_state=0, progress=True).fit([x])
     assert "concepts" in capsys.readouterr().err
+
+
+def test_n_init_keeps_the_best_seeding_of_the_first_batch():
+    """n_init=4 starts with the n_init=1 seeding, so its first-batch inertia is never higher,
+    and equals the best of the four seedings computed one by one."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(6, 6, 3, padding=1, stride=2)).eval()
+    ex = LayerClusterExplainer(net, ["1", "2"])
+    x = torch.rand(3, 3, 24, 24)
+    from captum_nave.clustering.kmeans import kmeans_plusplus, lloyd, make_generator, make_generators
+
+    improved = 0
+    for seed in range(6):
+        one = ConceptClusters(ex, 4, random_state=seed).partial_fit(x).inertia_
+        four = ConceptClusters(ex, 4, random_state=seed, n_init=4).partial_fit(x).inertia_
+        feats = ex.features(x)
+        gens = make_generators(make_generator(seed, feats.device), 1, feats.device)
+        runs = []
+        for _ in range(4):  # k-means++ and 5 Lloyd iterations, the generator drawn from run after run
+            c0 = kmeans_plusplus(feats, 4, shared=True, generators=gens)
+            runs.append(float(lloyd(feats, c0, shared=True, max_iter=5)[2][0]))
+        assert np.isclose(one, runs[0], rtol=1e-6) and np.isclose(four, min(runs), rtol=1e-6)
+        improved += four < one * (1 - 1e-6)
+    assert improved >= 1
 
 
 def test_trained_net_has_a_shape_concept_across_images(shape_nets):

@@ -534,11 +534,13 @@ fig
     md("""
 All three fits agree that the model separates the bars from the background: two concepts
 hold most of the bar pixels (which are only 4% of the image), and the concept that holds
-most of the background holds almost none of them. They disagree on *how* the bars are cut: in our run one seed split them by orientation
-(a class clustering), another put both orientations into a single *object* concept, and
-their total inertias (printed) are within 2% of each other. Orientation, which decides the
-class, does not dominate these layers' activations, and a single fit would have told a
-story that a second fit contradicts. On your own data, compare a few seeds (or a few K) before naming a concept.
+most of the background holds almost none of them. They disagree on *how* the bars are cut:
+in our run one seed split them by orientation (a class clustering), another put both
+orientations into a single *object* concept, and their total inertias (printed) are within
+2% of each other. Orientation, which decides the class, does not dominate these layers'
+activations, and a single fit would have told a story that a second fit contradicts. On
+your own data, compare a few seeds (or a few K) before naming a concept;
+`ConceptClusters(..., n_init=5)` keeps the best of several seedings of the first batch.
 """),
     md("""
 ## The watermark concept

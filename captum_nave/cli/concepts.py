@@ -65,6 +65,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--size", type=int, default=None, help="input size in pixels (default: the model's, 224)")
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (default: 16)")
     p.add_argument("--epochs", type=int, default=1, help="passes over the images while fitting (default: 1)")
+    p.add_argument("--n-init", type=int, default=1, metavar="N",
+                   help="k-means++ seedings of the first batch; the lowest inertia is kept (default: 1)")
     p.add_argument("--top", type=int, default=4, metavar="N", help="images per concept in the gallery (default: 4)")
     p.add_argument("--out", default="nave-concepts", metavar="DIR", help="output folder (default: ./nave-concepts)")
     p.set_defaults(func=run)
@@ -149,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
         _fail(f"-k/--n-clusters: expected an integer >= 2, got {args.n_clusters}")
     if args.size is not None and args.size < 8:
         _fail(f"--size: expected an image size of at least 8 pixels, got {args.size}")
-    for opt, v in (("--batch-size", args.batch_size), ("--epochs", args.epochs), ("--top", args.top)):
+    for opt, v in (("--batch-size", args.batch_size), ("--epochs", args.epochs), ("--top", args.top),
+                   ("--n-init", args.n_init)):
         if v < 1:
             _fail(f"{opt}: expected a positive integer, got {v}")
     if args.inputs:
@@ -190,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
 
     concepts = ConceptClusters(
         explainer, n_clusters=args.n_clusters, n_epochs=args.epochs, random_state=args.seed,
-        progress=sys.stderr.isatty(), device=device,
+        n_init=args.n_init, progress=sys.stderr.isatty(), device=device,
     )
     try:
         concepts.fit(data)
