@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import captum_nave.cli as cli
 
@@ -104,3 +105,23 @@ def test_console_script():
     bad = subprocess.run(cmd + ["report", "missing.png"], capture_output=True, text=True, timeout=120, env=env)
     assert bad.returncode == 2
     assert bad.stderr.strip() == "captum-nave: error: image file 'missing.png' does not exist"
+
+
+_MINIMAL_ARGS = {
+    "explain": [], "compare": [], "concepts": [], "report": [], "corloc": ["--merge", "nowhere"],
+    "compare-registers": ["img.png", "--model-a", "a", "--model-b", "b"],
+}
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+@pytest.mark.parametrize("device, message", [
+    ("bogus", "--device: expected a torch device such as cpu or cuda:0, got 'bogus'"),
+    ("cuda:0", "--device: 'cuda:0' requested but CUDA is not available on this machine"),
+])
+def test_a_bad_device_is_a_one_line_user_error_for_every_command(cmd, device, message, capsys, tmp_path):
+    if device.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code = cli.main(["--device", device, cmd, *_MINIMAL_ARGS[cmd], "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"captum-nave: error: {message}"), err
+    assert not (tmp_path / "o").exists()

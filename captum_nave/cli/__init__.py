@@ -54,6 +54,23 @@ def _error(msg: str) -> None:
     sys.stderr.write(f"captum-nave: error: {msg}\n")
 
 
+def check_device(text: Optional[str]) -> None:
+    """Refuse a ``--device`` that torch does not know or that this machine lacks (CLIError)."""
+    if text is None:
+        return
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError) as exc:
+        raise CLIError(
+            f"--device: expected a torch device such as cpu or cuda:0, got {text!r} "
+            f"({str(exc).splitlines()[0]})"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device: {text!r} requested but CUDA is not available on this machine")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``captum-nave``; returns the process exit code."""
     parser = build_parser()
@@ -63,6 +80,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
     try:
+        check_device(args.device)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         _error("interrupted")

@@ -163,12 +163,7 @@ def run(args: argparse.Namespace) -> int:
         samples = sample_images()
         names, sources = list(samples), list(samples.values())
     layers = parse_layers(args.layers)
-    try:
-        device = torch.device(args.device or "cpu")
-    except RuntimeError as exc:
-        _fail(f"--device: expected a torch device such as cpu or cuda:0, got {args.device!r} ({str(exc).splitlines()[0]})")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        _fail(f"--device: {args.device!r} requested but CUDA is not available on this machine")
+    device = torch.device(args.device or "cpu")  # checked by cli.main
     torch.manual_seed(args.seed)  # --no-pretrained weights are reproducible with --seed
     try:
         model, info = load_model(args.model, pretrained=not args.no_pretrained, device=device)
