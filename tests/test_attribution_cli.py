@@ -25,45 +25,6 @@ from captum_nave import models as models_mod
 from captum_nave.attribution import attribute, segment_relevance
 
 
-@pytest.fixture(autouse=True)
-def compare_registered(monkeypatch):
-    """Make sure the dispatcher knows the subcommand (until the lead lists it)."""
-    if "compare" not in cli.SUBCOMMANDS:
-        monkeypatch.setattr(cli, "SUBCOMMANDS", [*cli.SUBCOMMANDS, "compare"])
-
-
-@pytest.fixture(scope="module")
-def lite0():
-    return models_mod.load_model()
-
-
-@pytest.fixture
-def cached_model(lite0, monkeypatch):
-    real = models_mod.load_model
-
-    def load(name="efficientnet_lite0", pretrained=True, device=None):
-        if name == "efficientnet_lite0" and pretrained:
-            return lite0
-        return real(name, pretrained=pretrained, device=device)
-
-    monkeypatch.setattr(models_mod, "load_model", load)
-    return lite0
-
-
-@pytest.fixture
-def tiny_image(tmp_path):
-    from PIL import Image
-
-    yy, xx = np.mgrid[:64, :64]
-    arr = np.zeros((64, 64, 3), dtype=np.uint8)
-    arr[..., 2] = 200
-    arr[(yy - 30) ** 2 + (xx - 34) ** 2 < 15**2] = (230, 120, 20)
-    arr[48:, :] = (40, 160, 40)
-    path = tmp_path / "tiny.png"
-    Image.fromarray(arr).save(path)
-    return path
-
-
 def _read_csv(path):
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))

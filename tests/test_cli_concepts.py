@@ -19,24 +19,6 @@ from captum_nave import models as models_mod
 from captum_nave.cli.concepts import collect_images
 
 
-@pytest.fixture(scope="module")
-def lite0():
-    return models_mod.load_model()
-
-
-@pytest.fixture
-def cached_model(lite0, monkeypatch):
-    real = models_mod.load_model
-
-    def load(name="efficientnet_lite0", pretrained=True, device=None):
-        if name == "efficientnet_lite0" and pretrained:
-            return lite0
-        return real(name, pretrained=pretrained, device=device)
-
-    monkeypatch.setattr(models_mod, "load_model", load)
-    return lite0
-
-
 @pytest.fixture
 def image_dir(tmp_path):
     """Five images: orange discs on blue sky over grass, and green squares on sand."""

@@ -18,40 +18,6 @@ from captum_nave.cli.explain import explain_figure, parse_layers, parse_n_cluste
 from captum_nave.visualization import segment_colors
 
 
-@pytest.fixture(scope="module")
-def lite0():
-    return models_mod.load_model()
-
-
-@pytest.fixture
-def cached_model(lite0, monkeypatch):
-    """The CLI's load_model, with the default model loaded once for the whole module."""
-    real = models_mod.load_model
-
-    def load(name="efficientnet_lite0", pretrained=True, device=None):
-        if name == "efficientnet_lite0" and pretrained:
-            return lite0
-        return real(name, pretrained=pretrained, device=device)
-
-    monkeypatch.setattr(models_mod, "load_model", load)
-    return lite0
-
-
-@pytest.fixture
-def tiny_image(tmp_path):
-    from PIL import Image
-
-    yy, xx = np.mgrid[:64, :64]
-    arr = np.zeros((64, 64, 3), dtype=np.uint8)
-    arr[..., 2] = 200  # blue background
-    disk = (yy - 30) ** 2 + (xx - 34) ** 2 < 15**2
-    arr[disk] = (230, 120, 20)  # orange disk
-    arr[48:, :] = (40, 160, 40)  # green ground
-    path = tmp_path / "tiny.png"
-    Image.fromarray(arr).save(path)
-    return path
-
-
 def _one_line_error(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err

@@ -21,24 +21,6 @@ from captum_nave.report import collect_report, render_report
 from test_report import parse
 
 
-@pytest.fixture(scope="module")
-def lite0():
-    return models_mod.load_model()
-
-
-@pytest.fixture
-def cached_model(lite0, monkeypatch):
-    real = models_mod.load_model
-
-    def load(name="efficientnet_lite0", pretrained=True, device=None):
-        if name == "efficientnet_lite0" and pretrained:
-            return lite0
-        return real(name, pretrained=pretrained, device=device)
-
-    monkeypatch.setattr(models_mod, "load_model", load)
-    return lite0
-
-
 def _write_image(path, shift: int = 0, size=(72, 64)):
     from PIL import Image
 

@@ -24,12 +24,6 @@ from captum_nave.evaluation import (
 from captum_nave.models import load_model
 
 
-@pytest.fixture(autouse=True)
-def _registered(monkeypatch):
-    if "corloc" not in cli.SUBCOMMANDS:
-        monkeypatch.setattr(cli, "SUBCOMMANDS", [*cli.SUBCOMMANDS, "corloc"])
-
-
 def make_folder(root: Path, n: int = 4) -> Path:
     rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)

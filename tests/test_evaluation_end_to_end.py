@@ -129,7 +129,7 @@ def train_segmenter(net: nn.Module, steps: int, seed: int) -> float:
 
 def test_trained_cnn_beats_random_init_and_slic(tmp_path):
     torch.manual_seed(0)
-    base = write_voc(tmp_path, n=32, seed=1)
+    write_voc(tmp_path, n=32, seed=1)
     data = read_voc(tmp_path / "VOCdevkit")
     assert len(data) == 32 and data.n_skipped == 0
 

@@ -29,11 +29,6 @@ CATS = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian
 
 
 @pytest.fixture(scope="module")
-def lite0():
-    return load_model()
-
-
-@pytest.fixture(scope="module")
 def packaged_state():
     return torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
 

@@ -13,7 +13,7 @@ def test_readme_python_quick_start_runs():
     assert blocks, "README has no python blocks"
     scope: dict = {}
     exec(compile(blocks[0], "README.md[quick start]", "exec"), scope)
-    seg, x, scores, res = scope["seg"], scope["x"], scope["scores"], scope["res"]
+    seg, scores, res = scope["seg"], scope["scores"], scope["res"]
     assert seg.shape == (4, 1, 224, 224) and seg.dtype == torch.int64
     assert int(seg.max()) <= 4
     # FeatureAblation gives one score per NAVE segment (constant inside each segment)

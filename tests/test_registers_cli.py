@@ -16,9 +16,7 @@ from test_registers_models import tiny_timm
 
 
 @pytest.fixture
-def main(monkeypatch):
-    if "compare_registers" not in cli.SUBCOMMANDS:
-        monkeypatch.setattr(cli, "SUBCOMMANDS", [*cli.SUBCOMMANDS, "compare_registers"])
+def main():
     return cli.main
 
 

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from captum_nave import visualization as viz
 from captum_nave.visualization import (
     OKABE_ITO,
     TOL_MUTED,

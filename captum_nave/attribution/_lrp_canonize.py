@@ -164,7 +164,7 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, where: str = "") -> nn.Con
     conv_types = _conv_types()
     if type(conv) not in conv_types:
         raise TypeError(
-            f"LRP canonicalisation: expected a convolution ("
+            "LRP canonicalisation: expected a convolution ("
             + ", ".join(t.__name__ for t in conv_types)
             + f") before the BatchNorm at '{where}', got {type(conv).__name__}"
         )
