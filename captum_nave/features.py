@@ -32,55 +32,88 @@ row-interpolated activation ``B = R_y A_l``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["interpolation_matrix", "ImplicitFeatures", "LayerFeatures", "MATERIALIZE_LIMIT_BYTES"]
+from .interpolation import Interp1d, Range, interpolation_matrix
+
+__all__ = [
+    "interpolation_matrix",
+    "ImplicitFeatures",
+    "LayerFeatures",
+    "MATERIALIZE_LIMIT_BYTES",
+    "CHUNK_ELEMENTS",
+]
 
 #: Largest explicit feature matrix :meth:`ImplicitFeatures.materialize` builds (bytes).
 MATERIALIZE_LIMIT_BYTES = 4 * 1024**3
 
+#: Elements of the largest temporary tensor an operation builds on the full grid
+#: (grids are processed in tiles of rows of at most this many elements), so the
+#: working memory beyond the per-pixel maps does not grow with the grid.
+CHUNK_ELEMENTS = 1 << 21
 
-def interpolation_matrix(
-    n_in: int, n_out: int, *, mode: str = "bicubic", device=None, dtype=torch.float32
-) -> Optional[Tensor]:
-    """Matrix ``R`` of shape (n_out, n_in) with ``interpolate(x) == R @ x`` along one axis.
 
-    Built by interpolating the identity with :func:`torch.nn.functional.interpolate`
-    (``align_corners=False``), so it reproduces PyTorch's 1-D bicubic weights including
-    its border clamping. Returns ``None`` when ``n_in == n_out`` (bicubic interpolation
-    to the same size is the identity).
+def row_tiles(n_rows: int, row_elements: int, limit: Optional[int] = None) -> Iterator[Tuple[int, int]]:
+    """Ranges ``(lo, hi)`` covering ``n_rows`` rows, each with at most ``limit`` elements."""
+    limit = CHUNK_ELEMENTS if limit is None else limit
+    step = max(1, limit // max(1, row_elements))
+    for lo in range(0, n_rows, step):
+        yield lo, min(n_rows, lo + step)
+
+
+def gather_interp(maps_cl: Tensor, iy: Interp1d, ix: Interp1d, n: Tensor, y: Tensor, x: Tensor) -> Tensor:
+    """Interpolated values of channels-last maps at single grid pixels.
+
+    Parameters
+    ----------
+    maps_cl : Tensor of shape (N, h, w, C)
+        Low-resolution maps, channels last.
+    iy, ix : Interp1d
+        Row and column operators from ``(h, w)`` to the grid ``(H, W)``.
+    n, y, x : LongTensor of shape (P,)
+        Image index and grid coordinates.
+
+    Returns
+    -------
+    Tensor of shape (P, C)
+        ``(R_y M R_x^T)[n, :, y, x]``: only the taps of each pixel are read.
     """
-    if n_in == n_out:
-        return None
-    eye = torch.eye(n_in, dtype=torch.float64).reshape(n_in, 1, n_in, 1)
-    out = F.interpolate(eye, size=(n_out, 1), mode=mode, align_corners=False)
-    return out[:, 0, :, 0].t().contiguous().to(device=device, dtype=dtype)
+    N, h, w, C = maps_cl.shape
+    flat_maps = maps_cl.reshape(N * h * w, C)
+    ty, tx = iy.n_taps, ix.n_taps
+    out = maps_cl.new_empty(int(n.numel()), C)
+    step = max(1, CHUNK_ELEMENTS // (ty * tx * C))
+    for lo in range(0, int(n.numel()), step):
+        sl = slice(lo, lo + step)
+        yi, yw = iy.index[y[sl]], iy.weight[y[sl]]  # (p, ty)
+        xi, xw = ix.index[x[sl]], ix.weight[x[sl]]  # (p, tx)
+        flat = (n[sl, None, None] * h + yi[:, :, None]) * w + xi[:, None, :]  # (p, ty, tx)
+        wts = (yw[:, :, None] * xw[:, None, :]).reshape(-1, 1, ty * tx)
+        vals = flat_maps.index_select(0, flat.reshape(-1)).reshape(-1, ty * tx, C)
+        out[sl] = torch.bmm(wts, vals)[:, 0]
+    return out
 
 
-def _apply(R: Optional[Tensor], x: Tensor, dim: int) -> Tensor:
-    """Apply ``R`` along dimension ``dim`` (-2 rows, -1 columns) of ``x``."""
-    if R is None:
-        return x
-    if dim == -2:
-        return torch.matmul(R, x)
-    return torch.matmul(x, R.t())
+def _rows_dot(rows: Tensor, v: Tensor, n: Tensor) -> Tensor:
+    """``rows[p] . v[b(p), m]`` -> (P, M); ``b(p) = 0`` if ``v`` is (1, M, C), else ``n[p]``.
+
+    With one set of vectors per image, the pixels of each image (consecutive in ``n``)
+    are multiplied by that image's vectors.
+    """
+    if v.shape[0] == 1:
+        return torch.matmul(rows, v[0].t())
+    out = rows.new_empty(rows.shape[0], v.shape[1])
+    images, counts = torch.unique_consecutive(n, return_counts=True)
+    start = 0
+    for img, cnt in zip(images.tolist(), counts.tolist()):
+        out[start : start + cnt] = torch.matmul(rows[start : start + cnt], v[img].t())
+        start += cnt
+    return out
 
 
-def _apply_t(R: Optional[Tensor], x: Tensor, dim: int) -> Tensor:
-    """Apply ``R^T`` (the adjoint) along dimension ``dim`` of ``x``."""
-    if R is None:
-        return x
-    if dim == -2:
-        return torch.matmul(R.t(), x)
-    return torch.matmul(x, R)
-
-
-@dataclass
 class LayerFeatures:
     """One layer's share of the implicit features.
 
@@ -88,25 +121,42 @@ class LayerFeatures:
     ----------
     act : Tensor of shape (N, C, h, w)
         Low-resolution activation.
-    Ry : Tensor of shape (H, h) or None
-        Row interpolation matrix (None: identity).
-    Rx : Tensor of shape (W, w) or None
-        Column interpolation matrix (None: identity).
+    iy, ix : Interp1d
+        Row operator ``R_y`` (H, h) and column operator ``R_x`` (W, w).
     scale : Tensor of shape (N, H, W)
         ``1 / ((1 + C) * ||u(p)||)``, zero where the upsampled pixel vector has zero norm.
-    sq_norm : Tensor of shape (N, H, W)
-        ``||s(p) u(p)||^2`` of this layer's block of the feature.
     """
 
-    act: Tensor
-    Ry: Optional[Tensor]
-    Rx: Optional[Tensor]
-    scale: Tensor
-    sq_norm: Tensor
+    def __init__(self, act: Tensor, iy: Interp1d, ix: Interp1d, scale: Tensor) -> None:
+        self.act = act
+        self.iy = iy
+        self.ix = ix
+        self.scale = scale
+        self._act_cl: Optional[Tensor] = None
 
     @property
     def channels(self) -> int:
         return int(self.act.shape[1])
+
+    @property
+    def weight(self) -> float:
+        """Algorithm 1's layer weight ``1 / (1 + C)``."""
+        return 1.0 / (1.0 + self.channels)
+
+    @property
+    def sq_norm(self) -> Tensor:
+        """``||s(p) u(p)||^2`` of this layer's block (N, H, W): ``weight^2`` or 0."""
+        return (self.scale > 0).to(self.scale.dtype) * self.weight**2
+
+    @property
+    def act_cl(self) -> Tensor:
+        """``act`` channels last (N, h, w, C), made once on first use (pixel gathers)."""
+        if self._act_cl is None:
+            self._act_cl = self.act.permute(0, 2, 3, 1).contiguous()
+        return self._act_cl
+
+    def select(self, images: Tensor) -> "LayerFeatures":
+        return LayerFeatures(self.act[images], self.iy, self.ix, self.scale[images])
 
     def contract(self, v: Tensor) -> Tensor:
         """Channel contraction at low resolution: (B, M, C) -> (N, M, h, w), B in {1, N}.
@@ -123,13 +173,40 @@ class LayerFeatures:
         out = torch.matmul(low.reshape(n, low.shape[1], h * w), self.act.reshape(n, c, h * w).transpose(1, 2))
         return out if per_image else out.sum(0)
 
-    def upsample(self, x: Tensor) -> Tensor:
-        """Bicubic upsampling of (..., h, w) maps to (..., H, W) through the matrices."""
-        return _apply(self.Rx, _apply(self.Ry, x, -2), -1)
+    def upsample(self, x: Tensor, rows: Range = None) -> Tensor:
+        """Interpolation of (..., h, w) maps to the grid rows ``rows`` (default all): (..., r, W)."""
+        return self.ix.apply(self.iy.apply(x, -2, rows), -1)
 
-    def downsample_adjoint(self, x: Tensor) -> Tensor:
-        """Adjoint of :meth:`upsample`: (..., H, W) -> (..., h, w)."""
-        return _apply_t(self.Rx, _apply_t(self.Ry, x, -2), -1)
+    def downsample_adjoint(self, x: Tensor, rows: Range = None) -> Tensor:
+        """Adjoint of :meth:`upsample`: (..., r, W) maps of grid rows ``rows`` -> (..., h, w)."""
+        return self.iy.adjoint(self.ix.adjoint(x, -1), -2, rows)
+
+    def pixel_sq_norms(self) -> Tensor:
+        """``||u(p)||^2`` for every grid pixel without upsampling the channels, (N, H, W).
+
+        Image by image and in tiles of rows: the row-interpolated activation
+        ``B = R_y A`` (C x r x w) exists for one tile at a time. With a small column
+        operator, the norms are quadratic forms ``R_x[x] G_y R_x[x]^T`` of the Gram
+        matrices ``G_y = B_y^T B_y``; with a large one, ``B`` is interpolated explicitly.
+        """
+        a = self.act
+        n, c, h, w = a.shape
+        H, W = self.iy.n_out, self.ix.n_out
+        out = a.new_empty(n, H, W)
+        gram = self.ix.dense is not None
+        per_row = c * w + (w * w + 2 * w * W if gram else c * W)  # B, then G and G R_x^T, or R_x B
+        for i in range(n):
+            for lo, hi in row_tiles(H, per_row):
+                B = self.iy.apply(a[i], -2, (lo, hi))  # (C, r, w)
+                if self.ix.identity:
+                    out[i, lo:hi] = B.pow(2).sum(0)
+                elif gram:
+                    G = torch.matmul(B.permute(1, 2, 0), B.permute(1, 0, 2))  # (r, w, w)
+                    Rt = self.ix.dense.t()
+                    out[i, lo:hi] = (torch.matmul(G, Rt) * Rt).sum(-2).clamp_min(0)
+                else:
+                    out[i, lo:hi] = self.ix.apply(B, -1).pow(2).sum(0)
+        return out
 
 
 class ImplicitFeatures:
@@ -156,6 +233,12 @@ class ImplicitFeatures:
     grid : (int, int)
     dim : int
         ``sum_l C_l``, the dimension of a feature vector.
+
+    Notes
+    -----
+    Memory: besides the activations, one ``(N, H, W)`` scale map per layer and the
+    ``(N, H, W)`` squared norms are kept; every operation on the full grid works in
+    tiles of rows of at most :data:`CHUNK_ELEMENTS` elements.
     """
 
     def __init__(
@@ -182,6 +265,14 @@ class ImplicitFeatures:
             dtype = torch.promote_types(activations[0].dtype, torch.float32)
         self.dtype = dtype
         self.layers: List[LayerFeatures] = []
+        ops: dict = {}
+
+        def op(n_in: int, n_out: int) -> Interp1d:
+            if (n_in, n_out) not in ops:
+                ops[(n_in, n_out)] = Interp1d(n_in, n_out, mode=mode, device=self.device, dtype=dtype)
+            return ops[(n_in, n_out)]
+
+        sq_norms: Optional[Tensor] = None
         for a in activations:
             if a.dim() != 4 or a.shape[0] != n:
                 raise ValueError(
@@ -189,42 +280,20 @@ class ImplicitFeatures:
                 )
             a = a.to(dtype)
             c, h, w = a.shape[1:]
-            Ry = interpolation_matrix(h, H, mode=mode, device=a.device, dtype=dtype)
-            Rx = interpolation_matrix(w, W, mode=mode, device=a.device, dtype=dtype)
-            norm2 = self._pixel_sq_norms(a, Ry, Rx)
-            norm = norm2.sqrt()
-            weight = 1.0 / (1.0 + c)
+            layer = LayerFeatures(a, op(h, H), op(w, W), a.new_empty(0))
+            norm = layer.pixel_sq_norms().sqrt_()  # (N, H, W), reused in place for the scale
             ok = norm > self.eps
-            scale = torch.where(ok, weight / norm.clamp_min(self.eps), torch.zeros_like(norm))
-            sq = torch.where(ok, torch.full_like(norm, weight * weight), torch.zeros_like(norm))
-            self.layers.append(LayerFeatures(a, Ry, Rx, scale, sq))
+            layer.scale = norm.clamp_min_(self.eps).reciprocal_().mul_(layer.weight).mul_(ok)
+            sq = ok.to(dtype).mul_(layer.weight**2)
+            sq_norms = sq if sq_norms is None else sq_norms.add_(sq)
+            self.layers.append(layer)
         self.dim = sum(layer.channels for layer in self.layers)
         self.timings: dict = {}
-        self._sq_norms = sum(layer.sq_norm for layer in self.layers)
-
-    # ------------------------------------------------------------------ construction
-    @staticmethod
-    def _pixel_sq_norms(a: Tensor, Ry: Optional[Tensor], Rx: Optional[Tensor]) -> Tensor:
-        """``||u(p)||^2`` for every grid pixel without upsampling the channels.
-
-        Image by image, so the row-interpolated activation ``B = R_y A`` (C x H x w)
-        exists for one image at a time. Returns a tensor of shape (N, H, W).
-        """
-        out = []
-        for img in a:
-            B = _apply(Ry, img, -2)  # (C, H, w)
-            if Rx is None:
-                out.append(B.pow(2).sum(0))
-                continue
-            # Gram per output row: G[y] = B[:, y, :]^T B[:, y, :]  -> (H, w, w)
-            G = torch.matmul(B.permute(1, 2, 0), B.permute(1, 0, 2))
-            # quadratic form per column x: sum_jk Rx[x, j] G[y, j, k] Rx[x, k]
-            GR = torch.matmul(G, Rx.t())  # (H, w, W)
-            out.append((GR * Rx.t()).sum(-2).clamp_min(0))
-        return torch.stack(out)
+        assert sq_norms is not None
+        self._sq_norms = sq_norms
 
     def select(self, images: Tensor) -> "ImplicitFeatures":
-        """The features of a subset of the images (shares the interpolation matrices).
+        """The features of a subset of the images (shares the interpolation operators).
 
         Parameters
         ----------
@@ -233,9 +302,7 @@ class ImplicitFeatures:
         """
         sub = object.__new__(ImplicitFeatures)
         sub.__dict__.update(self.__dict__)
-        sub.layers = [
-            LayerFeatures(l.act[images], l.Ry, l.Rx, l.scale[images], l.sq_norm[images]) for l in self.layers
-        ]
+        sub.layers = [layer.select(images) for layer in self.layers]
         sub.n_images = int(images.numel())
         sub._sq_norms = self._sq_norms[images]
         return sub
@@ -254,34 +321,47 @@ class ImplicitFeatures:
         """Split the last dimension of ``vectors`` (..., D) into per-layer blocks."""
         return list(torch.split(vectors, self.layer_dims, dim=-1))
 
+    def row_tiles(self, maps_per_pixel: int) -> Iterator[Tuple[int, int]]:
+        """Row ranges of the grid for a temporary of ``maps_per_pixel`` values per image pixel."""
+        return row_tiles(self.grid[0], self.n_images * maps_per_pixel * self.grid[1])
+
     # ------------------------------------------------------------------ operations
     def sq_norms(self) -> Tensor:
         """``||f(p)||^2`` for every pixel, shape (N, H, W)."""
         return self._sq_norms
 
-    def dot(self, vectors: Tensor) -> Tensor:
-        """Dot products ``f(p) . v_m``.
+    def dot(self, vectors: Tensor, rows: Range = None, offsets: Optional[Tensor] = None) -> Tensor:
+        """Dot products ``f(p) . v_m`` (minus ``offsets[m]``).
 
         Parameters
         ----------
         vectors : Tensor of shape (M, D) or (B, M, D) with B in {1, N}
             Shared vectors, or one set per image.
+        rows : (int, int), optional
+            Only the grid rows ``lo:hi`` (a tile); default all.
+        offsets : Tensor of shape (B, M), optional
+            Subtracted from the dot products (in the same pass as the first layer).
 
         Returns
         -------
-        Tensor of shape (N, M, H, W)
+        Tensor of shape (N, M, r, W)
+            ``r = H`` by default, ``hi - lo`` for a tile.
         """
         v = vectors.to(self.dtype)
         if v.dim() == 2:
             v = v.unsqueeze(0)
+        lo, hi = (0, self.grid[0]) if rows is None else rows
         out: Optional[Tensor] = None
         for layer, vl in zip(self.layers, self._split(v)):
-            low = layer.contract(vl)  # (N, M, h, w)
-            up = layer.upsample(low)  # a fresh tensor: safe to modify in place
+            up = layer.upsample(layer.contract(vl), (lo, hi))  # (a view of) a fresh tensor
+            scale = layer.scale[:, lo:hi].unsqueeze(1)
             if out is None:
-                out = up.mul_(layer.scale.unsqueeze(1))
+                if offsets is None:
+                    out = up.mul_(scale)
+                else:
+                    out = torch.addcmul(offsets.to(self.dtype)[:, :, None, None].neg(), up, scale)
             else:
-                out.addcmul_(up, layer.scale.unsqueeze(1))
+                out.addcmul_(up, scale)
         assert out is not None
         return out
 
@@ -310,7 +390,8 @@ class ImplicitFeatures:
         """Sums of the feature vectors of each label, and label counts.
 
         Equivalent to :meth:`weighted_sum` with one-hot weights, without building them
-        densely in integer form: each layer's per-pixel scale is scattered into K maps.
+        for the whole grid: tile by tile, each layer's per-pixel scale is scattered into
+        K maps and pulled back to the layer's resolution by the adjoint interpolation.
 
         Parameters
         ----------
@@ -324,12 +405,15 @@ class ImplicitFeatures:
         counts : Tensor of shape (N, K) if ``per_image`` else (K,)
         """
         n = labels.shape[0]
-        idx = labels.reshape(n, 1, -1)
+        W = self.grid[1]
         blocks = []
         for layer in self.layers:
-            m = torch.zeros(n, n_labels, self.n_pixels, dtype=self.dtype, device=self.device)
-            m.scatter_(1, idx, layer.scale.reshape(n, 1, -1))
-            low = layer.downsample_adjoint(m.reshape(n, n_labels, *self.grid))
+            h, w = layer.act.shape[-2:]
+            low = torch.zeros(n, n_labels, h, w, dtype=self.dtype, device=self.device)
+            for lo, hi in self.row_tiles(n_labels):
+                m = torch.zeros(n, n_labels, (hi - lo) * W, dtype=self.dtype, device=self.device)
+                m.scatter_(1, labels[:, lo:hi].reshape(n, 1, -1), layer.scale[:, lo:hi].reshape(n, 1, -1))
+                low += layer.downsample_adjoint(m.reshape(n, n_labels, hi - lo, W), (lo, hi))
             blocks.append(layer.contract_adjoint(low, per_image))
         counts = torch.zeros(n, n_labels, dtype=self.dtype, device=self.device)
         counts.scatter_add_(1, labels.reshape(n, -1), torch.ones(1, 1, dtype=self.dtype, device=self.device).expand(n, self.n_pixels))
@@ -337,7 +421,44 @@ class ImplicitFeatures:
             counts = counts.sum(0)
         return torch.cat(blocks, dim=-1), counts
 
-    def rows(self, n_idx: Tensor, y_idx: Tensor, x_idx: Tensor, *, chunk: int = 512) -> Tensor:
+    # ------------------------------------------------------------------ single pixels
+    def dot_at(self, vectors: Tensor, n: Tensor, y: Tensor, x: Tensor) -> Tensor:
+        """Dot products ``f(p) . v_m`` at single pixels.
+
+        Parameters
+        ----------
+        vectors : Tensor of shape (B, M, D), B in {1, N}
+            Shared vectors (B = 1) or one set per image (B = N, pixel ``p`` uses set ``n_p``).
+        n, y, x : LongTensor of shape (P,)
+            Image index and grid coordinates; pixels of one image consecutive when B = N.
+
+        Returns
+        -------
+        Tensor of shape (P, M)
+
+        Notes
+        -----
+        Per layer, whichever is cheaper: the channel contraction of every image at the
+        layer's resolution followed by the interpolation taps of the P pixels, or the
+        P explicit rows (taps of the activation) multiplied by the vectors.
+        """
+        v = vectors.to(self.dtype)
+        B, M = v.shape[0], v.shape[1]
+        P = int(n.numel())
+        out = torch.zeros(P, M, dtype=self.dtype, device=self.device)
+        for layer, vl in zip(self.layers, self._split(v)):
+            N, C, h, w = layer.act.shape
+            taps = layer.iy.n_taps * layer.ix.n_taps
+            if N * M * C * h * w + P * M * taps < P * C * (taps + M):
+                low = layer.contract(vl).permute(0, 2, 3, 1).contiguous()  # (N, h, w, M)
+                vals = gather_interp(low, layer.iy, layer.ix, n, y, x)
+            else:
+                rows = gather_interp(layer.act_cl, layer.iy, layer.ix, n, y, x)  # (P, C)
+                vals = _rows_dot(rows, vl, n)
+            out.addcmul_(vals, layer.scale[n, y, x].unsqueeze(1))
+        return out
+
+    def rows(self, n_idx: Tensor, y_idx: Tensor, x_idx: Tensor) -> Tensor:
         """Explicit feature vectors of selected pixels.
 
         Parameters
@@ -349,24 +470,63 @@ class ImplicitFeatures:
         -------
         Tensor of shape (P, D)
         """
-        P = int(n_idx.numel())
-        out = torch.zeros(P, self.dim, dtype=self.dtype, device=self.device)
-        offset = 0
+        blocks = []
         for layer in self.layers:
-            n_, c, h, w = layer.act.shape
-            ry = layer.Ry[y_idx] if layer.Ry is not None else torch.nn.functional.one_hot(y_idx, h).to(self.dtype)
-            rx = layer.Rx[x_idx] if layer.Rx is not None else torch.nn.functional.one_hot(x_idx, w).to(self.dtype)
-            taps = (ry.unsqueeze(2) * rx.unsqueeze(1)).reshape(P, h * w)  # (P, h*w) interpolation weights
-            block = torch.empty(P, c, dtype=self.dtype, device=self.device)
-            for n in torch.unique(n_idx).tolist():  # one matrix product per image, no gather of act
-                sel = torch.nonzero(n_idx == n).flatten()
-                for s in range(0, int(sel.numel()), chunk):
-                    part = sel[s : s + chunk]
-                    # (C, h*w) @ (h*w, p): act is used in place, only the small taps are transposed
-                    block[part] = torch.matmul(layer.act[n].reshape(c, h * w), taps[part].t()).t()
-            out[:, offset : offset + c] = block * layer.scale[n_idx, y_idx, x_idx].unsqueeze(1)
-            offset += c
-        return out
+            rows = gather_interp(layer.act_cl, layer.iy, layer.ix, n_idx, y_idx, x_idx)
+            blocks.append(rows.mul_(layer.scale[n_idx, y_idx, x_idx].unsqueeze(1)))
+        return torch.cat(blocks, dim=1)
+
+    def label_sums_at(
+        self, n: Tensor, y: Tensor, x: Tensor, labels: Tensor, weights: Tensor, n_labels: int,
+        *, per_image: bool = True,
+    ) -> Tuple[Tensor, Tensor]:
+        """Weighted sums ``sum_p w_p f(p)`` of single pixels per label, and summed weights.
+
+        The sparse counterpart of :meth:`label_sums`: with ``weights`` of +1 and -1 it
+        gives the change of the label sums when a few pixels change label.
+
+        Parameters
+        ----------
+        n, y, x, labels : LongTensor of shape (P,)
+        weights : Tensor of shape (P,)
+        n_labels : int
+        per_image : bool
+
+        Returns
+        -------
+        sums : Tensor of shape (N, K, D) if ``per_image`` else (K, D)
+        counts : Tensor of shape (N, K) if ``per_image`` else (K,)
+        """
+        K = n_labels
+        N = self.n_images
+        P = int(n.numel())
+        w = weights.to(self.dtype)
+        bucket = n * K + labels if per_image else labels
+        nb = N * K if per_image else K
+        blocks = []
+        for layer in self.layers:
+            _, C, h, w_ = layer.act.shape
+            taps = layer.iy.n_taps * layer.ix.n_taps
+            ws = w * layer.scale[n, y, x]
+            if P * C * taps < N * K * C * h * w_:
+                rows = gather_interp(layer.act_cl, layer.iy, layer.ix, n, y, x)
+                out = torch.zeros(nb, C, dtype=self.dtype, device=self.device)
+                out.index_add_(0, bucket, rows.mul_(ws.unsqueeze(1)))
+            else:
+                low = torch.zeros(N, K, h, w_, dtype=self.dtype, device=self.device)
+                yi, yw = layer.iy.index[y], layer.iy.weight[y]
+                xi, xw = layer.ix.index[x], layer.ix.weight[x]
+                flat = ((n * K + labels)[:, None, None] * h + yi[:, :, None]) * w_ + xi[:, None, :]
+                vals = ws[:, None, None] * yw[:, :, None] * xw[:, None, :]
+                low.view(-1).index_add_(0, flat.reshape(-1), vals.reshape(-1))
+                out = layer.contract_adjoint(low, per_image).reshape(-1, C) if per_image else layer.contract_adjoint(low, False)
+            blocks.append(out)
+        counts = torch.zeros(nb, dtype=self.dtype, device=self.device).index_add_(0, bucket, w)
+        sums = torch.cat(blocks, dim=-1)
+        if per_image:
+            return sums.reshape(N, K, -1), counts.reshape(N, K)
+        return sums, counts
+
 
     def mean(self, *, per_image: bool = True) -> Tensor:
         """Mean feature vector, shape (N, D) if ``per_image`` else (D,)."""

@@ -104,3 +104,80 @@ def test_label_sums_equal_one_hot_weighted_sums(resnet_acts):
         assert torch.allclose(sums, feats.weighted_sum(onehot, per_image=per_image), atol=1e-12)
         ref_counts = onehot.sum((2, 3)) if per_image else onehot.sum((0, 2, 3))
         assert torch.equal(counts, ref_counts)
+
+
+# --------------------------------------------------------------------------- operators as taps
+@pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
+@pytest.mark.parametrize("n_in,n_out", [(14, 224), (7, 300), (9, 4), (5, 5), (300, 17), (3, 7)])
+@pytest.mark.parametrize("dense", [True, False])
+def test_interp1d_apply_and_adjoint_match_torch(mode, n_in, n_out, dense):
+    from captum_nave.interpolation import Interp1d
+
+    op = Interp1d(n_in, n_out, mode=mode, dtype=torch.float64)
+    if not dense:
+        op.dense = None  # the taps path, used for large grids
+    x = torch.randn(2, 3, n_in, 6, dtype=torch.float64)
+    ref = F.interpolate(x, size=(n_out, 6), mode=mode, align_corners=False)
+    assert torch.allclose(op.apply(x, -2), ref, atol=1e-12)
+    assert torch.allclose(op.apply(x.transpose(-1, -2), -1), ref.transpose(-1, -2), atol=1e-12)
+    lo, hi = n_out // 3, n_out // 3 + max(1, n_out // 2)
+    assert torch.allclose(op.apply(x, -2, (lo, hi)), ref[:, :, lo:hi], atol=1e-12)
+    # adjoint: <R x, y> = <x, R^T y>, also for a range of output rows
+    y = torch.randn(2, 3, hi - lo, 6, dtype=torch.float64)
+    lhs = (ref[:, :, lo:hi] * y).sum()
+    rhs = (x * op.adjoint(y, -2, (lo, hi))).sum()
+    assert torch.allclose(lhs, rhs, atol=1e-10)
+    yt = y.transpose(-1, -2)
+    assert torch.allclose((x.transpose(-1, -2) * op.adjoint(yt, -1, (lo, hi))).sum(), lhs, atol=1e-10)
+    assert op.index.shape[1] <= (1 if n_in == n_out else 4 if mode == "bicubic" else 2)
+
+
+def _features_and_reference(acts, grid):
+    return ImplicitFeatures(acts, grid, dtype=torch.float64), reference_features(acts, grid)
+
+
+@pytest.mark.parametrize("grid", [(12, 20), (48, 80), (17, 9)])
+@pytest.mark.parametrize("taps_only", [False, True])
+def test_tiled_and_single_pixel_operations_equal_reference(resnet_acts, grid, taps_only, monkeypatch):
+    """Tiles of rows, single pixels, and the taps path of large grids give the reference's values."""
+    import captum_nave.features as features_mod
+    import captum_nave.interpolation as interp_mod
+
+    if taps_only:
+        monkeypatch.setattr(interp_mod, "DENSE_LIMIT", 0)
+    monkeypatch.setattr(features_mod, "CHUNK_ELEMENTS", 2 * 5 * grid[1] * 3)  # tiles of ~3 rows
+    feats, X = _features_and_reference(resnet_acts, grid)
+    N, P, D = X.shape
+    assert torch.allclose(feats.materialize().reshape(N, P, D), X, atol=1e-12)
+    assert torch.allclose(feats.sq_norms().reshape(N, P), (X**2).sum(-1), atol=1e-12)
+    g = torch.Generator().manual_seed(0)
+    for V in (torch.randn(1, 5, D, generator=g, dtype=torch.float64), torch.randn(N, 5, D, generator=g, dtype=torch.float64)):
+        ref = torch.einsum("npd,nkd->npk", X, V.expand(N, -1, -1))  # (N, P, 5)
+        off = torch.randn(V.shape[0], 5, generator=g, dtype=torch.float64)
+        lo, hi = grid[0] // 3, grid[0] // 3 + 2
+        part = feats.dot(V, (lo, hi), offsets=off).permute(0, 2, 3, 1)  # (N, 2, W, 5)
+        want = (ref - off[:, None, :]).reshape(N, *grid, 5)[:, lo:hi]
+        assert torch.allclose(part, want, atol=1e-10)
+        # single pixels: all of them (the low-resolution contraction pays) and a few (explicit rows)
+        for n_px in (N * P, 4):
+            idx = torch.randperm(N * P, generator=g)[:n_px].sort().values
+            n, p = idx // P, idx % P
+            got = feats.dot_at(V, n, p // grid[1], p % grid[1])
+            assert torch.allclose(got, ref[n, p], atol=1e-10)
+    labels = torch.randint(0, 4, (N, *grid), generator=g)
+    onehot = torch.nn.functional.one_hot(labels, 4).double().reshape(N, P, 4)
+    for per_image in (True, False):
+        sums, counts = feats.label_sums(labels, 4, per_image=per_image)
+        ref_sums = torch.einsum("npk,npd->nkd", onehot, X)
+        assert torch.allclose(sums, ref_sums if per_image else ref_sums.sum(0), atol=1e-10)
+        # sparse: weighted sums of a few pixels (and of all of them: the adjoint path)
+        for n_px in (5, N * P):
+            idx = torch.randperm(N * P, generator=g)[:n_px]
+            n, p = idx // P, idx % P
+            w = torch.randn(n_px, generator=g, dtype=torch.float64)
+            lab = labels.reshape(N, P)[n, p]
+            s, c = feats.label_sums_at(n, p // grid[1], p % grid[1], lab, w, 4, per_image=per_image)
+            ref_s = torch.zeros(N, 4, D, dtype=torch.float64).index_put_((n, lab), w[:, None] * X[n, p], accumulate=True)
+            ref_c = torch.zeros(N, 4, dtype=torch.float64).index_put_((n, lab), w, accumulate=True)
+            assert torch.allclose(s, ref_s if per_image else ref_s.sum(0), atol=1e-10)
+            assert torch.allclose(c, ref_c if per_image else ref_c.sum(0), atol=1e-12)

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ..features import ImplicitFeatures
+from .assignment import LloydState, nearest_tiles
 
 __all__ = ["KMeansResult", "kmeans_plusplus", "lloyd", "implicit_kmeans", "make_generator", "make_generators"]
 
@@ -118,12 +119,34 @@ def _pixel_coords(flat: Tensor, group: Tensor, feats: ImplicitFeatures, shared: 
     return n, rem // W, rem % W
 
 
-def _sq_dist(feats: ImplicitFeatures, centers: Tensor, shared: bool) -> Tensor:
-    """Squared distances of every pixel to every centre, (G, K, P)."""
-    dots = _as_group_maps(feats.dot(centers), shared)  # (G, K, P)
-    fn = _flat_pixels(feats.sq_norms(), shared).unsqueeze(1)  # (G, 1, P)
-    cn = centers.pow(2).sum(-1).unsqueeze(-1)  # (G, K, 1)
-    return (fn - 2 * dots + cn).clamp_min(0)
+def _potentials(feats: ImplicitFeatures, cands: Tensor, closest: Tensor, shared: bool) -> Tensor:
+    """``sum_p min(||f(p) - c_l||^2, closest(p))`` for every candidate, (G, L), in tiles of rows.
+
+    ``cands`` (G, L, D); ``closest`` (N, H, W): squared distance to the chosen centres.
+    """
+    c = cands.to(feats.dtype)
+    cn = c.pow(2).sum(-1)[:, :, None, None]
+    fn2 = feats.sq_norms()
+    pot = torch.zeros(feats.n_images, c.shape[1], dtype=torch.float64, device=feats.device)
+    for lo, hi in feats.row_tiles(c.shape[1]):
+        d = feats.dot(c, (lo, hi)).mul_(-2).add_(cn).add_(fn2[:, None, lo:hi]).clamp_min_(0)
+        pot += torch.minimum(d, closest[:, None, lo:hi]).sum((2, 3), dtype=torch.float64)
+    return pot.sum(0, keepdim=True) if shared else pot
+
+
+def _draw(weights: Tensor, n: int, generator: torch.Generator) -> Tensor:
+    """``n`` indices drawn with probability proportional to ``weights`` (P,), with replacement.
+
+    As scikit-learn: uniform numbers times the total, searched in the float64 cumulative
+    sum (no limit on the number of pixels, unlike ``torch.multinomial``). Uniform
+    draws when every weight is 0 (all pixels equal to the chosen centres).
+    """
+    cum = torch.cumsum(weights, 0, dtype=torch.float64)
+    total = float(cum[-1])
+    if not total > 0:
+        return torch.randint(weights.numel(), (n,), generator=generator, device=weights.device)
+    r = torch.rand(n, generator=generator, dtype=torch.float64, device=weights.device) * total
+    return torch.searchsorted(cum, r).clamp_max_(weights.numel() - 1)
 
 
 def kmeans_plusplus(
@@ -139,7 +162,8 @@ def kmeans_plusplus(
     The first centre is a uniformly drawn pixel; each next one is the best (lowest
     potential) of ``n_local_trials`` candidates drawn with probability proportional to
     the squared distance to the closest chosen centre (Arthur & Vassilvitskii 2007;
-    the greedy variant of scikit-learn, ``2 + log(K)`` trials by default).
+    the greedy variant of scikit-learn's ``_kmeans_plusplus``, ``2 + log(K)`` trials by
+    default). Distances are computed in tiles of rows of the grid.
 
     Returns
     -------
@@ -155,24 +179,17 @@ def kmeans_plusplus(
 
     first = torch.cat([torch.randint(P, (1,), generator=g, device=dev) for g in generators])
     centers[:, 0] = feats.rows(*_pixel_coords(first, group_ids, feats, shared))
-    closest = _sq_dist(feats, centers[:, :1], shared)[:, 0]  # (G, P)
+    closest = _min_sq_dist(feats, centers[:, :1], shared).reshape(feats.n_images, *feats.grid)
     for k in range(1, n_clusters):
-        weights = closest.clamp_min(0)
-        total = weights.sum(1, keepdim=True)
-        # all points identical to the chosen centres: fall back to uniform draws
-        weights = torch.where(total > 0, weights, torch.ones_like(weights))
-        cand = torch.stack(
-            [torch.multinomial(weights[g], L, replacement=True, generator=generators[g]) for g in range(G)]
-        )  # (G, L), each group with its own generator
+        weights = _flat_pixels(closest, shared)
+        cand = torch.stack([_draw(weights[g], L, generators[g]) for g in range(G)])  # (G, L)
         cg = group_ids.unsqueeze(1).expand(G, L).reshape(-1)
         cand_rows = feats.rows(*_pixel_coords(cand.reshape(-1), cg, feats, shared))
         cand_rows = cand_rows.reshape(G, L, feats.dim)
-        d = _sq_dist(feats, cand_rows, shared)  # (G, L, P)
-        d = torch.minimum(d, closest.unsqueeze(1))
-        pot = d.sum(-1)  # (G, L)
-        best = pot.argmin(1)  # (G,)
+        best = _potentials(feats, cand_rows, closest, shared).argmin(1)  # (G,)
         centers[:, k] = cand_rows[group_ids, best]
-        closest = d[group_ids, best]
+        new = _min_sq_dist(feats, centers[:, k : k + 1], shared).reshape_as(closest)
+        closest = torch.minimum(closest, new)
     return centers
 
 
@@ -187,19 +204,12 @@ def _random_init(feats: ImplicitFeatures, n_clusters: int, *, shared: bool, gene
     return rows.reshape(G, n_clusters, feats.dim)
 
 
-def _update(feats: ImplicitFeatures, labels: Tensor, n_clusters: int, shared: bool):
-    """Sums and counts per cluster: (G, K, D), (G, K)."""
-    sums, counts = feats.label_sums(labels, n_clusters, per_image=not shared)
-    if shared:
-        return sums.unsqueeze(0), counts.unsqueeze(0)
-    return sums, counts
-
-
-def _assign(feats: ImplicitFeatures, centers: Tensor, shared: bool) -> Tensor:
-    """Nearest centre per pixel, (G, P): argmax of 2 f.c - ||c||^2 (||f||^2 is constant per pixel)."""
-    score = _as_group_maps(feats.dot(centers), shared).mul_(2)  # (G, K, P)
-    score.sub_(centers.pow(2).sum(-1).unsqueeze(-1))
-    return score.max(1).indices  # (Tensor.max over dim is much faster than argmax on CPU)
+def _min_sq_dist(feats: ImplicitFeatures, centers: Tensor, shared: bool) -> Tensor:
+    """Squared distance of every pixel to its nearest centre, (G, P), in tiles of rows."""
+    out = torch.empty(feats.n_images, *feats.grid, dtype=feats.dtype, device=feats.device)
+    for lo, hi, _, d1 in nearest_tiles(feats, centers):
+        out[:, lo:hi] = d1
+    return _flat_pixels(out, shared)
 
 
 def lloyd(
@@ -216,7 +226,11 @@ def lloyd(
     changes (strict convergence) or when its squared centre shift is at most ``tol``
     times its mean feature variance (scikit-learn's criterion); converged images drop
     out of the batch, so the work is the sum, not the maximum, of the iterations.
-    Empty clusters are moved to the pixel farthest from its centre.
+    Empty clusters are moved to the pixel farthest from its centre. After the last
+    iteration, every pixel is assigned to its nearest final centre (as scikit-learn does).
+
+    The assignment works in tiles of rows of the grid and the label sums follow the
+    pixels that changed label (:class:`~captum_nave.clustering.assignment.LloydState`).
 
     Parameters
     ----------
@@ -232,44 +246,33 @@ def lloyd(
     n_iter : int (iterations of the slowest group)
     """
     G, K, _ = centers.shape
-    H, W = feats.grid
     centers = centers.to(feats.dtype).clone()
     tol_abs = tol * _mean_variance(feats, shared)  # (G,)
     dev = feats.device
-    n_img = feats.n_images
-    labels_prev = torch.full((n_img, H, W), -1, dtype=torch.long, device=dev)
-    active = torch.arange(G, device=dev)
-    fa = feats
+    state = LloydState(feats, centers, shared)  # the first assignment
+    active = torch.ones(G, dtype=torch.bool, device=dev)
+    changed = torch.ones(G, dtype=torch.long, device=dev)  # no previous labels: not converged
     n_iter = 0
-    while active.numel() > 0 and n_iter < max_iter:
+    while bool(active.any()) and n_iter < max_iter:
         n_iter += 1
-        ca = centers[active]
-        labels = _assign(fa, ca, shared).reshape(fa.n_images, H, W)
-        sums, counts = _update(fa, labels, K, shared)
-        new = sums / counts.clamp_min(1).unsqueeze(-1)
-        empty = counts == 0
+        if n_iter > 1:
+            changed = state.assign(centers, active)
+        new = (state.sums / state.counts.clamp_min(1).unsqueeze(-1)).to(feats.dtype)
+        empty = (state.counts == 0) & active[:, None]
         if bool(empty.any()):
-            mind = _sq_dist(fa, ca, shared).min(1).values
-            new = _relocate_empty(fa, new, empty, mind, shared)
-        shift = (new - ca).pow(2).sum((1, 2))
-        centers[active] = new
-        if shared:
-            same = torch.equal(labels, labels_prev)
-            labels_prev = labels
-            done = torch.tensor([same], device=dev) | (shift <= tol_abs)
-        else:
-            same = (labels == labels_prev[active]).flatten(1).all(1)
-            labels_prev[active] = labels
-            done = same | (shift <= tol_abs[active])
-        if bool(done.any()):
-            active = active[~done]
-            if not shared and active.numel() > 0:
-                fa = feats.select(active)
+            idx = torch.nonzero(active).flatten()
+            fa = feats if shared else feats.select(idx)
+            mind = _min_sq_dist(fa, centers[idx], shared)
+            new[idx] = _relocate_empty(fa, new[idx], empty[idx], mind, shared)
+        shift = (new - centers).pow(2).sum((1, 2))
+        done = active & ((changed == 0) | (shift <= tol_abs))
+        centers = torch.where(active[:, None, None], new, centers)
+        active &= ~done
     # final assignment with the final centres (as scikit-learn does)
-    d = _sq_dist(feats, centers, shared)
-    mind, lab = d.min(1)
-    labels = lab.reshape(n_img, H, W)
-    return labels, centers, mind.sum(-1), n_iter
+    state.assign(centers, torch.ones(G, dtype=torch.bool, device=dev))
+    state.sync()
+    inertia = state.inertia(centers).to(feats.dtype)
+    return state.labels, centers, inertia, n_iter
 
 
 def _mean_variance(feats: ImplicitFeatures, shared: bool) -> Tensor:

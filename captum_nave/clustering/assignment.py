@@ -1,0 +1,205 @@
+"""The assignment and update steps of Lloyd's k-means on implicit features.
+
+:class:`LloydState` holds the label of every grid pixel and the label sums of one
+Lloyd run. An assignment step computes the score ``2 f(p) . c_k - ||c_k||^2`` of every
+pixel for every centre (the nearest centre has the highest score; ``||f(p)||^2`` is
+the same for all centres) in tiles of rows of the grid, and finds the pixels whose
+label changes with few passes over the scores: the best score (``amax``, a fast
+vectorised reduction) against the score of the current label. Only those pixels are
+relabelled, and the label sums follow them (:meth:`ImplicitFeatures.label_sums_at`:
+plus the pixel's feature for its new label, minus for its old one) instead of being
+recomputed from all pixels; late Lloyd iterations change few labels.
+
+The labels are those of the textbook iteration (every pixel to its nearest centre):
+a pixel changes label only when another centre scores strictly higher, and then takes
+the first centre with the best score; on an exact tie it keeps its label. The sums are
+accumulated in float64, so following the changes adds no drift.
+
+Memory: the labels (8 bytes per pixel) and temporaries of at most
+:data:`captum_nave.features.CHUNK_ELEMENTS` elements per tile.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ..features import ImplicitFeatures
+
+__all__ = ["LloydState", "nearest_tiles"]
+
+#: Recompute the label sums from all pixels when more than this fraction changed label.
+DENSE_UPDATE_FRACTION = 0.05
+
+
+def nearest_tiles(feats: ImplicitFeatures, centers: Tensor) -> Iterator[Tuple[int, int, Tensor, Tensor]]:
+    """Nearest centre of every grid pixel, tile of rows by tile of rows.
+
+    Parameters
+    ----------
+    feats : ImplicitFeatures
+        Features of n images.
+    centers : Tensor of shape (B, K, D), B in {1, n}
+        Shared centres or one set per image.
+
+    Yields
+    ------
+    lo, hi : int
+        Grid rows of the tile.
+    labels : LongTensor of shape (n, r, W)
+        First nearest centre.
+    d1 : Tensor of shape (n, r, W)
+        Squared distance to it (clamped at 0).
+    """
+    c = centers.to(feats.dtype)
+    cn = c.pow(2).sum(-1)
+    fn2 = feats.sq_norms()
+    for lo, hi in feats.row_tiles(c.shape[1]):
+        score = feats.dot(2 * c, (lo, hi), offsets=cn)  # 2 f.c - ||c||^2, (n, K, r, W)
+        best, labels = score.max(1)
+        yield lo, hi, labels, (fn2[:, lo:hi] - best).clamp_min_(0)
+
+
+class LloydState:
+    """Labels and label sums of a Lloyd run on implicit features.
+
+    Parameters
+    ----------
+    feats : ImplicitFeatures
+    centers : Tensor of shape (G, K, D)
+        Centres of the first assignment; G = 1 if ``shared`` else N.
+    shared : bool
+
+    Attributes
+    ----------
+    labels : LongTensor of shape (N, H, W)
+        Nearest centre of every pixel for the centres of the last assignment.
+    sums : Tensor of shape (G, K, D), float64
+        Sum of the features of each label.
+    counts : Tensor of shape (G, K), float64
+        Pixels of each label.
+    """
+
+    def __init__(self, feats: ImplicitFeatures, centers: Tensor, shared: bool) -> None:
+        self.feats = feats
+        self.shared = shared
+        N = feats.n_images
+        self.G, self.K = int(centers.shape[0]), int(centers.shape[1])
+        dev = feats.device
+        self.gidx = torch.zeros(N, dtype=torch.long, device=dev) if shared else torch.arange(N, device=dev)
+        self.labels = torch.empty(N, *feats.grid, dtype=torch.long, device=dev)
+        for lo, hi, lab, _ in nearest_tiles(feats, centers):
+            self.labels[:, lo:hi] = lab
+        # features and labels of the images still iterating (compacted; None: all images)
+        self._images: Optional[Tensor] = None
+        self._feats_sub: ImplicitFeatures = feats
+        self._labels_sub: Tensor = self.labels
+        self.sums = torch.empty(self.G, self.K, feats.dim, dtype=torch.float64, device=dev)
+        self.counts = torch.empty(self.G, self.K, dtype=torch.float64, device=dev)
+        self._recount(None)
+
+    # ------------------------------------------------------------------ helpers
+    def _select(self, groups: Tensor) -> Optional[Tensor]:
+        """Compact features and labels to the images of ``groups`` (bool (G,)); None: all."""
+        images: Optional[Tensor] = None
+        if not self.shared:
+            images = torch.nonzero(groups).flatten()
+            if images.numel() == self.feats.n_images:
+                images = None
+        same = (images is None and self._images is None) or (
+            images is not None and self._images is not None and torch.equal(images, self._images)
+        )
+        if not same:
+            self.sync()
+            self._images = images
+            self._feats_sub = self.feats if images is None else self.feats.select(images)
+            self._labels_sub = self.labels if images is None else self.labels[images]
+        return images
+
+    def sync(self) -> None:
+        """Write the compacted labels back into :attr:`labels`."""
+        if self._images is not None:
+            self.labels[self._images] = self._labels_sub
+
+    def _recount(self, images: Optional[Tensor]) -> None:
+        """Label sums of ``images`` (None: all) from all their pixels."""
+        fs = self.feats if images is None else self._feats_sub
+        labels = self.labels if images is None else self._labels_sub
+        sums, counts = fs.label_sums(labels, self.K, per_image=not self.shared)
+        if images is None:
+            self.sums.copy_(sums.reshape(self.G, self.K, -1))
+            self.counts.copy_(counts.reshape(self.G, self.K))
+        else:
+            self.sums[images] = sums.double()
+            self.counts[images] = counts.double()
+
+    # ------------------------------------------------------------------ API
+    def assign(self, centers: Tensor, groups: Tensor) -> Tensor:
+        """Relabel the pixels of ``groups`` (bool (G,)) for ``centers`` (G, K, D); update the sums.
+
+        Call :meth:`sync` before reading :attr:`labels`.
+
+        Returns
+        -------
+        LongTensor of shape (G,)
+            Pixels that changed label, per group.
+        """
+        images = self._select(groups)
+        fs, labels = self._feats_sub, self._labels_sub
+        c = centers.to(fs.dtype)
+        if images is not None:
+            c = c[images]
+        cn = c.pow(2).sum(-1)
+        moved: List[Tensor] = []
+        old: List[Tensor] = []
+        new: List[Tensor] = []
+        for lo, hi in fs.row_tiles(self.K):
+            score = fs.dot(2 * c, (lo, hi), offsets=cn)  # 2 f.c - ||c||^2, (n, K, r, W)
+            lab = labels[:, lo:hi]
+            changed = score.gather(1, lab.unsqueeze(1)) < score.amax(1, keepdim=True)
+            pix = torch.nonzero(changed[:, 0])  # (P, 3): image in the subset, row in the tile, column
+            if pix.shape[0] == 0:
+                continue
+            n, y, x = pix.unbind(1)
+            best = score[n, :, y, x].max(1).indices  # the first best centre
+            old.append(lab[n, y, x])
+            new.append(best)
+            lab[n, y, x] = best
+            pix[:, 1] += lo
+            moved.append(pix)
+        if not moved:
+            return torch.zeros(self.G, dtype=torch.long, device=self.labels.device)
+        pix = torch.cat(moved)
+        if images is not None:
+            pix[:, 0] = images[pix[:, 0]]
+        self._update_sums(pix, torch.cat(old), torch.cat(new), images)
+        return torch.bincount(self.gidx[pix[:, 0]], minlength=self.G)
+
+    def _update_sums(self, pix: Tensor, old: Tensor, new: Tensor, images: Optional[Tensor]) -> None:
+        """Move the features of the pixels ``pix`` (P, 3) from label ``old`` to ``new``."""
+        n_pix = self.feats.n_pixels * (self.feats.n_images if images is None else int(images.numel()))
+        if pix.shape[0] > DENSE_UPDATE_FRACTION * n_pix:
+            self._recount(images)
+            return
+        n, y, x = pix.unbind(1)
+        two = lambda t: torch.cat([t, t])  # noqa: E731
+        w = torch.cat([torch.ones_like(new), -torch.ones_like(old)]).to(self.feats.dtype)
+        sums, counts = self.feats.label_sums_at(
+            two(n), two(y), two(x), torch.cat([new, old]), w, self.K, per_image=not self.shared
+        )
+        self.sums += sums.reshape(self.G, self.K, -1)
+        self.counts += counts.reshape(self.G, self.K)
+
+    def inertia(self, centers: Tensor) -> Tensor:
+        """Sum of squared distances of each group's pixels to their centre (G,), float64.
+
+        ``sum ||f||^2 - 2 sum_k c_k . S_k + sum_k n_k ||c_k||^2`` from the label sums.
+        """
+        c = centers.double()
+        fn2 = self.feats.sq_norms().double().sum((1, 2))
+        total = fn2.sum().reshape(1) if self.shared else fn2
+        cross = (c * self.sums).sum(-1)  # (G, K)
+        own = self.counts * c.pow(2).sum(-1)
+        return (total - (2 * cross - own).sum(-1)).clamp_min(0)
