@@ -32,6 +32,8 @@ __all__ = [
     "tokens_to_grid",
     "capture_activations",
     "preserve_model_state",
+    "StopForward",
+    "run_until_stopped",
 ]
 
 LayerSpec = Union[str, int, nn.Module]
@@ -367,7 +369,7 @@ def capture_activations(
 
     def _maybe_stop() -> None:
         if all(c.value is not None for c in captures):
-            raise _StopForward
+            raise StopForward
 
     extra = additional_forward_args
     if extra is None:
@@ -396,11 +398,7 @@ def capture_activations(
                 handles.append(layer.register_forward_pre_hook(make_hook(slot)))
             else:
                 handles.append(layer.register_forward_hook(make_hook(slot)))
-        with torch.no_grad():
-            try:
-                model(*inputs_t, *extra_t)
-            except _StopForward:
-                pass
+        run_until_stopped(model, *inputs_t, *extra_t)
     finally:
         for h in handles:
             h.remove()
@@ -431,5 +429,31 @@ def capture_activations(
     return out
 
 
-class _StopForward(Exception):
-    """Internal signal: all requested activations are captured."""
+class StopForward(Exception):
+    """Raised by a hook once everything needed from a forward pass is captured.
+
+    The layers after it (the rest of the network, the classifier head) never run:
+    NAVE and the register measures need the forward pass only up to the deepest
+    layer they read. Hooks that raise it must be removed, and the model's state
+    restored, in a ``finally`` block (see :func:`capture_activations`).
+    """
+
+
+def run_until_stopped(forward: Callable[..., Any], *args: Any) -> bool:
+    """Call ``forward(*args)`` without gradients until a hook raises :class:`StopForward`.
+
+    Works for any model whose hooks run inside its forward pass (every family: the
+    signal is an exception, not a model-specific option such as timm's
+    ``forward_intermediates(stop_early=True)``).
+
+    Returns
+    -------
+    bool
+        True if a hook stopped the forward pass, False if it ran to the end.
+    """
+    with torch.no_grad():
+        try:
+            forward(*args)
+        except StopForward:
+            return True
+    return False

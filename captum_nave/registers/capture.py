@@ -265,10 +265,6 @@ def _normalise_layers(spec: Union[str, Sequence[int], None], n: int, name: str) 
     return tuple(sorted(set(out)))
 
 
-class _Stop(Exception):
-    pass
-
-
 # ----------------------------------------------------------------------------- capture
 def collect_token_statistics(
     model: nn.Module,
@@ -398,7 +394,7 @@ def _run_batch(
     method: str,
     input_hw: Tuple[int, int],
 ) -> Dict[str, Any]:
-    from captum_nave.activations import preserve_model_state
+    from captum_nave.activations import StopForward, preserve_model_state, run_until_stopped
 
     n_blocks = len(blocks)
     cls_i = layout.cls_index
@@ -439,7 +435,7 @@ def _run_batch(
         def hook(module: nn.Module, args: Tuple[Any, ...], output: Any) -> None:
             record(b + 1, _first_tensor(output))
             if b == n_blocks - 1:
-                raise _Stop
+                raise StopForward  # the final norm and the head are not needed
         return hook
 
     def stash(b: int, key: str):
@@ -546,11 +542,7 @@ def _run_batch(
                     acc.attn.fused_attn = False
                     handles.append(acc.attn.attn_drop.register_forward_pre_hook(attn_drop_hook(b)))
                 handles.append(acc.proj.register_forward_hook(proj_hook(b)))
-            with torch.no_grad():
-                try:
-                    model(x)
-                except _Stop:
-                    pass
+            run_until_stopped(model, x)
     finally:
         for h in handles:
             h.remove()
