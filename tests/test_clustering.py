@@ -72,11 +72,85 @@ def test_kmeans_inertia_and_seed_determinism(acts):
         C = torch.stack([X[i][lab == k].mean(0) for k in range(4)])
         inertia = ((X[i] - C[lab]) ** 2).sum()
         assert torch.allclose(a.inertia[i], inertia, rtol=1e-8)
-        # k-means++ gives a sensible local optimum: no worse than sklearn's by much
-        from sklearn.cluster import KMeans
 
-        sk = KMeans(4, n_init=2, random_state=0).fit(X[i].numpy())
-        assert inertia.item() <= sk.inertia_ * 1.15
+
+def planted_regions(seed: int, n_regions: int = 8, channels: int = 16, size: int = 16) -> torch.Tensor:
+    """An activation (1, C, size, size), float64, made of Voronoi regions around their own means.
+
+    The clusters are well separated and of unequal sizes: a good seeding finds one
+    centre per region, a poor one (the first K pixels of the raster, uniform draws)
+    puts several centres in one region and merges others.
+    """
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.rand(n_regions, 2, generator=g) * size
+    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    d = (yy[None] - centres[:, 0, None, None]) ** 2 + (xx[None] - centres[:, 1, None, None]) ** 2
+    means = torch.randn(n_regions, channels, generator=g) * 3
+    act = means[d.argmin(0)].permute(2, 0, 1) + 0.7 * torch.randn(channels, size, size, generator=g)
+    return act[None].double()
+
+
+def test_single_init_kmeans_reaches_scikit_learns_inertia():
+    """One k-means++ run per seed, against scikit-learn's: mean inertia within 5 %.
+
+    Pooled over six planted-region matrices and 15 seeds. The regions make the
+    seeding matter: seeding with the first K pixels of the raster ends about 50 %
+    above scikit-learn here (checked below), so the bound notices a bad seeding.
+    Per matrix, both implementations reach the optimum about equally often over 200
+    seeds; with 15 seeds the pooled means differ by about 2 %.
+    """
+    from sklearn.cluster import KMeans
+
+    K, seeds = 8, range(15)
+    ours = sk = first_k = 0.0
+    for ds in range(6):
+        feats = ImplicitFeatures([planted_regions(ds)], (32, 32), dtype=torch.float64)
+        X = feats.materialize(0)
+        ours += np.mean([implicit_kmeans(feats, K, random_state=s).inertia.item() for s in seeds])
+        sk += np.mean([KMeans(K, n_init=1, random_state=s).fit(X.numpy()).inertia_ for s in seeds])
+        first_k += implicit_kmeans(feats, K, init=X[:K]).inertia.item()
+    assert ours <= 1.05 * sk, ours / sk
+    assert first_k > 1.3 * sk  # what a first-K seeding would give: caught by the bound
+
+
+def test_kmeans_plusplus_seeding_is_as_good_as_scikit_learns():
+    """Seeding alone (no Lloyd): potential of our greedy k-means++ vs scikit-learn's ``_kmeans_plusplus``.
+
+    Medians over 25 seeds per matrix, on a fixed set of implicit feature matrices
+    (planted regions, upsampled 2x), as a geometric mean over the matrices (single
+    matrices vary by about 10 % either way with 25 seeds). The greedy variant (best of
+    2 + log K candidates) matches scikit-learn's; plain k-means++ (one candidate) is
+    about 35 % worse here.
+    """
+    from sklearn.cluster._kmeans import _kmeans_plusplus
+
+    from captum_nave.clustering.kmeans import kmeans_plusplus, make_generators
+
+    def potential(X, C):
+        return ((X[:, None, :] - C[None]) ** 2).sum(-1).min(1).values.sum().item()
+
+    ratios, plain = [], []
+    for ds in range(6):
+        feats = ImplicitFeatures([planted_regions(100 + ds, size=12)], (24, 24), dtype=torch.float64)
+        X = feats.materialize(0)
+        xsq = (X**2).sum(1).numpy()
+        for K in (4, 8):
+            ours, one, sk = [], [], []
+            for s in range(25):
+                gens = make_generators(s, 1, feats.device)
+                ours.append(potential(X, kmeans_plusplus(feats, K, generators=gens)[0]))
+                gens = make_generators(s, 1, feats.device)
+                one.append(potential(X, kmeans_plusplus(feats, K, generators=gens, n_local_trials=1)[0]))
+                centres, _ = _kmeans_plusplus(
+                    X.numpy(), K, x_squared_norms=xsq, sample_weight=np.ones(len(xsq)),
+                    random_state=np.random.RandomState(s),
+                )
+                sk.append(potential(X, torch.from_numpy(centres)))
+            ratios.append(np.median(ours) / np.median(sk))
+            plain.append(np.median(one) / np.median(sk))
+    gmean = float(np.exp(np.mean(np.log(ratios))))
+    assert gmean <= 1.03, ratios
+    assert float(np.exp(np.mean(np.log(plain)))) >= 1.15  # the test tells greedy from plain k-means++
 
 
 def test_pca_components_match_sklearn(acts):
