@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .clustering.assignment import nearest_tiles
 from .clustering.kmeans import implicit_kmeans, make_generator
 from .explainer import LayerClusterExplainer, Resolution
 from .features import ImplicitFeatures
@@ -247,9 +248,15 @@ class ConceptClusters:
         return self
 
     def _assign(self, feats: ImplicitFeatures, centers: Tensor) -> Tuple[Tensor, Tensor]:
-        """Nearest concept per grid pixel: labels (N, h, w) and squared distances."""
-        d = self._sq_distances(feats, centers)
-        mind, labels = d.min(1)
+        """Nearest concept per grid pixel: labels (N, h, w) and squared distances (N, h, w).
+
+        In tiles of rows of the grid (the (N, K, h, w) distances never exist at once).
+        """
+        labels = torch.empty(feats.n_images, *feats.grid, dtype=torch.long, device=feats.device)
+        mind = torch.empty(feats.n_images, *feats.grid, dtype=feats.dtype, device=feats.device)
+        for lo, hi, lab, d1 in nearest_tiles(feats, centers.unsqueeze(0)):
+            labels[:, lo:hi] = lab
+            mind[:, lo:hi] = d1
         return labels, mind
 
     @staticmethod

@@ -184,29 +184,55 @@ class LayerFeatures:
     def pixel_sq_norms(self) -> Tensor:
         """``||u(p)||^2`` for every grid pixel without upsampling the channels, (N, H, W).
 
-        Image by image and in tiles of rows: the row-interpolated activation
-        ``B = R_y A`` (C x r x w) exists for one tile at a time. With a small column
-        operator, the norms are quadratic forms ``R_x[x] G_y R_x[x]^T`` of the Gram
-        matrices ``G_y = B_y^T B_y``; with a large one, ``B`` is interpolated explicitly.
+        ``||u(y, x)||^2 = R_x[x] G_y R_x[x]^T`` with ``G_y = B_y^T B_y`` the Gram matrix
+        (w x w) of the row-interpolated activation ``B = R_y A``. Each ``G_y`` combines
+        the Gram matrices of the few pairs of activation rows that output row ``y``
+        interpolates (``A_i^T A_i'`` for ``|i - i'|`` up to the tap span, computed once
+        per image), so the channels are contracted at the layer's resolution only.
         """
         a = self.act
         n, c, h, w = a.shape
         H, W = self.iy.n_out, self.ix.n_out
+        if self.iy.identity and self.ix.identity:
+            return a.pow(2).sum(1)
+        ty_idx, ty_w = self.iy.index, self.iy.weight
+        ty_idx = torch.where(ty_w != 0, ty_idx, ty_idx[:, :1])  # padding taps: a real row, weight 0
+        i1, i2 = ty_idx[:, :, None], ty_idx[:, None, :]
+        dist = (i1 - i2).abs().reshape(H, -1)  # (H, T*T) row distance of each pair of taps
+        first = torch.minimum(i1, i2).reshape(H, -1)
+        pair_w = (ty_w[:, :, None] * ty_w[:, None, :]).reshape(H, -1)
+        span = int(dist.max())
         out = a.new_empty(n, H, W)
-        gram = self.ix.dense is not None
-        per_row = c * w + (w * w + 2 * w * W if gram else c * W)  # B, then G and G R_x^T, or R_x B
-        for i in range(n):
-            for lo, hi in row_tiles(H, per_row):
-                B = self.iy.apply(a[i], -2, (lo, hi))  # (C, r, w)
-                if self.ix.identity:
-                    out[i, lo:hi] = B.pow(2).sum(0)
-                elif gram:
-                    G = torch.matmul(B.permute(1, 2, 0), B.permute(1, 0, 2))  # (r, w, w)
-                    Rt = self.ix.dense.t()
-                    out[i, lo:hi] = (torch.matmul(G, Rt) * Rt).sum(-2).clamp_min(0)
-                else:
-                    out[i, lo:hi] = self.ix.apply(B, -1).pow(2).sum(0)
+        rows = a.permute(0, 2, 3, 1)  # (n, h, w, C), a view
+        taps = self.ix.n_taps
+        per_row = (pair_w.shape[1] + span + 2) * w * w + (w * W if self.ix.dense is not None else W * taps * taps)
+        tiles = list(row_tiles(H, per_row))
+        for img in range(n):
+            r_img = rows[img]
+            for lo, hi in tiles:
+                i_lo = int(first[lo:hi].min())
+                i_hi = min(h, int((first + dist)[lo:hi].max()) + 1)
+                m = i_hi - i_lo
+                gram = a.new_zeros(span + 1, m, w, w)  # gram[d, i - i_lo] = A_i^T A_(i+d)
+                for d in range(min(span, m - 1) + 1):
+                    blk = r_img[i_lo:i_hi]
+                    gram[d, : m - d] = torch.matmul(blk[: m - d], blk[d:].transpose(-1, -2))
+                pick = gram.reshape(-1, w * w)[(dist[lo:hi] * m + first[lo:hi] - i_lo).reshape(-1)]
+                G = torch.matmul(pair_w[lo:hi].unsqueeze(1), pick.reshape(hi - lo, -1, w * w))
+                out[img, lo:hi] = self._column_forms(G.reshape(hi - lo, w, w)).clamp_min_(0)
         return out
+
+    def _column_forms(self, G: Tensor) -> Tensor:
+        """Quadratic forms ``R_x[x] G[y] R_x[x]^T`` of (r, w, w) matrices -> (r, W)."""
+        if self.ix.identity:
+            return G.diagonal(dim1=-2, dim2=-1).clone()
+        if self.ix.dense is not None:
+            Rt = self.ix.dense.t()  # (w, W)
+            return (torch.matmul(G, Rt) * Rt).sum(-2)
+        idx, wt = self.ix.index, self.ix.weight  # (W, T)
+        pairs = (idx[:, :, None] * G.shape[-1] + idx[:, None, :]).reshape(-1)  # (W*T*T,)
+        vals = G.reshape(G.shape[0], -1)[:, pairs].reshape(G.shape[0], idx.shape[0], -1)
+        return (vals * (wt[:, :, None] * wt[:, None, :]).reshape(1, idx.shape[0], -1)).sum(-1)
 
 
 class ImplicitFeatures:
