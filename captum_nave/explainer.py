@@ -11,6 +11,7 @@ from captum.attr._utils.attribution import LayerAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
+from ._memory import check_grid_memory
 from .activations import (
     LayerSpec,
     capture_activations,
@@ -404,6 +405,10 @@ class LayerClusterExplainer(LayerAttribution):
 
     def _features(self, inputs, x, resolution, additional_forward_args, attribute_to_layer_input,
                   interpolation, eps, dtype) -> Tuple[ImplicitFeatures, List[Tensor]]:
+        if not (isinstance(resolution, str) and resolution == "layer"):  # a grid known before the forward pass
+            grid = self._grid(resolution, [], tuple(x.shape[-2:]))
+            feat_dtype = dtype if dtype is not None else torch.promote_types(x.dtype, torch.float32)
+            check_grid_memory(int(x.shape[0]), grid, len(self.layers), feat_dtype, x.device)
         t0 = time.perf_counter()
         acts = capture_activations(
             self.forward_func, self.layers, inputs,

@@ -64,16 +64,33 @@ def relabel_by_area(labels: Tensor, *, per_image: bool = True) -> Tensor:
     Returns
     -------
     LongTensor of shape (N, H, W)
+
+    Notes
+    -----
+    Areas are counted with ``bincount`` over the id range, so the only map built is
+    the output (no sort of the pixels).
     """
+    if labels.numel() == 0:
+        return labels.clone()
     if per_image:
-        return torch.stack([relabel_by_area(l[None], per_image=False)[0] for l in labels]) \
-            if labels.shape[0] > 0 else labels
-    uniq, inv, counts = torch.unique(labels, return_inverse=True, return_counts=True)
-    # sort by (-count, id): ids are already sorted ascending in uniq, use a stable sort
-    order = torch.sort(-counts, stable=True).indices
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel(), device=order.device)
-    return rank[inv]
+        out = torch.empty_like(labels)
+        for i in range(labels.shape[0]):
+            out[i] = relabel_by_area(labels[i : i + 1], per_image=False)[0]
+        return out
+    lo, hi = int(labels.min()), int(labels.max())
+    if hi - lo >= 1 << 24:  # ids spread over a huge range: count the distinct ones by sorting
+        uniq, inv, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+        order = torch.sort(-counts, stable=True).indices
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(order.numel(), device=order.device)
+        return rank[inv]
+    shifted = labels if lo == 0 else labels - lo
+    counts = torch.bincount(shifted.reshape(-1), minlength=hi - lo + 1)
+    ids = torch.nonzero(counts).flatten()  # present ids, ascending
+    order = torch.sort(-counts[ids], stable=True).indices
+    rank = torch.full_like(counts, -1)
+    rank[ids[order]] = torch.arange(ids.numel(), device=ids.device)
+    return rank[shifted]
 
 
 def connected_components(mask: np.ndarray) -> Tuple[np.ndarray, int]:

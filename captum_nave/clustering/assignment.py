@@ -152,9 +152,13 @@ class LloydState:
         if images is not None:
             c = c[images]
         cn = c.pow(2).sum(-1)
-        moved: List[Tensor] = []
-        old: List[Tensor] = []
-        new: List[Tensor] = []
+        gidx = self.gidx if images is None else self.gidx[images]
+        changed_per_group = torch.zeros(self.G, dtype=torch.long, device=self.labels.device)
+        # the changed pixels are kept for the sparse update of the sums, up to the
+        # fraction above which the sums are recomputed from all pixels anyway
+        limit = DENSE_UPDATE_FRACTION * fs.n_images * fs.n_pixels
+        moved: Optional[List[Tuple[Tensor, Tensor, Tensor]]] = []
+        n_moved = 0
         for lo, hi in fs.row_tiles(self.K):
             score = fs.dot(2 * c, (lo, hi), offsets=cn)  # 2 f.c - ||c||^2, (n, K, r, W)
             lab = labels[:, lo:hi]
@@ -164,25 +168,28 @@ class LloydState:
                 continue
             n, y, x = pix.unbind(1)
             best = score[n, :, y, x].max(1).indices  # the first best centre
-            old.append(lab[n, y, x])
-            new.append(best)
+            n_moved += pix.shape[0]
+            changed_per_group += torch.bincount(gidx[n], minlength=self.G)
+            prev = lab[n, y, x]
             lab[n, y, x] = best
-            pix[:, 1] += lo
-            moved.append(pix)
-        if not moved:
-            return torch.zeros(self.G, dtype=torch.long, device=self.labels.device)
-        pix = torch.cat(moved)
-        if images is not None:
-            pix[:, 0] = images[pix[:, 0]]
-        self._update_sums(pix, torch.cat(old), torch.cat(new), images)
-        return torch.bincount(self.gidx[pix[:, 0]], minlength=self.G)
-
-    def _update_sums(self, pix: Tensor, old: Tensor, new: Tensor, images: Optional[Tensor]) -> None:
-        """Move the features of the pixels ``pix`` (P, 3) from label ``old`` to ``new``."""
-        n_pix = self.feats.n_pixels * (self.feats.n_images if images is None else int(images.numel()))
-        if pix.shape[0] > DENSE_UPDATE_FRACTION * n_pix:
+            if moved is not None and n_moved <= limit:
+                pix[:, 1] += lo  # (y is a view of this column: used above, before the shift)
+                moved.append((pix, prev, best))
+            else:
+                moved = None
+        if n_moved == 0:
+            return changed_per_group
+        if moved is None:
             self._recount(images)
-            return
+        else:
+            pix = torch.cat([m[0] for m in moved])
+            if images is not None:
+                pix[:, 0] = images[pix[:, 0]]
+            self._update_sums(pix, torch.cat([m[1] for m in moved]), torch.cat([m[2] for m in moved]))
+        return changed_per_group
+
+    def _update_sums(self, pix: Tensor, old: Tensor, new: Tensor) -> None:
+        """Move the features of the pixels ``pix`` (P, 3) from label ``old`` to ``new``."""
         n, y, x = pix.unbind(1)
         two = lambda t: torch.cat([t, t])  # noqa: E731
         w = torch.cat([torch.ones_like(new), -torch.ones_like(old)]).to(self.feats.dtype)
