@@ -421,6 +421,17 @@ class CorLocProtocol:
         """Parameters as a plain dict (``conventions`` included)."""
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, params: Dict[str, object]) -> "CorLocProtocol":
+        """Inverse of :meth:`to_dict`.
+
+        Dicts written by captum-nave 0.1 have no ``conventions``: they were
+        computed with what is now ``conventions="clean"``, which is filled in.
+        """
+        if not isinstance(params, dict):
+            raise TypeError(f"params: expected a dict of protocol parameters, got {type(params).__name__}")
+        return cls(**{"conventions": "clean", **params})  # type: ignore[arg-type]
+
     def describe(self) -> str:
         """One sentence saying how a hit is counted, for table captions."""
         p = self.iou_threshold
