@@ -1,7 +1,8 @@
 """Checks shared by the dataset readers: boxes, image paths, image keys.
 
 * :func:`validate_boxes` applies the ``invalid_boxes`` policy to boxes that
-  leave their image or have a non-finite coordinate;
+  leave their image or have a non-finite coordinate; :class:`BoxFilter` does
+  it for every image of a dataset and counts what was dropped or kept;
 * :func:`inside_root` refuses an annotated image path that leaves the dataset
   folder (absolute, or climbing out with ``..``);
 * :func:`check_unique_keys` refuses two images with the same key (the key of
@@ -112,6 +113,48 @@ def validate_boxes(
     return boxes, keep, n_outside
 
 
+class BoxFilter:
+    """Applies the ``invalid_boxes`` policy to the images of one dataset and counts.
+
+    Attributes
+    ----------
+    dropped : int
+        Boxes dropped (by the policy, or counted in with :meth:`drop`).
+    outside : int
+        Boxes kept although they leave their image (policy ``"keep"``).
+    """
+
+    def __init__(self, policy: object) -> None:
+        self.policy = check_policy(policy)
+        self.dropped = 0
+        self.outside = 0
+        self._where: List[str] = []
+
+    def drop(self, n: int = 1) -> None:
+        """Count boxes a reader option removed (difficult, truncated, crowd)."""
+        self.dropped += n
+
+    def __call__(self, boxes: np.ndarray, width: int, height: int, where: str) -> Tuple[np.ndarray, np.ndarray]:
+        """Kept boxes (clipped with ``"clip"``) and the keep mask, see :func:`validate_boxes`."""
+        boxes, keep, n_outside = validate_boxes(boxes, width, height, self.policy, where)
+        self.dropped += int((~keep).sum())
+        if n_outside:
+            self.outside += n_outside
+            self._where.append(where)
+        return boxes[keep], keep
+
+    def warn(self, name: str) -> None:
+        """One ``RuntimeWarning`` for the dataset when boxes leaving their image were kept."""
+        if self.outside:
+            warnings.warn(
+                f"{name}: {self.outside} ground-truth box(es) in {len(self._where)} image(s) leave their "
+                f"image (e.g. {self._where[0]}); kept as annotated, as the authors' evaluation script "
+                "does; pass invalid_boxes='clip', 'drop' or 'raise' (CLI: --invalid-boxes) to change that",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+
 def inside_root(root: Path, name: str, *, where: str, what: str, allow_outside: bool = False) -> Path:
     """``root / name``, refusing a ``name`` that leaves ``root``.
 
@@ -152,18 +195,6 @@ def parse_iscrowd(value: object, where: str) -> bool:
     elif isinstance(value, str) and value.strip() in ("0", "1"):
         return value.strip() == "1"
     raise ValueError(f"{where}: iscrowd must be 0 or 1, got {value!r}")
-
-
-def warn_outside(name: str, n_boxes: int, images: List[str]) -> None:
-    """One ``RuntimeWarning`` per dataset when boxes leaving their image were kept."""
-    if n_boxes:
-        warnings.warn(
-            f"{name}: {n_boxes} ground-truth box(es) in {len(images)} image(s) leave their image "
-            f"(e.g. {images[0]}); kept as annotated, as the authors' evaluation script does; pass "
-            "invalid_boxes='clip', 'drop' or 'raise' (CLI: --invalid-boxes) to change that",
-            RuntimeWarning,
-            stacklevel=3,
-        )
 
 
 def positive_int(value: object, where: str, what: str) -> int:

@@ -42,14 +42,12 @@ import numpy as np
 
 from ._annotations import (
     check_limit,
-    check_policy,
+    BoxFilter,
     inside_root,
     load_json,
     no_duplicate_keys,
     parse_iscrowd,
     positive_int,
-    validate_boxes,
-    warn_outside,
 )
 from .boxdata import BoxDataset, ImageRecord
 
@@ -207,7 +205,7 @@ def read_voc(
     ValueError
         When the split file lists an id twice, or an annotation is malformed.
     """
-    check_policy(invalid_boxes)
+    boxes_filter = BoxFilter(invalid_boxes)
     base = _voc_dir(Path(root), year)
     split_file = base / "ImageSets" / "Main" / f"{split}.txt"
     if not split_file.is_file():
@@ -233,9 +231,6 @@ def read_voc(
         ids = ids[: check_limit(limit)]
     records: List[ImageRecord] = []
     skipped: Dict[str, List[str]] = {}
-    dropped = 0
-    outside: List[str] = []
-    n_outside = 0
     for image_id in ids:
         xml_path = inside_root(base / "Annotations", f"{image_id}.xml", where=f"split: {split_file}",
                                what="image id", allow_outside=allow_outside_root)
@@ -245,17 +240,12 @@ def read_voc(
         boxes, classes = [], []
         for name, difficult, truncated, (x1, y1, x2, y2) in objects:
             if (drop_difficult and difficult) or (drop_truncated and truncated):
-                dropped += 1
+                boxes_filter.drop()
                 continue
             boxes.append([x1 - 1.0, y1 - 1.0, x2, y2])
             classes.append(name)
         arr = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        arr, keep, n_out = validate_boxes(arr, width, height, invalid_boxes, str(xml_path))
-        dropped += int((~keep).sum())
-        if n_out:
-            n_outside += n_out
-            outside.append(str(xml_path))
-        arr = arr[keep]
+        arr, keep = boxes_filter(arr, width, height, str(xml_path))
         classes = [c for c, k in zip(classes, keep) if k]
         if arr.shape[0] == 0:
             skipped.setdefault("no_boxes", []).append(image_id)
@@ -270,8 +260,8 @@ def read_voc(
                 raise FileNotFoundError(f"VOC image not found: {img_path}")
         records.append(ImageRecord(image_id, img_path, width, height, arr, tuple(classes)))
     name = f"{base.name}-{split}"
-    warn_outside(name, n_outside, outside)
-    return BoxDataset(name, records, skipped, dropped, n_outside, "voc")
+    boxes_filter.warn(name)
+    return BoxDataset(name, records, skipped, boxes_filter.dropped, boxes_filter.outside, "voc")
 
 
 # --------------------------------------------------------------------------- COCO
@@ -318,7 +308,7 @@ def read_coco(
         On duplicate image ids, a file-list entry listed twice or matching
         several images, an ``iscrowd`` other than 0 / 1, a malformed box.
     """
-    check_policy(invalid_boxes)
+    boxes_filter = BoxFilter(invalid_boxes)
     ann_path = Path(annotations)
     img_dir = Path(images_dir)
     if not img_dir.is_dir():
@@ -354,7 +344,6 @@ def read_coco(
         by_path.setdefault(os.path.normpath(fname), iid)
         by_base.setdefault(os.path.basename(fname), []).append(iid)
     per_image: Dict[object, List[Tuple[List[float], str]]] = {k: [] for k in images}
-    dropped = 0
     cat_names = {
         c.get("id"): str(c.get("name", "")) for c in data.get("categories", []) if isinstance(c, dict)
     }
@@ -366,7 +355,7 @@ def read_coco(
                 f"annotations: annotations[{j}] refers to unknown image_id {ann['image_id']!r}"
             )
         if parse_iscrowd(ann.get("iscrowd", 0), f"annotations: annotations[{j}] in {ann_path}"):
-            dropped += 1
+            boxes_filter.drop()
             continue
         bbox = ann["bbox"]
         if not isinstance(bbox, list) or len(bbox) != 4:
@@ -394,8 +383,6 @@ def read_coco(
 
     records: List[ImageRecord] = []
     skipped: Dict[str, List[str]] = {}
-    outside: List[str] = []
-    n_outside = 0
     for image_key in order:
         im = images[image_key]
         fname = str(im["file_name"])
@@ -405,13 +392,8 @@ def read_coco(
         height = positive_int(im["height"], where, "height")
         entries = per_image[image_key]
         arr = np.asarray([b for b, _ in entries], dtype=np.float64).reshape(-1, 4)
-        arr, keep, n_out = validate_boxes(arr, width, height, invalid_boxes, where)
-        dropped += int((~keep).sum())
-        if n_out:
-            n_outside += n_out
-            outside.append(where)
+        arr, keep = boxes_filter(arr, width, height, where)
         classes = tuple(c for (_, c), k in zip(entries, keep) if k)
-        arr = arr[keep]
         if arr.shape[0] == 0:
             skipped.setdefault("no_boxes", []).append(image_id)
             continue
@@ -424,8 +406,8 @@ def read_coco(
             path = alt
         records.append(ImageRecord(image_id, path, width, height, arr, classes))
     name = name or ann_path.stem
-    warn_outside(name, n_outside, outside)
-    return BoxDataset(name, records, skipped, dropped, n_outside, "coco")
+    boxes_filter.warn(name)
+    return BoxDataset(name, records, skipped, boxes_filter.dropped, boxes_filter.outside, "coco")
 
 
 def _match_file_list(
@@ -510,7 +492,7 @@ def read_folder(
     """
     from PIL import Image
 
-    check_policy(invalid_boxes)
+    boxes_filter = BoxFilter(invalid_boxes)
     base = Path(root)
     if not base.is_dir():
         raise FileNotFoundError(f"root: directory not found: {base}")
@@ -534,9 +516,6 @@ def read_folder(
         keys = keys[: check_limit(limit)]
     records: List[ImageRecord] = []
     skipped: Dict[str, List[str]] = {}
-    dropped = 0
-    outside: List[str] = []
-    n_outside = 0
     for key in keys:
         where = f"{json_path} [{spelled[key]!r}]"
         raw = data[spelled[key]]
@@ -555,19 +534,14 @@ def read_folder(
             raise FileNotFoundError(f"image file not found: {path} (listed in {json_path})")
         with Image.open(path) as img:
             width, height = img.size
-        arr, keep, n_out = validate_boxes(arr, width, height, invalid_boxes, where)
-        dropped += int((~keep).sum())
-        if n_out:
-            n_outside += n_out
-            outside.append(where)
-        arr = arr[keep]
+        arr, _ = boxes_filter(arr, width, height, where)
         if arr.shape[0] == 0:
             skipped.setdefault("no_boxes", []).append(key)
             continue
         records.append(ImageRecord(key, path, width, height, arr, ("",) * len(arr)))
     name = name or base.resolve().name
-    warn_outside(name, n_outside, outside)
-    return BoxDataset(name, records, skipped, dropped, n_outside, "folder")
+    boxes_filter.warn(name)
+    return BoxDataset(name, records, skipped, boxes_filter.dropped, boxes_filter.outside, "folder")
 
 
 def read_dataset(format: str, root: PathLike, **kwargs: object) -> BoxDataset:
