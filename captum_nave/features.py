@@ -56,6 +56,11 @@ MATERIALIZE_LIMIT_BYTES = 4 * 1024**3
 CHUNK_ELEMENTS = 1 << 21
 
 
+#: Cost of reading one value through an index (a pixel's interpolation taps) relative to
+#: a multiply-add of a matrix product; chooses between per-pixel gathers and contractions.
+GATHER_COST = 8
+
+
 def row_tiles(n_rows: int, row_elements: int, limit: Optional[int] = None) -> Iterator[Tuple[int, int]]:
     """Ranges ``(lo, hi)`` covering ``n_rows`` rows, each with at most ``limit`` elements."""
     limit = CHUNK_ELEMENTS if limit is None else limit
@@ -88,8 +93,9 @@ def gather_interp(maps_cl: Tensor, iy: Interp1d, ix: Interp1d, n: Tensor, y: Ten
     step = max(1, CHUNK_ELEMENTS // (ty * tx * C))
     for lo in range(0, int(n.numel()), step):
         sl = slice(lo, lo + step)
-        yi, yw = iy.index[y[sl]], iy.weight[y[sl]]  # (p, ty)
-        xi, xw = ix.index[x[sl]], ix.weight[x[sl]]  # (p, tx)
+        ys, xs = y[sl], x[sl]
+        yi, yw = iy.index.index_select(0, ys), iy.weight.index_select(0, ys)  # (p, ty)
+        xi, xw = ix.index.index_select(0, xs), ix.weight.index_select(0, xs)  # (p, tx)
         flat = (n[sl, None, None] * h + yi[:, :, None]) * w + xi[:, None, :]  # (p, ty, tx)
         wts = (yw[:, :, None] * xw[:, None, :]).reshape(-1, 1, ty * tx)
         vals = flat_maps.index_select(0, flat.reshape(-1)).reshape(-1, ty * tx, C)
@@ -448,6 +454,11 @@ class ImplicitFeatures:
         return torch.cat(blocks, dim=-1), counts
 
     # ------------------------------------------------------------------ single pixels
+    def _at(self, maps: Tensor, n: Tensor, y: Tensor, x: Tensor) -> Tensor:
+        """Values of (N, H, W) maps at pixels ``(n, y, x)`` (a flat gather, faster than ``maps[n, y, x]``)."""
+        H, W = self.grid
+        return maps.reshape(-1).index_select(0, (n * H + y) * W + x)
+
     def dot_at(self, vectors: Tensor, n: Tensor, y: Tensor, x: Tensor) -> Tensor:
         """Dot products ``f(p) . v_m`` at single pixels.
 
@@ -475,13 +486,13 @@ class ImplicitFeatures:
         for layer, vl in zip(self.layers, self._split(v)):
             N, C, h, w = layer.act.shape
             taps = layer.iy.n_taps * layer.ix.n_taps
-            if N * M * C * h * w + P * M * taps < P * C * (taps + M):
+            if N * M * C * h * w + GATHER_COST * P * M * taps < P * C * (GATHER_COST * taps + M):
                 low = layer.contract(vl).permute(0, 2, 3, 1).contiguous()  # (N, h, w, M)
                 vals = gather_interp(low, layer.iy, layer.ix, n, y, x)
             else:
                 rows = gather_interp(layer.act_cl, layer.iy, layer.ix, n, y, x)  # (P, C)
                 vals = _rows_dot(rows, vl, n)
-            out.addcmul_(vals, layer.scale[n, y, x].unsqueeze(1))
+            out.addcmul_(vals, self._at(layer.scale, n, y, x).unsqueeze(1))
         return out
 
     def rows(self, n_idx: Tensor, y_idx: Tensor, x_idx: Tensor) -> Tensor:
@@ -499,7 +510,7 @@ class ImplicitFeatures:
         blocks = []
         for layer in self.layers:
             rows = gather_interp(layer.act_cl, layer.iy, layer.ix, n_idx, y_idx, x_idx)
-            blocks.append(rows.mul_(layer.scale[n_idx, y_idx, x_idx].unsqueeze(1)))
+            blocks.append(rows.mul_(self._at(layer.scale, n_idx, y_idx, x_idx).unsqueeze(1)))
         return torch.cat(blocks, dim=1)
 
     def label_sums_at(
@@ -533,15 +544,15 @@ class ImplicitFeatures:
         for layer in self.layers:
             _, C, h, w_ = layer.act.shape
             taps = layer.iy.n_taps * layer.ix.n_taps
-            ws = w * layer.scale[n, y, x]
-            if P * C * taps < N * K * C * h * w_:
+            ws = w * self._at(layer.scale, n, y, x)
+            if GATHER_COST * P * C * taps < N * K * C * h * w_:
                 rows = gather_interp(layer.act_cl, layer.iy, layer.ix, n, y, x)
                 out = torch.zeros(nb, C, dtype=self.dtype, device=self.device)
                 out.index_add_(0, bucket, rows.mul_(ws.unsqueeze(1)))
             else:
                 low = torch.zeros(N, K, h, w_, dtype=self.dtype, device=self.device)
-                yi, yw = layer.iy.index[y], layer.iy.weight[y]
-                xi, xw = layer.ix.index[x], layer.ix.weight[x]
+                yi, yw = layer.iy.index.index_select(0, y), layer.iy.weight.index_select(0, y)
+                xi, xw = layer.ix.index.index_select(0, x), layer.ix.weight.index_select(0, x)
                 flat = ((n * K + labels)[:, None, None] * h + yi[:, :, None]) * w_ + xi[:, None, :]
                 vals = ws[:, None, None] * yw[:, :, None] * xw[:, None, :]
                 low.view(-1).index_add_(0, flat.reshape(-1), vals.reshape(-1))

@@ -167,11 +167,21 @@ class LloydState:
             if pix.shape[0] == 0:
                 continue
             n, y, x = pix.unbind(1)
-            best = score[n, :, y, x].max(1).indices  # the first best centre
+            r, W = lab.shape[-2:]
+            within = y * W + x
+            flat = n * (r * W) + within  # pixel in the tile
+            k_off = torch.arange(self.K, device=n.device) * (r * W)
+            at = (n * (self.K * r * W) + within).unsqueeze(1) + k_off  # (P, K) in the scores
+            best = score.reshape(-1).index_select(0, at.reshape(-1)).reshape(-1, self.K).max(1).indices
             n_moved += pix.shape[0]
-            changed_per_group += torch.bincount(gidx[n], minlength=self.G)
-            prev = lab[n, y, x]
-            lab[n, y, x] = best
+            changed_per_group += torch.bincount(gidx.index_select(0, n), minlength=self.G)
+            lab_flat = lab.reshape(-1) if lab.is_contiguous() else None
+            if lab_flat is not None:
+                prev = lab_flat.index_select(0, flat)
+                lab_flat.index_copy_(0, flat, best)
+            else:
+                prev = lab[n, y, x]
+                lab[n, y, x] = best
             if moved is not None and n_moved <= limit:
                 pix[:, 1] += lo  # (y is a view of this column: used above, before the shift)
                 moved.append((pix, prev, best))
