@@ -207,7 +207,7 @@ def _random_init(feats: ImplicitFeatures, n_clusters: int, *, shared: bool, gene
 def _min_sq_dist(feats: ImplicitFeatures, centers: Tensor, shared: bool) -> Tensor:
     """Squared distance of every pixel to its nearest centre, (G, P), in tiles of rows."""
     out = torch.empty(feats.n_images, *feats.grid, dtype=feats.dtype, device=feats.device)
-    for lo, hi, _, d1 in nearest_tiles(feats, centers):
+    for lo, hi, _, d1 in nearest_tiles(feats, centers, labels=False):
         out[:, lo:hi] = d1
     return _flat_pixels(out, shared)
 
