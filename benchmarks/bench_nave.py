@@ -210,10 +210,10 @@ def grad_cam_dff(model, layer, x: torch.Tensor, k: int) -> Optional[np.ndarray]:
         from pytorch_grad_cam import DeepFeatureFactorization
     except ImportError:
         return None
-    reshape = None
-    if getattr(model, "num_prefix_tokens", None) is not None:
-        def reshape(t):  # noqa: E306
-            return tokens_to_grid(t, model.num_prefix_tokens, tuple(x.shape[-2:]), _patch(model))
+    def to_grid(t):
+        return tokens_to_grid(t, model.num_prefix_tokens, tuple(x.shape[-2:]), _patch(model))
+
+    reshape = to_grid if getattr(model, "num_prefix_tokens", None) is not None else None
     dff = DeepFeatureFactorization(model=model, target_layer=layer, reshape_transform=reshape)
     _, explanations = dff(x, n_components=k)
     del dff
@@ -229,7 +229,7 @@ def warm_up_sklearn() -> None:
 
 def dff_available() -> bool:
     try:
-        import pytorch_grad_cam  # noqa: F401
+        import pytorch_grad_cam  # noqa: F401 (availability check)
     except ImportError:
         return False
     return True
@@ -539,6 +539,10 @@ def write_results(path: str, device: torch.device, rows: List[Row], peers: List[
         for p in scaling:
             lines.append(f"| {p.sweep} | {p.value} | {p.t_forward:.3f} | {p.t_ours:.3f} | {p.t_ref:.2f} | "
                          f"{p.t_ref / p.t_ours:.1f}x | {p.t_ours / p.t_forward:.2f} |")
+    notes = os.path.join(HERE, "notes.md")  # the profile and the analysis, kept by hand
+    if os.path.exists(notes):
+        with open(notes) as fh:
+            lines += ["", fh.read().rstrip()]
     lines += ["", ""]
     with open(path, "w") as fh:
         fh.write("\n".join(lines))

@@ -4,7 +4,7 @@ Clustering at a fine grid (``resolution="input"`` on a large photo) keeps a few 
 the grid's size: one scale per layer and the squared norms (the feature dtype), the
 labels of the Lloyd iterations, the segment ids and their renumbering (int64), and
 the k-means++ sampling weights (float64). Every other temporary is a tile of rows of
-bounded size (:data:`captum_nave.features.CHUNK_ELEMENTS`), whatever K and the grid.
+bounded size (:data:`captum_nave.layer_features.CHUNK_ELEMENTS`), whatever K and the grid.
 :func:`check_grid_memory` refuses a grid whose maps would not fit in the memory
 available, before the forward pass, with the amount it would need.
 """

@@ -140,12 +140,12 @@ def _features_and_reference(acts, grid):
 @pytest.mark.parametrize("taps_only", [False, True])
 def test_tiled_and_single_pixel_operations_equal_reference(resnet_acts, grid, taps_only, monkeypatch):
     """Tiles of rows, single pixels, and the taps path of large grids give the reference's values."""
-    import captum_nave.features as features_mod
     import captum_nave.interpolation as interp_mod
+    import captum_nave.layer_features as layer_mod
 
     if taps_only:
         monkeypatch.setattr(interp_mod, "DENSE_LIMIT", 0)
-    monkeypatch.setattr(features_mod, "CHUNK_ELEMENTS", 2 * 5 * grid[1] * 3)  # tiles of ~3 rows
+    monkeypatch.setattr(layer_mod, "CHUNK_ELEMENTS", 2 * 5 * grid[1] * 3)  # tiles of ~3 rows
     feats, X = _features_and_reference(resnet_acts, grid)
     N, P, D = X.shape
     assert torch.allclose(feats.materialize().reshape(N, P, D), X, atol=1e-12)

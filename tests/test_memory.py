@@ -1,7 +1,5 @@
 """Working memory of NAVE at input resolution: bounded per pixel, refused up front when too large."""
 
-import ctypes
-import gc
 import sys
 
 import pytest

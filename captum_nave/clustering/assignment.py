@@ -16,7 +16,7 @@ the first centre with the best score; on an exact tie it keeps its label. The su
 accumulated in float64, so following the changes adds no drift.
 
 Memory: the labels (8 bytes per pixel) and temporaries of at most
-:data:`captum_nave.features.CHUNK_ELEMENTS` elements per tile.
+:data:`captum_nave.layer_features.CHUNK_ELEMENTS` elements per tile.
 """
 
 from __future__ import annotations
