@@ -332,21 +332,31 @@ class ConceptClusters:
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write the fitted concepts to ``path`` (``.npz``: arrays + JSON metadata, no pickle).
 
-        The file is written to a temporary name and renamed, so an interrupted save
-        never leaves a corrupt file.
+        The file is written to a temporary file in the same folder and renamed
+        (:func:`captum_nave.files.atomic_write`), so an interrupted save never leaves a
+        corrupt file, nor a temporary one.
+
+        Raises
+        ------
+        ValueError
+            ``path`` is a folder.
+        FileNotFoundError
+            The folder of ``path`` does not exist.
         """
+        from captum_nave.files import atomic_write
+
         self._check_fitted()
         path = os.fspath(path)
+        if os.path.isdir(path):
+            raise ValueError(f"path: {path!r} is a folder; expected a file name such as {os.path.join(path, 'concepts.npz')!r}")
         meta = json.dumps(self._metadata()).encode("utf-8")
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as fh:
+        with atomic_write(path, "wb") as fh:
             np.savez(
                 fh,
                 cluster_centers=self.cluster_centers_.detach().cpu().double().numpy(),
                 counts=self.counts_.detach().cpu().double().numpy(),
                 metadata=np.frombuffer(meta, dtype=np.uint8),
             )
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike], explainer: LayerClusterExplainer, **params: Any) -> "ConceptClusters":
