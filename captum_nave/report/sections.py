@@ -98,6 +98,10 @@ def _rgb(color: Sequence[float]) -> str:
     return f"rgb({r}, {g}, {b})"
 
 
+#: Opacity of the segment overlays next to the relevance tables (and of their swatches).
+_RELEVANCE_ALPHA = 0.5
+
+
 def _swatch(seg_id: int, colors: np.ndarray) -> Markup:
     return join([tag("span", "", class_="swatch", style=f"background: {_rgb(colors[seg_id])}"), str(seg_id)])
 
@@ -212,7 +216,7 @@ def _side_by_side(data: "ReportData", dpi: float) -> Markup:
 
 
 def _relevance(data: "ReportData") -> Markup:
-    from captum_nave.visualization import overlay_segments, segment_colors
+    from captum_nave.visualization import legend_colors, overlay_segments
 
     methods = [m for m in data.methods if m != "nave"]
     parts: List[Any] = [
@@ -229,7 +233,7 @@ def _relevance(data: "ReportData") -> Markup:
         for i, name in enumerate(data.image_names):
             seg = seg_all[i, 0]
             ids = [int(k) for k in torch.unique(seg)]
-            colors = segment_colors(max(ids) + 1)
+            colors = legend_colors(max(ids) + 1, _RELEVANCE_ALPHA)  # swatches match the overlay
             area = {k: float((seg == k).sum()) / seg.numel() for k in ids}
             per_method: Dict[str, Dict[int, Dict[str, Any]]] = {}
             for method in methods:
@@ -255,7 +259,7 @@ def _relevance(data: "ReportData") -> Markup:
                     v = float(run.importance[i, k]) if k < run.importance.shape[1] else float("nan")
                     cells.append(_td(_num(v)))
                 rows.append(cells)
-            overlay = overlay_segments(data.images[i], seg, alpha=0.5)
+            overlay = overlay_segments(data.images[i], seg, alpha=_RELEVANCE_ALPHA)
             thumb = tag("figure", tag("img", src=_array_png(overlay), alt=f"NAVE segments of {name} ({run.name})", style="width: 180px"),
                         tag("figcaption", f"NAVE segments, explained class: {run.target_names[i]}"))
             details = []
