@@ -118,7 +118,7 @@ def test_register_pair_and_boxes(tmp_path, capsys):
         (["report", "--boxes", "b.json"], "--boxes: give the IMAGE files"),
         (["report", "--model", "no_such_model_xyz"], "--model: "),
         (["--device", "bogus", "report"], "--device: expected a torch device"),
-        (["report", "--out", "/nonexistent-dir/r.html"], "--out: folder"),
+        (["report", "--out", "/dev/null/r.html"], "--out: cannot create folder '/dev/null': '/dev/null' is a file"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(argv, message, capsys):

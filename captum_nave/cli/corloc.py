@@ -116,13 +116,37 @@ def register(subparsers: Any) -> None:
                    "the tables to --out; evaluates nothing")
     r.add_argument("--overwrite", action="store_true", help="discard earlier results in --out instead of resuming")
     r.add_argument("--overlays", action="store_true", help="save a PNG of the selected boxes per image and method")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=check)
 
 
 def _fail(msg: str) -> NoReturn:
-    from captum_nave.cli import CLIError
+    from captum_nave.cli.common import fail
 
-    raise CLIError(msg)
+    fail(msg)
+
+
+def check(args: argparse.Namespace) -> None:
+    """Every check that needs no model and no dataset (run before torch is imported)."""
+    from captum_nave.cli.common import check_out_dir
+
+    if args.merge:
+        check_out_dir(args.out or args.merge[0])
+        return
+    k_text = str(args.n_clusters).strip().lower()
+    if k_text != "auto" and (not re.fullmatch(r"\d+", k_text) or int(k_text) < 2):
+        _fail(f"-k/--n-clusters: expected an integer >= 2 or auto, got {args.n_clusters!r}")
+    k_min, k_max = args.k_range
+    if not 2 <= k_min <= k_max:
+        _fail(f"--k-range: expected 2 <= MIN <= MAX, got {k_min} {k_max}")
+    if args.limit is not None and args.limit < 1:
+        _fail(f"--limit: expected a positive integer, got {args.limit}")
+    if args.pad_multiple is not None and args.pad_multiple < 1:
+        _fail(f"--pad-multiple: expected a positive integer, got {args.pad_multiple}")
+    if args.num_shards < 1 or not 0 <= args.shard_index < args.num_shards:
+        _fail(f"--shard-index: expected 0 <= index < --num-shards ({args.num_shards}), got {args.shard_index}")
+    if args.grid < 1 or (args.slic_segments is not None and args.slic_segments < 1):
+        _fail("--grid / --slic-segments: expected positive integers")
+    check_out_dir(args.out or "corloc-results")
 
 
 def parse_layers(specs: Optional[Sequence[str]]) -> Optional[List[Union[str, int]]]:
@@ -265,22 +289,9 @@ def run(args: argparse.Namespace) -> int:
         _print_paths(out, ["summary.md", "summary.json", "per_image.csv"])
         return 0
 
-    # cheap checks first, so that mistakes fail before any model is loaded
+    check(args)  # also when run() is called directly
     k_text = str(args.n_clusters).strip().lower()
-    if k_text != "auto" and (not re.fullmatch(r"\d+", k_text) or int(k_text) < 2):
-        _fail(f"-k/--n-clusters: expected an integer >= 2 or auto, got {args.n_clusters!r}")
     args.n_clusters = "auto" if k_text == "auto" else int(k_text)
-    k_min, k_max = args.k_range
-    if not 2 <= k_min <= k_max:
-        _fail(f"--k-range: expected 2 <= MIN <= MAX, got {k_min} {k_max}")
-    if args.limit is not None and args.limit < 1:
-        _fail(f"--limit: expected a positive integer, got {args.limit}")
-    if args.pad_multiple is not None and args.pad_multiple < 1:
-        _fail(f"--pad-multiple: expected a positive integer, got {args.pad_multiple}")
-    if args.num_shards < 1 or not 0 <= args.shard_index < args.num_shards:
-        _fail(f"--shard-index: expected 0 <= index < --num-shards ({args.num_shards}), got {args.shard_index}")
-    if args.grid < 1 or (args.slic_segments is not None and args.slic_segments < 1):
-        _fail("--grid / --slic-segments: expected positive integers")
     try:
         protocol = CorLocProtocol(min_area=args.min_area, border=args.border, iou_threshold=args.iou_threshold)
     except ValueError as exc:
