@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._validation import InvalidParameterError, check_int, check_seed
 from .clustering.kmeans import implicit_kmeans, make_generator
-from .explainer import LayerClusterExplainer, Resolution
+from .explainer import LayerClusterExplainer, Resolution, check_resolution
 from .features import ImplicitFeatures
 from .segments import resize_labels
 
@@ -138,18 +139,14 @@ class ConceptClusters:
             raise TypeError(
                 f"explainer: expected a LayerClusterExplainer, got {type(self.explainer).__name__}"
             )
-        k = self.n_clusters
-        if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-            raise ValueError(f"n_clusters: expected an int >= 2, got {k!r}")
-        e = self.n_epochs
-        if isinstance(e, bool) or not isinstance(e, int) or e < 1:
-            raise ValueError(f"n_epochs: expected an int >= 1, got {e!r}")
-        n = self.n_init
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n_init: expected an int >= 1, got {n!r}")
-        m = self.init_max_iter
-        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-            raise ValueError(f"init_max_iter: expected an int >= 1, got {m!r}")
+        check_int(self.n_clusters, "n_clusters", low=2)
+        check_int(self.n_epochs, "n_epochs", low=1)
+        check_int(self.n_init, "n_init", low=1)
+        check_int(self.init_max_iter, "init_max_iter", low=1)
+        check_seed(self.random_state)
+        if self.progress is not None and not isinstance(self.progress, bool):
+            raise InvalidParameterError(f"progress: expected a bool or None, got {self.progress!r}")
+        check_resolution(self.resolution)
 
     def _device(self) -> Optional[torch.device]:
         if self.device is not None:
@@ -201,7 +198,7 @@ class ConceptClusters:
                 delattr(self, attr)
         self.n_steps_ = 0
         total = len(data) if hasattr(data, "__len__") and not isinstance(data, Tensor) else None
-        for _ in range(self.n_epochs):
+        for _ in range(int(self.n_epochs)):
             for batch in self._progress(_batches(data), total):
                 self.partial_fit(batch)
         if self.n_steps_ == 0:
@@ -216,7 +213,7 @@ class ConceptClusters:
         """
         self._validate_params()
         feats = self._features(images)
-        K = self.n_clusters
+        K = int(self.n_clusters)
         if not hasattr(self, "cluster_centers_"):
             n_pix = feats.n_images * feats.n_pixels
             if n_pix < K:
@@ -225,7 +222,7 @@ class ConceptClusters:
                 )
             gen = make_generator(self.random_state, feats.device)
             km = implicit_kmeans(
-                feats, K, shared=True, random_state=gen, n_init=self.n_init, max_iter=self.init_max_iter
+                feats, K, shared=True, random_state=gen, n_init=int(self.n_init), max_iter=int(self.init_max_iter)
             )
             self.cluster_centers_ = km.centers[0].clone()
             counts = torch.bincount(km.labels.reshape(-1), minlength=K).to(feats.dtype)
@@ -272,7 +269,7 @@ class ConceptClusters:
             concept in every image (nearest resize from the grid).
         """
         self._check_fitted()
-        x = self.explainer._check_inputs(images)
+        images, x = self.explainer._check_inputs(images)
         feats = self._features(images)
         labels, _ = self._assign(feats, self.cluster_centers_.to(device=feats.device, dtype=feats.dtype))
         return resize_labels(labels[:, None], tuple(x.shape[-2:])).to(x.device)
@@ -286,7 +283,7 @@ class ConceptClusters:
             Euclidean distances on the clustering grid (not resized to the input).
         """
         self._check_fitted()
-        self.explainer._check_inputs(images)
+        images, _ = self.explainer._check_inputs(images)
         feats = self._features(images)
         centers = self.cluster_centers_.to(device=feats.device, dtype=feats.dtype)
         return self._sq_distances(feats, centers).sqrt()

@@ -27,6 +27,7 @@ from typing import List, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from .._validation import check_seed
 from ..features import ImplicitFeatures
 
 __all__ = ["KMeansResult", "kmeans_plusplus", "lloyd", "implicit_kmeans", "make_generator", "make_generators"]
@@ -55,15 +56,14 @@ class KMeansResult:
 
 def make_generator(random_state, device: torch.device) -> torch.Generator:
     """A ``torch.Generator`` on ``device`` seeded from an int, a Generator or None."""
+    random_state = check_seed(random_state)
     if isinstance(random_state, torch.Generator):
         return random_state
     g = torch.Generator(device=device)
     if random_state is None:
         g.seed()
     else:
-        if isinstance(random_state, bool) or not isinstance(random_state, int):
-            raise TypeError(f"random_state: expected an int, a torch.Generator or None, got {random_state!r}")
-        g.manual_seed(int(random_state))
+        g.manual_seed(random_state)
     return g
 
 
