@@ -315,13 +315,17 @@ class LayerClusterExplainer(LayerAttribution):
         t0 = time.perf_counter()
         inputs, x = self._check_inputs(inputs)
         auto = (isinstance(n_clusters, str) and n_clusters == "auto") or (isinstance(clusterer, str) and clusterer == "auto")
+        k_range = _check_k_range(k_range)
         if auto:
             clusterer = "auto"
-            k_range = _check_k_range(k_range)
         else:
             n_clusters = _check_n_clusters(n_clusters)
-        n_init, max_iter, tol = _check_options(clusterer, n_init, max_iter, tol, interpolation, shared)
+        n_init, max_iter, tol = _check_options(clusterer, n_init, max_iter, tol, shared)
+        eps, dtype, attribute_to_layer_input = _check_feature_options(
+            eps, dtype, attribute_to_layer_input, interpolation
+        )
         random_state = check_seed(random_state)
+        resolution = check_resolution(resolution)
         self._check_device(x)
 
         feats, acts = self._features(
@@ -412,7 +416,10 @@ class LayerClusterExplainer(LayerAttribution):
         """
         inputs, x = self._check_inputs(inputs)
         self._check_device(x)
-        _check_interpolation(interpolation)
+        eps, dtype, attribute_to_layer_input = _check_feature_options(
+            eps, dtype, attribute_to_layer_input, interpolation
+        )
+        resolution = check_resolution(resolution)
         feats, _ = self._features(
             inputs, x, resolution, additional_forward_args, attribute_to_layer_input,
             interpolation, eps, dtype,
@@ -421,9 +428,6 @@ class LayerClusterExplainer(LayerAttribution):
 
     def _features(self, inputs, x, resolution, additional_forward_args, attribute_to_layer_input,
                   interpolation, eps, dtype) -> Tuple[ImplicitFeatures, List[Tensor]]:
-        eps = check_real(eps, "eps", low=0.0)
-        dtype = check_float_dtype(dtype)
-        attribute_to_layer_input = check_bool(attribute_to_layer_input, "attribute_to_layer_input")
         t0 = time.perf_counter()
         acts = capture_activations(
             self.forward_func, self.layers, inputs,
@@ -507,7 +511,7 @@ def _check_k_range(k_range: Sequence[int]) -> List[int]:
     return sorted(set(int(k) for k in ks))
 
 
-def _check_options(clusterer: Any, n_init: Any, max_iter: Any, tol: Any, interpolation: str, shared: Any) -> Tuple[int, int, float]:
+def _check_options(clusterer: Any, n_init: Any, max_iter: Any, tol: Any, shared: Any) -> Tuple[int, int, float]:
     if isinstance(clusterer, str) and clusterer not in BUILTIN_CLUSTERERS:
         raise ValueError(
             f"clusterer: expected one of {', '.join(map(repr, BUILTIN_CLUSTERERS))} or an object "
@@ -520,14 +524,20 @@ def _check_options(clusterer: Any, n_init: Any, max_iter: Any, tol: Any, interpo
     n_init = check_int(n_init, "n_init", low=1)
     max_iter = check_int(max_iter, "max_iter", low=1)
     tol = check_real(tol, "tol", low=0.0)
-    _check_interpolation(interpolation)
     check_bool(shared, "shared")
     return n_init, max_iter, tol  # type: ignore[return-value]
 
 
-def _check_interpolation(interpolation: str) -> None:
-    if interpolation not in ("bicubic", "bilinear"):
+def _check_feature_options(
+    eps: Any, dtype: Any, attribute_to_layer_input: Any, interpolation: Any
+) -> Tuple[float, Optional[torch.dtype], bool]:
+    if not isinstance(interpolation, str) or interpolation not in ("bicubic", "bilinear"):
         raise ValueError(f"interpolation: expected 'bicubic' or 'bilinear', got {interpolation!r}")
+    return (
+        check_real(eps, "eps", low=0.0),  # type: ignore[return-value]
+        check_float_dtype(dtype),
+        check_bool(attribute_to_layer_input, "attribute_to_layer_input"),
+    )
 
 
 def _centroids_and_inertia(feats: ImplicitFeatures, labels: Tensor, k: int, shared: bool) -> Tuple[Tensor, Tensor]:

@@ -1,6 +1,7 @@
 """Bad arguments across the public API: one clear error naming the parameter, the
 expectation and the value; NumPy integers accepted wherever ints are; image dtypes."""
 
+import json
 import math
 
 import numpy as np
@@ -197,6 +198,13 @@ def test_numpy_integers_and_floats_are_accepted_everywhere():
         k_range=np.arange(3, 6),
     )
     assert torch.equal(numpy.segments, plain.segments) and torch.equal(numpy.segments[0, 0], truth)
+    # the configuration holds plain Python numbers (it is written to JSON by the CLI and reports)
+    assert json.loads(json.dumps(numpy.config))["n_clusters"] == 3
+    skip = ("resolution", "k_range", "tol")  # tol: float32(1e-4) is not 1e-4
+    assert {k: v for k, v in numpy.config.items() if k not in skip} == {
+        k: v for k, v in plain.config.items() if k not in skip
+    }
+    assert type(numpy.config["tol"]) is float and numpy.config["resolution"] == (8, 12)
     auto = ex.explain(x, "auto", k_range=np.arange(2, 5), random_state=0)
     assert int(auto.n_clusters[0]) in (2, 3, 4)
     cc = ConceptClusters(ex, np.int64(3), n_epochs=np.int64(1), n_init=np.int64(1),
@@ -267,3 +275,91 @@ def test_seed_range_is_torch_generator_range():
     with pytest.raises(ValueError, match="random_state"):
         ex.attribute(x, 3, random_state=2**64)
     assert math.isfinite(float(ex.explain(x, 3, random_state=-(2**63)).inertia[0]))
+
+
+# ----------------------------------------------------------------------------- the rest of the API
+def _np_vs_py():
+    """(name, call with NumPy scalars, call with Python scalars): results must be equal."""
+    from captum_nave.evaluation import CorLocProtocol, SlicSegmenter, extract_components, grid_labels, slic_labels
+    from captum_nave.evaluation.runner import _check_shards
+    from captum_nave.models import imagenet_class_name, resize_images
+    from captum_nave.registers import ViTLayout
+    from captum_nave.registers.norms import detect_outliers
+    from captum_nave.registers.stats import paired_bootstrap_ci
+    from captum_nave.visualization import concept_top_images, segment_colors
+
+    rng = np.random.default_rng(0)
+    img = (rng.random((24, 24, 3)) * 255).astype(np.uint8)
+    lab = np.kron(np.arange(4).reshape(2, 2), np.ones((12, 12), dtype=np.int64))
+    norms = torch.tensor([[1.0, 1.1, 0.9, 1.0, 9.0, 1.05]])
+    maps = np.stack([lab, lab[::-1]])[:, None]
+    a, b = rng.random(20), rng.random(20)
+    i64, f64 = np.int64, np.float64
+    return [
+        ("slic_labels", lambda: slic_labels(img, n_segments=i64(4), compactness=f64(10.0)),
+         lambda: slic_labels(img, n_segments=4, compactness=10.0)),
+        ("grid_labels", lambda: grid_labels(i64(6), i64(9), i64(2), i64(3)), lambda: grid_labels(6, 9, 2, 3)),
+        ("SlicSegmenter", lambda: SlicSegmenter(i64(4), pad_multiple=(i64(8), i64(8)))(img),
+         lambda: SlicSegmenter(4, pad_multiple=(8, 8))(img)),
+        ("extract_components", lambda: [c.area for c in extract_components(lab, min_area=i64(3), border=i64(1))],
+         lambda: [c.area for c in extract_components(lab, min_area=3, border=1)]),
+        ("CorLocProtocol", lambda: json.dumps(CorLocProtocol(min_area=i64(3), border=i64(1), iou_threshold=np.float32(0.5),
+                                                             connectivity=i64(8)).to_dict()),
+         lambda: json.dumps(CorLocProtocol(min_area=3, border=1, iou_threshold=0.5, connectivity=8).to_dict())),
+        ("shards", lambda: _check_shards(i64(4), i64(3)), lambda: (4, 3)),
+        ("imagenet_class_name", lambda: imagenet_class_name(i64(281)), lambda: imagenet_class_name(281)),
+        ("resize_images", lambda: resize_images(torch.rand(1, 3, 20, 30, generator=torch.Generator().manual_seed(0)), (i64(16), i64(16))),
+         lambda: resize_images(torch.rand(1, 3, 20, 30, generator=torch.Generator().manual_seed(0)), (16, 16))),
+        ("ViTLayout", lambda: ViTLayout(num_prefix_tokens=i64(5), cls_index=i64(0), register_indices=(i64(1), i64(2)),
+                                        patch_size=i64(16), num_heads=i64(3), scale=f64(0.125)),
+         lambda: ViTLayout(num_prefix_tokens=5, cls_index=0, register_indices=(1, 2), patch_size=16, num_heads=3, scale=0.125)),
+        ("detect_outliers", lambda: detect_outliers(norms, k=i64(3), min_ratio=f64(2.0)),
+         lambda: detect_outliers(norms, k=3.0, min_ratio=2.0)),
+        ("paired_bootstrap_ci", lambda: paired_bootstrap_ci(a, b, n_boot=i64(50), confidence=f64(0.9)),
+         lambda: paired_bootstrap_ci(a, b, n_boot=50, confidence=0.9)),
+        ("segment_colors", lambda: segment_colors(i64(5)), lambda: segment_colors(5)),
+        ("concept_top_images", lambda: concept_top_images(maps, n_top=i64(1)), lambda: concept_top_images(maps, n_top=1)),
+    ]
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, np.ndarray):
+        return np.array_equal(a, b)
+    return repr(a) == repr(b)
+
+
+@pytest.mark.parametrize("case", range(13))
+def test_numpy_scalars_are_accepted_by_every_public_function(case):
+    name, with_numpy, with_python = _np_vs_py()[case]
+    assert _equal(with_numpy(), with_python()), name
+
+
+def test_the_same_mistake_gets_the_same_message_everywhere():
+    from captum_nave.evaluation import SlicSegmenter, extract_components, grid_labels
+    from captum_nave.evaluation.runner import _check_shards
+    from captum_nave.models import imagenet_class_name, resize_images
+    from captum_nave.registers import ViTLayout
+    from captum_nave.registers.norms import detect_outliers
+    from captum_nave.registers.stats import paired_bootstrap_ci
+
+    lab = np.zeros((8, 8), dtype=np.int64)
+    cases = [
+        (lambda: grid_labels(8, 8, 0, 2), ValueError, "rows: expected an int >= 1, got 0"),
+        (lambda: SlicSegmenter(2.5), TypeError, "n_segments: expected an int >= 1, got 2.5"),
+        (lambda: SlicSegmenter(3, compactness=float("nan")), ValueError, "compactness: expected a finite number > 0, got nan"),
+        (lambda: extract_components(lab, min_area=-1), ValueError, "min_area: expected an int >= 0, got -1"),
+        (lambda: _check_shards(2, 2), ValueError, r"shard_index: expected an int in \[0, 1\], got 2"),
+        (lambda: imagenet_class_name(1000), ValueError, r"index: expected an int in \[0, 999\], got 1000"),
+        (lambda: resize_images(torch.rand(1, 3, 8, 8), (0, 8)), ValueError, r"size: expected an int >= 1 or a pair of them, got \(0, 8\)"),
+        (lambda: ViTLayout(num_prefix_tokens=1, cls_index=0, patch_size=0), ValueError, "patch_size: expected an int >= 1"),
+        (lambda: ViTLayout(num_prefix_tokens=1.0), TypeError, "num_prefix_tokens: expected an int >= 0, got 1.0"),
+        (lambda: ViTLayout(num_prefix_tokens=1, cls_index=0, scale=float("inf")), ValueError, "scale: expected a finite number > 0 or None, got inf"),
+        (lambda: detect_outliers(torch.ones(1, 4), k=float("nan")), ValueError, "k: expected a finite number >= 0, got nan"),
+        (lambda: detect_outliers(torch.ones(1, 4), method="fixed", threshold="1"), TypeError, "threshold: expected a finite number, got '1'"),
+        (lambda: paired_bootstrap_ci([1.0], [2.0], confidence=1.0), ValueError, r"confidence: expected a finite number in \(0, 1\), got 1.0"),
+    ]
+    for call, error, match in cases:
+        with pytest.raises(error, match=match):
+            call()

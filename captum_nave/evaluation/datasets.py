@@ -32,6 +32,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union, overl
 
 import numpy as np
 
+from captum_nave._validation import check_int
+
 __all__ = [
     "ImageRecord",
     "BoxDataset",
@@ -570,6 +572,4 @@ def read_dataset(format: str, root: PathLike, **kwargs: object) -> BoxDataset:
 
 
 def _check_limit(limit: object) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"limit: expected a positive int, got {limit!r}")
-    return limit
+    return check_int(limit, "limit", low=1)  # type: ignore[return-value]
