@@ -24,6 +24,7 @@ from torch import Tensor, nn
 __all__ = [
     "InvalidParameterError",
     "check_bool",
+    "check_finite",
     "check_float_dtype",
     "check_images",
     "check_int",
@@ -215,7 +216,9 @@ def model_float_dtype(model: Any) -> Optional[torch.dtype]:
     return None
 
 
-def check_images(x: Any, name: str = "inputs", *, dtype: Optional[torch.dtype] = None) -> Tensor:
+def check_images(
+    x: Any, name: str = "inputs", *, dtype: Optional[torch.dtype] = None, finite: bool = True
+) -> Tensor:
     """Check a batch of images (N, C, H, W) and return it, converted to ``dtype``.
 
     Parameters
@@ -228,6 +231,9 @@ def check_images(x: Any, name: str = "inputs", *, dtype: Optional[torch.dtype] =
         Parameter name for the messages.
     dtype : torch.dtype, optional
         Floating dtype to convert to (the model's); ``None`` keeps the input's.
+    finite : bool
+        Also check that every value is finite (:func:`check_finite`); ``False`` leaves
+        that O(N C H W) scan to the caller, to run it after cheaper checks.
 
     Raises
     ------
@@ -247,16 +253,31 @@ def check_images(x: Any, name: str = "inputs", *, dtype: Optional[torch.dtype] =
         )
     if x.shape[0] == 0:
         raise ValueError(f"{name}: expected a non-empty batch, got N = 0")
-    if x.device.type != "meta":
-        finite = torch.isfinite(x)
-        if not bool(finite.all()):
-            bad = ~finite
-            first = [int(i) for i in torch.nonzero(bad)[0]]
-            n_nan = int(torch.isnan(x).sum())
-            raise ValueError(
-                f"{name}: expected finite values, got {n_nan} NaN and {int(bad.sum()) - n_nan} infinite "
-                f"(first at image {first[0]}, channel {first[1]}, row {first[2]}, column {first[3]})"
-            )
+    if finite:
+        check_finite(x, name)
     if dtype is not None and x.dtype != dtype:
         x = x.to(dtype)
     return x
+
+
+def check_finite(x: Tensor, name: str = "inputs") -> None:
+    """Refuse a tensor (N, C, H, W) holding NaN or infinite values, naming the first one.
+
+    Any NaN or infinity makes the sum non-finite, so one reduction (no full-size
+    temporary) decides; only a non-finite sum (or a finite overflow) is looked at
+    element by element.
+    """
+    if x.device.type == "meta" or x.numel() == 0:
+        return
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if bool(torch.isfinite(x.sum(dtype=acc))):
+        return
+    bad = ~torch.isfinite(x)
+    if not bool(bad.any()):
+        return  # the sum overflowed; every value is finite
+    first = [int(i) for i in torch.nonzero(bad)[0]]
+    n_nan = int(torch.isnan(x).sum())
+    raise ValueError(
+        f"{name}: expected finite values, got {n_nan} NaN and {int(bad.sum()) - n_nan} infinite "
+        f"(first at image {first[0]}, channel {first[1]}, row {first[2]}, column {first[3]})"
+    )

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ._validation import InvalidParameterError, check_int, check_seed
+from .clustering import check_grid_size
 from .clustering.kmeans import implicit_kmeans, make_generator
 from .explainer import LayerClusterExplainer, Resolution, check_resolution
 from .features import ImplicitFeatures
@@ -212,9 +213,16 @@ class ConceptClusters:
         batch's pixels (the batch must then hold at least ``n_clusters`` grid pixels).
         """
         self._validate_params()
+        first = not hasattr(self, "cluster_centers_")
+        if first:  # the seeding clusters the first batch's pixels together
+            images, x = self.explainer._check_inputs(images, finite=False)
+            res = check_resolution(self.resolution)
+            if res != "layer":
+                self._check_seeding_grid(self.explainer._grid(res, [], tuple(x.shape[-2:])), x.shape[0])
         feats = self._features(images)
         K = int(self.n_clusters)
-        if not hasattr(self, "cluster_centers_"):
+        if first:
+            self._check_seeding_grid(feats.grid, feats.n_images)
             n_pix = feats.n_images * feats.n_pixels
             if n_pix < K:
                 raise ValueError(
@@ -242,6 +250,12 @@ class ConceptClusters:
         self.inertia_ = float(mind.sum())
         self.n_steps_ += 1
         return self
+
+    def _check_seeding_grid(self, grid: Tuple[int, int], n_images: int) -> None:
+        check_grid_size(
+            "kmeans", grid, n_images, shared=True, param=f"resolution={self.resolution!r}",
+            together="(the first batch, seeded together)", remedy="a smaller first batch",
+        )
 
     def _assign(self, feats: ImplicitFeatures, centers: Tensor) -> Tuple[Tensor, Tensor]:
         """Nearest concept per grid pixel: labels (N, h, w) and squared distances."""

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ._validation import (
     InvalidParameterError,
     check_bool,
+    check_finite,
     check_float_dtype,
     check_images,
     check_int,
@@ -31,7 +32,7 @@ from .activations import (
     patch_size_of,
     resolve_layers,
 )
-from .clustering import BUILTIN_CLUSTERERS, cluster
+from .clustering import BUILTIN_CLUSTERERS, check_grid_size, cluster
 from .features import ImplicitFeatures
 from .segments import relabel_by_area, resize_labels
 
@@ -313,7 +314,7 @@ class LayerClusterExplainer(LayerAttribution):
         want_details: bool = True,
     ) -> NaveResult:
         t0 = time.perf_counter()
-        inputs, x = self._check_inputs(inputs)
+        inputs, x = self._check_inputs(inputs, finite=False)  # the O(size) scan after the grid check
         auto = (isinstance(n_clusters, str) and n_clusters == "auto") or (isinstance(clusterer, str) and clusterer == "auto")
         k_range = _check_k_range(k_range)
         if auto:
@@ -328,9 +329,18 @@ class LayerClusterExplainer(LayerAttribution):
         resolution = check_resolution(resolution)
         self._check_device(x)
 
+        def check_grid(grid: Tuple[int, int], n_features: Optional[int] = None, itemsize: int = 4) -> None:
+            check_grid_size(
+                clusterer, grid, x.shape[0], shared=shared, n_features=n_features, itemsize=itemsize,
+                param=f"resolution={resolution!r}",
+            )
+
+        if resolution != "layer":  # known before the forward pass: refuse before it
+            check_grid(self._grid(resolution, [], tuple(x.shape[-2:])))
+        check_finite(x, "inputs")
         feats, acts = self._features(
             inputs, x, resolution, additional_forward_args, attribute_to_layer_input,
-            interpolation, eps, dtype,
+            interpolation, eps, dtype, check_grid,
         )
         t1 = t0 + feats.timings["forward"]
         grid = feats.grid
@@ -427,7 +437,9 @@ class LayerClusterExplainer(LayerAttribution):
         return feats
 
     def _features(self, inputs, x, resolution, additional_forward_args, attribute_to_layer_input,
-                  interpolation, eps, dtype) -> Tuple[ImplicitFeatures, List[Tensor]]:
+                  interpolation, eps, dtype, check_grid=None) -> Tuple[ImplicitFeatures, List[Tensor]]:
+        """Forward pass and implicit features; ``check_grid(grid, n_features, itemsize)``
+        runs between the two (the grid of ``resolution="layer"`` is known only then)."""
         t0 = time.perf_counter()
         acts = capture_activations(
             self.forward_func, self.layers, inputs,
@@ -438,15 +450,20 @@ class LayerClusterExplainer(LayerAttribution):
         )
         t1 = time.perf_counter()
         grid = self._grid(resolution, acts, tuple(x.shape[-2:]))
+        if check_grid is not None:
+            feat_dtype = dtype or torch.promote_types(acts[0].dtype, torch.float32)
+            check_grid(grid, sum(int(a.shape[1]) for a in acts), torch.finfo(feat_dtype).bits // 8)
         feats = ImplicitFeatures(acts, grid, eps=eps, dtype=dtype, mode=interpolation)
         feats.timings = {"forward": t1 - t0, "features": time.perf_counter() - t1}
         return feats, acts
 
-    def _check_inputs(self, inputs: Union[Tensor, Tuple[Tensor, ...]]) -> Tuple[Union[Tensor, Tuple[Tensor, ...]], Tensor]:
+    def _check_inputs(
+        self, inputs: Union[Tensor, Tuple[Tensor, ...]], finite: bool = True
+    ) -> Tuple[Union[Tensor, Tuple[Tensor, ...]], Tensor]:
         """Check the images (the first tensor of a tuple) and convert them to the model's
         floating dtype; return the inputs to pass to the model and the images."""
         x = inputs[0] if isinstance(inputs, tuple) and len(inputs) > 0 else inputs
-        x = check_images(x, "inputs", dtype=model_float_dtype(self.model))
+        x = check_images(x, "inputs", dtype=model_float_dtype(self.model), finite=finite)
         return ((x, *inputs[1:]) if isinstance(inputs, tuple) else x), x
 
     def _check_device(self, x: Tensor) -> None:

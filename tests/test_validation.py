@@ -363,3 +363,15 @@ def test_the_same_mistake_gets_the_same_message_everywhere():
     for call, error, match in cases:
         with pytest.raises(error, match=match):
             call()
+
+
+def test_the_finite_check_has_no_false_alarm_when_the_sum_overflows():
+    from captum_nave._validation import check_finite
+
+    check_finite(torch.full((1, 3, 8, 8), 3e38))  # float32 sum overflows; every value is finite
+    check_finite(torch.full((1, 3, 64, 64), 60000.0, dtype=torch.float16))
+    check_finite(torch.full((1, 3, 8, 8), 1e308, dtype=torch.float64))
+    x = torch.full((1, 3, 8, 8), 3e38)
+    x[0, 2, 7, 1] = float("inf")
+    with pytest.raises(ValueError, match=r"got 0 NaN and 1 infinite \(first at image 0, channel 2, row 7, column 1\)"):
+        check_finite(x)

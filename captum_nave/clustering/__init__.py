@@ -20,7 +20,7 @@ any object with ``fit_predict(X)``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -28,10 +28,11 @@ from torch import Tensor
 from ..features import ImplicitFeatures
 from .auto_k import auto_kmeans
 from .hierarchical import ward
-from .kmeans import implicit_kmeans
+from ..features import MATERIALIZE_LIMIT_BYTES
+from .kmeans import KMEANS_MAX_PIXELS, implicit_kmeans
 from .pca import pca_argmax
 
-__all__ = ["ClusterOutcome", "cluster", "BUILTIN_CLUSTERERS"]
+__all__ = ["ClusterOutcome", "cluster", "check_grid_size", "BUILTIN_CLUSTERERS", "KMEANS_MAX_PIXELS"]
 
 BUILTIN_CLUSTERERS = ("kmeans", "ward", "pca", "auto")
 
@@ -89,6 +90,75 @@ def cluster(
             f"got {type(clusterer).__name__}"
         )
     return ClusterOutcome(_run_estimator(feats, clusterer, shared), ks)
+
+
+def check_grid_size(
+    clusterer: Union[str, Any],
+    grid: Tuple[int, int],
+    n_images: int = 1,
+    *,
+    shared: bool = False,
+    n_features: Optional[int] = None,
+    itemsize: int = 4,
+    param: str = "resolution",
+    together: str = "(shared=True)",
+    remedy: str = "shared=False",
+    example: Optional[str] = None,
+) -> None:
+    """Refuse, before any work, a clustering grid that ``clusterer`` cannot handle.
+
+    The limits are those of the code paths, not guesses: ``"kmeans"`` and ``"auto"``
+    seed with ``torch.multinomial`` over the pixels of one clustering (an image, or the
+    batch when ``shared``), which accepts at most :data:`KMEANS_MAX_PIXELS` = 2**24 of
+    them; an estimator with ``fit_predict`` gets the explicit feature matrix of one
+    clustering, at most :data:`~captum_nave.features.MATERIALIZE_LIMIT_BYTES` (checked
+    when ``n_features`` is known). ``"ward"`` (implicit prototypes above 4096 pixels)
+    and ``"pca"`` have no such limit; their memory grows with the grid.
+
+    Parameters
+    ----------
+    clusterer : str or estimator
+    grid : (int, int)
+        Clustering grid ``(h, w)``.
+    n_images : int
+        Images in the batch (they form one clustering when ``shared``).
+    shared : bool
+    n_features : int, optional
+        Feature dimension ``D`` (known after the forward pass).
+    itemsize : int
+        Bytes per feature value.
+    param, together, remedy, example : str
+        Wording of the message: the parameter (and value) to name, what makes the
+        images one clustering, the alternative to suggest, and an example of a valid
+        grid.
+
+    Raises
+    ------
+    ValueError
+        Naming ``param``, the grid, its size and the limit.
+    """
+    h, w = int(grid[0]), int(grid[1])
+    n = int(n_images) if shared else 1
+    pixels = h * w * n
+    where = f"{n} images x {h}x{w} = {pixels} pixels {together}" if n > 1 else f"{h}x{w} = {pixels} pixels"
+    if isinstance(clusterer, str):
+        if clusterer in ("kmeans", "auto") and pixels > KMEANS_MAX_PIXELS:
+            example = example or f"'layer' or (h, w) with h * w <= {KMEANS_MAX_PIXELS}"
+            raise ValueError(
+                f"{param}: a clustering grid of {where} is more than k-means can seed (at most "
+                f"{KMEANS_MAX_PIXELS} = 2**24 pixels per clustering, the limit of torch.multinomial); "
+                f"choose a coarser resolution, e.g. {example}{f', or {remedy}' if n > 1 else ''}"
+            )
+        return
+    if n_features is not None:
+        size = pixels * int(n_features) * int(itemsize)
+        if size > MATERIALIZE_LIMIT_BYTES:
+            raise ValueError(
+                f"clusterer: {type(clusterer).__name__} runs on the explicit feature matrix, which for a "
+                f"grid of {where} x {n_features} features takes {size / 1e9:.1f} GB, more than the "
+                f"{MATERIALIZE_LIMIT_BYTES / 1e9:.1f} GB limit (captum_nave.features.MATERIALIZE_LIMIT_BYTES); "
+                "choose a coarser resolution or an implicit clusterer ('kmeans', 'ward', 'pca')"
+            )
 
 
 def _run_estimator(feats: ImplicitFeatures, estimator: Any, shared: bool) -> Tensor:

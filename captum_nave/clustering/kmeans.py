@@ -30,7 +30,15 @@ from torch import Tensor
 from .._validation import check_seed
 from ..features import ImplicitFeatures
 
-__all__ = ["KMeansResult", "kmeans_plusplus", "lloyd", "implicit_kmeans", "make_generator", "make_generators"]
+__all__ = [
+    "KMEANS_MAX_PIXELS", "KMeansResult", "kmeans_plusplus", "lloyd", "implicit_kmeans", "make_generator",
+    "make_generators",
+]
+
+#: Most pixels one k-means problem (an image, or the whole batch when shared) may have:
+#: k-means++ draws its candidates with ``torch.multinomial``, which accepts at most 2**24
+#: categories. Checked up front by :func:`captum_nave.clustering.check_grid_size`.
+KMEANS_MAX_PIXELS = 2**24
 
 
 @dataclass
