@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._concepts_io import FORMAT, LOAD_LIMIT_BYTES, VERSION, read_concepts_file
 from ._validation import InvalidParameterError, check_int, check_seed
 from .clustering import check_grid_size
 from .clustering.kmeans import implicit_kmeans, make_generator
@@ -32,10 +33,9 @@ from .explainer import LayerClusterExplainer, Resolution, check_resolution
 from .features import ImplicitFeatures
 from .segments import resize_labels
 
-__all__ = ["ConceptClusters"]
+__all__ = ["ConceptClusters", "LOAD_LIMIT_BYTES"]
 
-_FORMAT = "captum-nave/concepts"
-_VERSION = 1
+_FORMAT, _VERSION = FORMAT, VERSION
 
 
 def _batches(data: Any) -> Iterator[Tensor]:
@@ -360,38 +360,41 @@ class ConceptClusters:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike], explainer: LayerClusterExplainer, **params: Any) -> "ConceptClusters":
+    def load(
+        cls,
+        path: Union[str, os.PathLike],
+        explainer: LayerClusterExplainer,
+        *,
+        max_bytes: int = LOAD_LIMIT_BYTES,
+        **params: Any,
+    ) -> "ConceptClusters":
         """Read concepts written by :meth:`save` and attach them to ``explainer``.
+
+        The file is not trusted: its zip directory and array headers are checked
+        (names, dtypes, shapes, sizes) before any data is inflated, object arrays
+        (pickles) are never loaded, and the metadata and the centres are validated.
+
+        Parameters
+        ----------
+        path : str or PathLike
+        explainer : LayerClusterExplainer
+            Must have the layers the concepts were fitted on.
+        max_bytes : int, default :data:`LOAD_LIMIT_BYTES` (256 MiB)
+            Largest centres array accepted.
+        **params
+            Other constructor parameters (``resolution`` defaults to the saved one).
 
         Raises
         ------
+        FileNotFoundError
+            If ``path`` does not exist.
         ValueError
-            If the file is not a captum-nave concepts file, its arrays are inconsistent,
-            or it was fitted on other layers than the explainer's.
+            If the file is damaged, not a captum-nave concepts file, holds objects,
+            inconsistent or non-finite arrays, exceeds ``max_bytes``, or was fitted
+            on other layers than the explainer's (the message names the file and the
+            problem).
         """
-        try:
-            with np.load(os.fspath(path), allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"path: {os.fspath(path)!r} is not a readable concepts file ({exc})") from None
-        if set(arrays) != {"cluster_centers", "counts", "metadata"}:
-            raise ValueError(f"path: {os.fspath(path)!r} is not a captum-nave concepts file (keys {sorted(arrays)})")
-        try:
-            meta = json.loads(arrays["metadata"].tobytes().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"path: corrupt metadata in {os.fspath(path)!r} ({exc})") from None
-        if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
-            raise ValueError(
-                f"path: expected format {_FORMAT} version {_VERSION}, got {meta.get('format')} "
-                f"version {meta.get('version')}"
-            )
-        centers, counts = arrays["cluster_centers"], arrays["counts"]
-        K, D = meta["n_clusters"], meta["n_features_in"]
-        if centers.shape != (K, D) or counts.shape != (K,) or sum(meta["layer_dims"]) != D:
-            raise ValueError(
-                f"path: inconsistent concepts file: centers {centers.shape}, counts {counts.shape}, "
-                f"metadata K={K}, D={D}"
-            )
+        meta, centers, counts = read_concepts_file(path, max_bytes)
         if list(explainer.layer_names) != meta["layer_names"]:
             raise ValueError(
                 f"explainer: the concepts were fitted on layers {meta['layer_names']}, "
@@ -399,10 +402,10 @@ class ConceptClusters:
             )
         res = meta["resolution"]
         params.setdefault("resolution", res if isinstance(res, str) else tuple(res))
-        obj = cls(explainer, n_clusters=K, **params)
+        obj = cls(explainer, n_clusters=meta["n_clusters"], **params)
         obj.cluster_centers_ = torch.as_tensor(centers, dtype=torch.float32)
         obj.counts_ = torch.as_tensor(counts, dtype=torch.float32)
         obj.layer_dims_ = list(meta["layer_dims"])
-        obj.n_features_in_ = D
+        obj.n_features_in_ = meta["n_features_in"]
         obj.n_steps_ = meta["n_steps"]
         return obj
