@@ -31,7 +31,6 @@ from .clustering import check_grid_size
 from .clustering.kmeans import implicit_kmeans, make_generator
 from .explainer import LayerClusterExplainer, Resolution, check_resolution
 from .features import ImplicitFeatures
-from .segments import resize_labels
 
 __all__ = ["ConceptClusters", "LOAD_LIMIT_BYTES"]
 
@@ -286,7 +285,7 @@ class ConceptClusters:
         images, x = self.explainer._check_inputs(images)
         feats = self._features(images)
         labels, _ = self._assign(feats, self.cluster_centers_.to(device=feats.device, dtype=feats.dtype))
-        return resize_labels(labels[:, None], tuple(x.shape[-2:])).to(x.device)
+        return self.explainer._segments(labels, check_resolution(self.resolution), tuple(x.shape[-2:])).to(x.device)
 
     def transform(self, images: Tensor) -> Tensor:
         """Distances of every grid pixel to every concept.

@@ -48,7 +48,8 @@ class NaveResult:
     Attributes
     ----------
     segments : LongTensor of shape (N, 1, H, W)
-        Segment id per input pixel (nearest resize of ``grid_labels``), a Captum
+        Segment id per input pixel (nearest resize of ``grid_labels``; by patch geometry
+        for a ViT's patch grid), a Captum
         ``feature_mask``. Ids are ordered by decreasing area (per image, or over the
         batch when ``shared``).
     grid_labels : LongTensor of shape (N, h, w)
@@ -118,7 +119,8 @@ class LayerClusterExplainer(LayerAttribution):
         ``floor(H / p)`` if the model crops the remainder (timm's default strict
         patch embedding rejects such inputs; convolution-style embeddings crop) or
         ``ceil(H / p)`` if it pads (timm ``dynamic_img_pad=True``); the token count
-        decides. Segment maps are always resized to the full input.
+        decides. Segment maps cover the full input: each pixel takes the
+        label of the patch that covers it (the last patch for a cropped remainder).
 
     Examples
     --------
@@ -358,7 +360,7 @@ class LayerClusterExplainer(LayerAttribution):
         )
         grid_labels = relabel_by_area(outcome.labels, per_image=not shared)
         t3 = time.perf_counter()
-        segments = resize_labels(grid_labels[:, None], tuple(x.shape[-2:])).to(x.device)
+        segments = self._segments(grid_labels, resolution, tuple(x.shape[-2:])).to(x.device)
         k_max = int(outcome.n_clusters.max())
         centroids, inertia = (
             _centroids_and_inertia(feats, grid_labels, k_max, shared) if want_details
@@ -476,6 +478,23 @@ class LayerClusterExplainer(LayerAttribution):
             raise ValueError(
                 f"inputs: expected a tensor on the model's device {p.device}, got a tensor on {x.device}"
             )
+
+    def _segments(self, grid_labels: Tensor, resolution: Resolution, input_hw: Tuple[int, int]) -> Tensor:
+        """Grid labels (N, h, w) -> segments (N, 1, H, W) at input resolution.
+
+        A ViT's patch grid (``resolution="layer"`` with a known patch size, the grid
+        ``floor`` or ``ceil`` of the input over the patch) maps by patch geometry, so
+        every pixel gets the label of the patch that saw it, also when the input is
+        not a multiple of the patch size; any other grid by pixel centres.
+        """
+        H, W = input_hw
+        h, w = grid_labels.shape[-2:]
+        cell = None
+        if resolution == "layer" and self.patch_size is not None and (H, W) != (h, w):
+            ph, pw = self.patch_size
+            if h in (H // ph, -(-H // ph)) and w in (W // pw, -(-W // pw)):
+                cell = (ph, pw)
+        return resize_labels(grid_labels[:, None], (H, W), cell=cell)
 
     def _grid(self, resolution: Resolution, acts: List[Tensor], input_hw: Tuple[int, int]) -> Tuple[int, int]:
         resolution = check_resolution(resolution)
