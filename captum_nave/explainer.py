@@ -32,7 +32,7 @@ from .activations import (
     patch_size_of,
     resolve_layers,
 )
-from .clustering import BUILTIN_CLUSTERERS, check_grid_size, cluster
+from .clustering import BUILTIN_CLUSTERERS, check_grid_memory, check_grid_size, cluster
 from .features import ImplicitFeatures
 from .segments import relabel_by_area, resize_labels
 
@@ -331,10 +331,16 @@ class LayerClusterExplainer(LayerAttribution):
         resolution = check_resolution(resolution)
         self._check_device(x)
 
-        def check_grid(grid: Tuple[int, int], n_features: Optional[int] = None, itemsize: int = 4) -> None:
+        feat_itemsize = torch.finfo(dtype or torch.promote_types(x.dtype, torch.float32)).bits // 8
+
+        def check_grid(grid: Tuple[int, int], n_features: Optional[int] = None, itemsize: int = feat_itemsize) -> None:
             check_grid_size(
                 clusterer, grid, x.shape[0], shared=shared, n_features=n_features, itemsize=itemsize,
                 param=f"resolution={resolution!r}",
+            )
+            check_grid_memory(
+                grid, x.shape[0], n_layers=len(self.layers), itemsize=itemsize, input_hw=tuple(x.shape[-2:]),
+                device=x.device, param=f"resolution={resolution!r}",
             )
 
         if resolution != "layer":  # known before the forward pass: refuse before it

@@ -1,13 +1,16 @@
 """Clustering grids beyond what a code path can handle are refused up front, before the
 forward pass or the features, with the parameter, the size and the limit named."""
 
+import os
+
 import pytest
 import torch
 from torch import nn
 
 from captum_nave import ConceptClusters, LayerClusterExplainer
 from captum_nave import explainer as explainer_mod
-from captum_nave.clustering import KMEANS_MAX_PIXELS, check_grid_size
+from captum_nave import clustering as clustering_mod
+from captum_nave.clustering import KMEANS_MAX_PIXELS, check_grid_memory, check_grid_size
 from captum_nave.features import MATERIALIZE_LIMIT_BYTES
 
 
@@ -146,3 +149,30 @@ def test_kmeans_seeding_fails_just_over_the_limit_and_works_at_it():
     over = ImplicitFeatures([act], (4097, 4096))
     with pytest.raises(RuntimeError, match=r"2\^24"):
         implicit_kmeans(over, 2, max_iter=1, random_state=0)
+
+
+def test_a_grid_whose_per_pixel_state_cannot_fit_is_refused_before_the_forward_pass(monkeypatch, no_features):
+    """Any clusterer: labels, relabelling index, per-layer scales and norms of every grid
+    pixel, and the int64 segment map, must fit in the memory available now."""
+    monkeypatch.setattr(clustering_mod, "_available_bytes", lambda device: 10**8)  # 100 MB free
+    model = Counting()
+    # (16 + (1 layer + 1) * 4) = 24 bytes per grid pixel: 2 x 1500 x 1500 x 24 = 108 MB (+ 66 kB of segments)
+    ex = LayerClusterExplainer(model, ["conv"])
+    x = torch.rand(2, 3, 64, 64)
+    with pytest.raises(ValueError, match=(
+        r"resolution=\(1500, 1500\): a clustering grid of 2 x 1500x1500 pixels needs at least 0.1 GB for its "
+        r"per-pixel state \(labels, per-layer scales, norms, the segment map\), more than the 0.1 GB available on cpu"
+    )):
+        ex.attribute(x, 3, resolution=(1500, 1500), clusterer="pca")
+    assert model.calls == 0
+    check_grid_memory((1000, 1500), 2, n_layers=1, input_hw=(64, 64))  # 72.07 MB: fits
+    with pytest.raises(ValueError, match="needs at least 0.1 GB"):
+        check_grid_memory((1000, 1500), 2, n_layers=2, itemsize=8, input_hw=(64, 64))  # 40 bytes: 120 MB
+    monkeypatch.setattr(clustering_mod, "_available_bytes", lambda device: None)  # unknown: no refusal
+    check_grid_memory((100000, 100000), 8, n_layers=4)
+
+
+def test_available_memory_is_read_from_the_system():
+    free = clustering_mod._available_bytes("cpu")
+    assert free is None or 0 < free <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert clustering_mod._available_bytes("meta") is None

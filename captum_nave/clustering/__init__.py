@@ -19,20 +19,22 @@ any object with ``fit_predict(X)``
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from ..features import ImplicitFeatures
+from ..features import MATERIALIZE_LIMIT_BYTES, ImplicitFeatures
 from .auto_k import auto_kmeans
 from .hierarchical import ward
-from ..features import MATERIALIZE_LIMIT_BYTES
 from .kmeans import KMEANS_MAX_PIXELS, implicit_kmeans
 from .pca import pca_argmax
 
-__all__ = ["ClusterOutcome", "cluster", "check_grid_size", "BUILTIN_CLUSTERERS", "KMEANS_MAX_PIXELS"]
+__all__ = [
+    "ClusterOutcome", "cluster", "check_grid_memory", "check_grid_size", "BUILTIN_CLUSTERERS", "KMEANS_MAX_PIXELS",
+]
 
 BUILTIN_CLUSTERERS = ("kmeans", "ward", "pca", "auto")
 
@@ -159,6 +161,69 @@ def check_grid_size(
                 f"{MATERIALIZE_LIMIT_BYTES / 1e9:.1f} GB limit (captum_nave.features.MATERIALIZE_LIMIT_BYTES); "
                 "choose a coarser resolution or an implicit clusterer ('kmeans', 'ward', 'pca')"
             )
+
+
+def check_grid_memory(
+    grid: Tuple[int, int],
+    n_images: int,
+    *,
+    n_layers: int,
+    itemsize: int = 4,
+    input_hw: Optional[Tuple[int, int]] = None,
+    device: Any = None,
+    param: str = "resolution",
+) -> None:
+    """Refuse a clustering whose per-pixel state cannot fit in the device's free memory.
+
+    Whatever the clusterer, a NAVE run keeps per grid pixel at least its label and the
+    relabelling's inverse index (2 x 8 bytes), one scale per layer and the squared norm
+    (``(n_layers + 1) * itemsize``), and per input pixel the int64 segment map. That
+    lower bound is compared with the memory available now (``MemAvailable`` of
+    ``/proc/meminfo`` on the CPU, ``torch.cuda.mem_get_info`` on a GPU); nothing is
+    refused when the available memory is unknown.
+
+    Raises
+    ------
+    ValueError
+        Naming ``param``, the grid, the memory needed and the memory available.
+    """
+    h, w = int(grid[0]), int(grid[1])
+    n = int(n_images)
+    need = n * h * w * (16 + (int(n_layers) + 1) * int(itemsize))
+    if input_hw is not None:
+        need += n * int(input_hw[0]) * int(input_hw[1]) * 8
+    avail = _available_bytes(device)
+    if avail is not None and need > avail:
+        batch = f"{n} x " if n > 1 else ""
+        raise ValueError(
+            f"{param}: a clustering grid of {batch}{h}x{w} pixels needs at least {need / 1e9:.1f} GB for its "
+            f"per-pixel state (labels, per-layer scales, norms, the segment map), more than the "
+            f"{avail / 1e9:.1f} GB available on {torch.device(device) if device is not None else 'cpu'}; "
+            "choose a coarser resolution or fewer images per call"
+        )
+
+
+def _available_bytes(device: Any) -> Optional[int]:
+    """Free memory of ``device`` in bytes, or None when it cannot be read."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(dev)[0])
+        except RuntimeError:
+            return None
+    if dev.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _run_estimator(feats: ImplicitFeatures, estimator: Any, shared: bool) -> Tensor:
