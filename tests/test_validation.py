@@ -50,6 +50,10 @@ def test_non_finite_pixels_get_the_same_error_from_every_entry_point(value):
             attribute(method, model, x, target=0)
     with pytest.raises(ValueError, match=NOT_FINITE):
         lrp_attribute(model, x, target=0)
+    from captum_nave.attribution import segment_importance
+
+    with pytest.raises(ValueError, match=NOT_FINITE):
+        segment_importance(model, x, torch.zeros(2, 1, 16, 16, dtype=torch.long), target=0)
 
     calls = []
 
