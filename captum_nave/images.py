@@ -166,18 +166,12 @@ def read_image_array(
 
 
 def _parse_size(size: Any, param: str = "size") -> Optional[Tuple[int, int]]:
+    """``None``, an int or ``(height, width)`` of positive ints -> ``(height, width)``."""
     if size is None:
         return None
-    if isinstance(size, bool):
-        raise TypeError(f"{param}: expected an int or (height, width), got {size!r}")
-    if isinstance(size, int):
-        size = (size, size)
-    if not isinstance(size, (tuple, list)) or len(size) != 2:
-        raise TypeError(f"{param}: expected an int or (height, width), got {size!r}")
-    h, w = size
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (h, w)):
-        raise ValueError(f"{param}: expected positive integers, got {size!r}")
-    return int(h), int(w)
+    from captum_nave._validation import check_int_pair
+
+    return check_int_pair(size, param)
 
 
 def _resize(x: "Tensor", size: Tuple[int, int]) -> "Tensor":

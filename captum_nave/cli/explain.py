@@ -286,6 +286,13 @@ def run(args: argparse.Namespace) -> int:
     resolution = parse_resolution(args.resolution)
     n_clusters = parse_n_clusters(args.n_clusters)
     clusterer = str(args.clusterer).strip().lower()
+    if not isinstance(resolution, str):  # imports torch: here, not in check()
+        from captum_nave.clustering import KMEANS_MAX_PIXELS, check_grid_size
+
+        check_grid_size(
+            clusterer, resolution, param=f"--resolution {args.resolution}",
+            example=f"'layer' or HxW with H * W <= {KMEANS_MAX_PIXELS}",
+        )
     inputs = collect_images(args.images)
     layers = parse_layers(args.layers)
     device = torch.device(args.device or "cpu")
