@@ -64,22 +64,26 @@ def test_explain_without_images_uses_the_sample_photos(cached_model, tmp_path, c
     printed = capsys.readouterr().out.strip().splitlines()
     names = ("chelsea", "coffee", "astronaut", "rocket")
     assert printed == [str(out / f"{n}_nave.png") for n in names]
-    # each figure is the public API's result on that photo, pixel for pixel
+    # each figure is the public API's result on the whole photo (shorter side 64), pixel for pixel
     model, info = cached_model
     samples = models_mod.sample_images()
-    x01 = torch.cat([models_mod.resize_images(samples[n], 64) for n in names])
-    x = models_mod.normalize(x01, info)
-    seg = LayerClusterExplainer(model, info["default_layers"]).attribute(
-        x, n_clusters=4, resolution="input", random_state=0
-    )
-    with torch.no_grad():
-        prob, cls = model(x).softmax(-1).max(1)
-    for i, (name, path) in enumerate(zip(names, printed)):
-        assert sorted(seg[i].unique().tolist()) == [0, 1, 2, 3]
+    originals = {"chelsea": (300, 451), "coffee": (400, 600), "astronaut": (512, 512), "rocket": (427, 640)}
+    views = {"chelsea": (64, 96), "coffee": (64, 96), "astronaut": (64, 64), "rocket": (64, 96)}
+    explainer = LayerClusterExplainer(model, info["default_layers"])
+    for name, path in zip(names, printed):
+        assert tuple(samples[name].shape[-2:]) == originals[name]
+        x01 = models_mod.resize_images(samples[name], views[name], crop=False)
+        x = models_mod.normalize(x01, info)
+        seg = explainer.attribute(x, n_clusters=4, resolution="input", random_state=0)
+        with torch.no_grad():
+            prob, cls = model(x).softmax(-1).max(1)
+        assert sorted(seg[0].unique().tolist()) == [0, 1, 2, 3]
+        (h, w), (vh, vw) = originals[name], views[name]
         fig, _ = explain_figure(
-            x01[i], seg[i],
-            title=f"{name} - efficientnet_lite0, layers blocks.4, blocks.5, K=4, kmeans, resolution input",
-            subtitle=f"prediction: {models_mod.imagenet_class_name(int(cls[i]))} ({100 * float(prob[i]):.0f}%)",
+            x01[0], seg[0],
+            title=f"{name} - efficientnet_lite0, layers blocks.4, blocks.5, K=4, kmeans\n"
+                  f"whole {h}x{w} image at {vh}x{vw}; clustered at input resolution {vh}x{vw} (--resolution input)",
+            subtitle=f"prediction: {models_mod.imagenet_class_name(int(cls[0]))} ({100 * float(prob[0]):.0f}%)",
         )
         fig.savefig(tmp_path / "expected.png", dpi=100)
         np.testing.assert_array_equal(imread(tmp_path / "expected.png"), imread(path), err_msg=name)
