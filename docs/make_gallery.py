@@ -27,7 +27,11 @@ data = collect_report(sample_images(), {"efficientnet_lite0": (model, info)}, si
 html = out / "report_example.html"
 html.write_text(render_report(data), encoding="utf-8")
 run = data.runs[0]
-panels = {"nave": run.nave.segments, **{m: r.maps for m, r in run.attributions.items()}}
+# LRP with the default composite for CNNs (flat / z+ / epsilon), named in the column title
+composite = run.attributions["lrp"].options["composite"]
+assert composite == "epsilon-plus-flat", composite
+titles = {"lrp": f"LRP ({composite})"}
+panels = {"nave": run.nave.segments, **{titles.get(m, m): r.maps for m, r in run.attributions.items()}}
 fig, _ = plot_side_by_side(data.images, {"efficientnet_lite0": panels}, image_names=data.image_names)
 fig.savefig(out / "side_by_side.png", dpi=100)
 fig, _ = plot_stability(data.images[0], run.seed_maps[:, 0])

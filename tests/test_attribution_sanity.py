@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 import pytest
@@ -38,10 +38,16 @@ from torch import nn
 
 from captum_nave.attribution import attribute
 
-OPTIONS: Dict[str, dict] = {
-    "gradcam": {"layer": "stage3"},
-    "ig": {"n_steps": 32},
-    "lrp": {},
+#: every LRP composite; the z^B rule gets the range of the images (|x| < 4, asserted below)
+LRP_COMPOSITES = [
+    "epsilon", "epsilon-plus", "epsilon-plus-flat", "epsilon-gamma-box", "epsilon-alpha2-beta1",
+    "epsilon-alpha2-beta1-flat",
+]
+OPTIONS: Dict[str, Tuple[str, dict]] = {
+    "gradcam": ("gradcam", {"layer": "stage3"}),
+    "ig": ("ig", {"n_steps": 32}),
+    "lrp": ("lrp", {}),  # the default composite: epsilon-plus-flat for this CNN
+    **{f"lrp-{c}": ("lrp", {"composite": c, "input_bounds": (-4.0, 4.0)}) for c in LRP_COMPOSITES},
 }
 
 
@@ -127,14 +133,15 @@ def test_the_tiny_classifier_learned_the_task(trained) -> None:
     assert accuracy >= 0.9, accuracy
 
 
-@pytest.mark.parametrize("method", sorted(OPTIONS))
-def test_maps_change_when_the_top_layers_are_reinitialised(trained, method: str) -> None:
+@pytest.mark.parametrize("case", sorted(OPTIONS))
+def test_maps_change_when_the_top_layers_are_reinitialised(trained, case: str) -> None:
     net, x, y, _ = trained
-    opts = OPTIONS[method]
+    method, opts = OPTIONS[case]
+    assert x.abs().max() < 4.0
     base = attribute(method, net, x, y, **opts).maps
     assert (base.flatten(1).abs().sum(1) > 0).all()
     control = rank_correlation(base, attribute(method, perturbed(net), x, y, **opts).maps)
     randomised = rank_correlation(base, attribute(method, reinitialise(net, ["fc", "stage3"]), x, y, **opts).maps)
-    print(f"{method}: rho(control, 1% weight noise) = {control:.3f}, rho(fc+stage3 re-initialised) = {randomised:.3f}")
+    print(f"{case}: rho(control, 1% weight noise) = {control:.3f}, rho(fc+stage3 re-initialised) = {randomised:.3f}")
     assert control > 0.9, control
     assert randomised < 0.7, randomised

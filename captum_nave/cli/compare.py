@@ -81,7 +81,7 @@ def register(subparsers: Any) -> None:
         "--internal-batch-size", type=int, default=16, metavar="B",
         help="IG path points per forward pass (default: 16)",
     )
-    p.add_argument("--lrp-epsilon", type=float, default=1e-6, help="LRP epsilon (default: 1e-6)")
+    add_lrp_arguments(p)
     p.add_argument("--size", type=int, default=None, help="input size in pixels (default: the model's, 224)")
     p.add_argument("--out", default="nave-compare", metavar="DIR", help="output folder (default: ./nave-compare)")
     p.set_defaults(func=run)
@@ -91,6 +91,35 @@ def _fail(msg: str) -> NoReturn:
     from captum_nave.cli import CLIError
 
     raise CLIError(msg)
+
+
+def add_lrp_arguments(p: argparse.ArgumentParser) -> None:
+    """``--lrp-composite`` and ``--lrp-epsilon`` (compare and report)."""
+    from captum_nave.attribution._lrp_composites import COMPOSITES
+
+    p.add_argument(
+        "--lrp-composite", default="auto", metavar="NAME",
+        help="LRP rules: auto (default: epsilon-plus-flat for CNNs, cp-lrp for ViTs), "
+        + ", ".join(COMPOSITES),
+    )
+    p.add_argument(
+        "--lrp-epsilon", type=float, default=1e-6,
+        help="LRP epsilon, relative to each layer's activations (default: 1e-6)",
+    )
+
+
+def lrp_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """LRP options from ``--lrp-composite`` / ``--lrp-epsilon`` (checked)."""
+    import math
+
+    from captum_nave.attribution._lrp_composites import COMPOSITES
+
+    if not (math.isfinite(args.lrp_epsilon) and args.lrp_epsilon >= 0):
+        _fail(f"--lrp-epsilon: expected a number >= 0, got {args.lrp_epsilon}")
+    name = str(args.lrp_composite).strip().lower()
+    if name != "auto" and name not in COMPOSITES:
+        _fail(f"--lrp-composite: expected auto or one of {', '.join(COMPOSITES)}, got {args.lrp_composite!r}")
+    return {"composite": name, "epsilon": float(args.lrp_epsilon)}
 
 
 def parse_methods(text: str) -> List[str]:
@@ -158,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``captum-nave compare``; returns the exit code."""
     from captum_nave import LayerClusterExplainer
     from captum_nave.attribution import SegmentRelevanceTable, attribute, segment_relevance
+    from captum_nave.attribution.lrp import normalisation_bounds
     from captum_nave.models import WeightsUnavailableError, imagenet_class_name, load_model, normalize
 
     methods = parse_methods(args.methods)
@@ -171,8 +201,7 @@ def run(args: argparse.Namespace) -> int:
     baseline = str(args.ig_baseline).strip().lower()
     if baseline not in _BASELINES:
         _fail(f"--ig-baseline: expected one of {', '.join(_BASELINES)}, got {args.ig_baseline!r}")
-    if not args.lrp_epsilon >= 0:
-        _fail(f"--lrp-epsilon: expected a number >= 0, got {args.lrp_epsilon}")
+    lrp_opts = lrp_options(args)
     if args.size is not None and args.size < 8:
         _fail(f"--size: expected an image size of at least 8 pixels, got {args.size}")
     for path in args.images:
@@ -212,7 +241,8 @@ def run(args: argparse.Namespace) -> int:
         "gradcam": {} if args.gradcam_layer is None else {"layer": _parse_layers([args.gradcam_layer])[0]},  # type: ignore[index]
         "ig": {"n_steps": args.ig_steps, "baselines": baseline, "internal_batch_size": args.internal_batch_size,
                "random_state": args.seed},
-        "lrp": {"epsilon": float(args.lrp_epsilon)},
+        # the z^B rule of epsilon-gamma-box needs the range of the normalised pixels
+        "lrp": {**lrp_opts, "input_bounds": normalisation_bounds(info["mean"], info["std"])},
     }
     attr_methods = [m for m in methods if m != "nave"]
     panels: Dict[str, Tensor] = {}
