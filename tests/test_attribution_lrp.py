@@ -39,6 +39,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from captum_nave.attribution.lrp import Add, canonize, lrp_attribute
+from lrp_reference import eps_add, eps_step, grad_step, onehot_times
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -293,42 +294,11 @@ def test_batch_equals_single_images() -> None:
 # --------------------------------------------------------------------------- #
 
 
-def _stab(z: torch.Tensor, eps: float) -> torch.Tensor:
-    return z + eps * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
-
-
-def _eps_step(f, a: torch.Tensor, r_out: torch.Tensor, eps: float) -> torch.Tensor:
-    """Epsilon rule through an affine map f: R_in = a * J^T (R_out / stab(f(a)))."""
-    a = a.detach().requires_grad_(True)
-    z = f(a)
-    (c,) = torch.autograd.grad(z, a, grad_outputs=r_out / _stab(z.detach(), eps))
-    return (a * c).detach()
-
-
-def _grad_step(f, a: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
-    """Relevance routed as the gradient (max pooling: to the winning input)."""
-    a = a.detach().requires_grad_(True)
-    (c,) = torch.autograd.grad(f(a), a, grad_outputs=r_out)
-    return c.detach()
-
-
 def _eps_lrp(model: nn.Module, x: torch.Tensor, target, eps: float) -> torch.Tensor:
     """The library's LRP-epsilon with an absolute epsilon on every layer, as the references."""
     return lrp_attribute(
         model, x, target, composite="epsilon", epsilon=eps, stabilizer=eps, stabilizer_mode="absolute"
     )
-
-
-def _eps_add(a: torch.Tensor, b: torch.Tensor, r_out: torch.Tensor, eps: float):
-    s = r_out / _stab(a + b, eps)
-    return a * s, b * s
-
-
-def _onehot_times(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    r = torch.zeros_like(out)
-    idx = torch.arange(out.shape[0])
-    r[idx, target] = out[idx, target]
-    return r
 
 
 def test_mlp_matches_float64_reference() -> None:
@@ -348,8 +318,8 @@ def test_mlp_matches_float64_reference() -> None:
     a0 = x.double().flatten(1)
     a1 = torch.relu(a0 @ w1.T + b1)
     out = a1 @ w2.T + b2
-    r_a1 = _eps_step(lambda a: a @ w2.T + b2, a1, _onehot_times(out, target), eps)
-    r_a0 = _eps_step(lambda a: a @ w1.T + b1, a0, r_a1, eps)  # ReLU passes relevance
+    r_a1 = eps_step(lambda a: a @ w2.T + b2, a1, onehot_times(out, target), eps)
+    r_a0 = eps_step(lambda a: a @ w1.T + b1, a0, r_a1, eps)  # ReLU passes relevance
     ref = r_a0.reshape(x.shape)
     torch.testing.assert_close(ours.double(), ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
 
@@ -378,12 +348,12 @@ def _basic_block_ref(block: BasicBlock, a: torch.Tensor, eps: float):
     out = torch.relu(w + d)
 
     def backward(r_out: torch.Tensor) -> torch.Tensor:
-        r_w, r_d = _eps_add(w, d, r_out, eps)  # ReLU after the add passes relevance
-        r_u = _eps_step(f2, u, r_w, eps)
-        r_a = _eps_step(f1, a, r_u, eps)
+        r_w, r_d = eps_add(w, d, r_out, eps)  # ReLU after the add passes relevance
+        r_u = eps_step(f2, u, r_w, eps)
+        r_a = eps_step(f1, a, r_u, eps)
         if block.downsample is None:
             return r_a + r_d
-        return r_a + _eps_step(fd, a, r_d, eps)
+        return r_a + eps_step(fd, a, r_d, eps)
 
     return out, backward
 
@@ -427,12 +397,12 @@ def test_residual_cnn_matches_float64_reference() -> None:
     out = pooled @ wl.T + bl
     torch.testing.assert_close(out.float(), model(x), rtol=1e-4, atol=1e-5)
 
-    r = _eps_step(lambda t: t @ wl.T + bl, pooled, _onehot_times(out, target), eps)
-    r = _eps_step(lambda t: t.mean(dim=(2, 3)), a4, r, eps)
+    r = eps_step(lambda t: t @ wl.T + bl, pooled, onehot_times(out, target), eps)
+    r = eps_step(lambda t: t.mean(dim=(2, 3)), a4, r, eps)
     r = back2(r)
     r = back1(r)
-    r = _grad_step(lambda t: F.max_pool2d(t, 2), a1, r)  # max pooling: winner takes all
-    ref = _eps_step(f_stem, x64, r, eps)
+    r = grad_step(lambda t: F.max_pool2d(t, 2), a1, r)  # max pooling: winner takes all
+    ref = eps_step(f_stem, x64, r, eps)
     torch.testing.assert_close(ours.double(), ref, rtol=1e-3, atol=1e-4 * ref.abs().max().item())
 
 
@@ -506,30 +476,30 @@ def test_vit_matches_float64_cp_lrp_reference(global_pool: str) -> None:
         n3 = f_ln3(h3)
         pooled = n3[:, 0]
         out = f_head(pooled)
-        r = _eps_step(f_head, pooled, _onehot_times(out, target), eps)
+        r = eps_step(f_head, pooled, onehot_times(out, target), eps)
         r_n3 = torch.zeros_like(n3)
         r_n3[:, 0] = r
-        r_h3 = _eps_step(f_ln3, h3, r_n3, eps)
+        r_h3 = eps_step(f_ln3, h3, r_n3, eps)
     else:  # timm: mean of the patch tokens, then fc_norm
         f_pool = lambda t: t[:, npre:].mean(1)  # noqa: E731
         pooled = f_pool(h3)
         f_fcn = _ln_detached64(vit.fc_norm, pooled)
         normed = f_fcn(pooled)
         out = f_head(normed)
-        r = _eps_step(f_head, normed, _onehot_times(out, target), eps)
-        r_h3 = _eps_step(f_pool, h3, _eps_step(f_fcn, pooled, r, eps), eps)
+        r = eps_step(f_head, normed, onehot_times(out, target), eps)
+        r_h3 = eps_step(f_pool, h3, eps_step(f_fcn, pooled, r, eps), eps)
     torch.testing.assert_close(out.float(), vit(x), rtol=1e-4, atol=1e-5)
-    r_h2, r_m = _eps_add(h2, m, r_h3, eps)
-    r_gelu = _eps_step(f_fc2, gelu, r_m, eps)
-    r_n2 = _eps_step(f_fc1, n2, r_gelu, eps)  # GELU: identity rule
-    r_h2 = r_h2 + _eps_step(f_ln2, h2, r_n2, eps)
-    r_h1, r_p = _eps_add(h1, p, r_h2, eps)
-    r_o = _eps_step(f_proj, o, r_p, eps)
-    r_v = _eps_step(f_mix, v, r_o, eps)  # attention weights are constants (CP-LRP)
+    r_h2, r_m = eps_add(h2, m, r_h3, eps)
+    r_gelu = eps_step(f_fc2, gelu, r_m, eps)
+    r_n2 = eps_step(f_fc1, n2, r_gelu, eps)  # GELU: identity rule
+    r_h2 = r_h2 + eps_step(f_ln2, h2, r_n2, eps)
+    r_h1, r_p = eps_add(h1, p, r_h2, eps)
+    r_o = eps_step(f_proj, o, r_p, eps)
+    r_v = eps_step(f_mix, v, r_o, eps)  # attention weights are constants (CP-LRP)
     r_qkv = torch.cat([torch.zeros_like(q), torch.zeros_like(k), r_v], dim=-1)
-    r_h1 = r_h1 + _eps_step(f_ln1, h1, _eps_step(f_qkv, n1, r_qkv, eps), eps)
-    r_hc = _eps_step(f_pos, hc, r_h1, eps)
-    ref = _eps_step(f_pe, x64, r_hc[:, npre:], eps)
+    r_h1 = r_h1 + eps_step(f_ln1, h1, eps_step(f_qkv, n1, r_qkv, eps), eps)
+    r_hc = eps_step(f_pos, hc, r_h1, eps)
+    ref = eps_step(f_pe, x64, r_hc[:, npre:], eps)
     torch.testing.assert_close(ours.double(), ref, rtol=1e-3, atol=1e-4 * ref.abs().max().item())
 
 
@@ -885,10 +855,10 @@ def test_activation_with_shared_input_sums_relevance() -> None:
     pooled = s.mean(dim=(2, 3))
     wl, bl = net.fc.weight.double(), net.fc.bias.double()
     out = pooled @ wl.T + bl
-    r = _eps_step(lambda t: t @ wl.T + bl, pooled, _onehot_times(out, target), eps)
-    r = _eps_step(lambda t: t.mean(dim=(2, 3)), s, r, eps)
-    r_g, r_y = _eps_add(g, y, r, eps)
-    ref = _eps_step(f_conv, x64, r_g + r_y, eps)  # GELU passes r_g; both reach y
+    r = eps_step(lambda t: t @ wl.T + bl, pooled, onehot_times(out, target), eps)
+    r = eps_step(lambda t: t.mean(dim=(2, 3)), s, r, eps)
+    r_g, r_y = eps_add(g, y, r, eps)
+    ref = eps_step(f_conv, x64, r_g + r_y, eps)  # GELU passes r_g; both reach y
     torch.testing.assert_close(ours.double(), ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
 
 

@@ -39,7 +39,6 @@ from captum_nave.attribution.lrp import (
     COMPOSITES,
     Add,
     Epsilon,
-    Flat,
     Gamma,
     ZPlus,
     canonize,
@@ -64,9 +63,10 @@ from zennit.core import Stabilizer as ZStabilizer  # noqa: E402
 from zennit.layer import Sum  # noqa: E402
 from zennit.rules import Epsilon as ZEpsilon  # noqa: E402
 from zennit.rules import Gamma as ZGamma  # noqa: E402
-from zennit.rules import Norm as ZNorm  # noqa: E402
 from zennit.torchvision import ResNetCanonizer, VGGCanonizer  # noqa: E402
 from zennit.types import Convolution  # noqa: E402
+
+from lrp_reference import eps_step, stab  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -343,18 +343,6 @@ def _tiny_vit(**kw) -> nn.Module:
     return vit
 
 
-def _stab(z: torch.Tensor, eps: float) -> torch.Tensor:
-    return z + eps * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
-
-
-def _eps(f, a: torch.Tensor, r: torch.Tensor, eps: float) -> torch.Tensor:
-    """Epsilon rule through the affine map f."""
-    a = a.detach().requires_grad_(True)
-    z = f(a)
-    (c,) = torch.autograd.grad(z, a, grad_outputs=r / _stab(z.detach(), eps))
-    return (a * c).detach()
-
-
 def _first_layer(rule: str, w, b, x, r, eps: float, bounds) -> torch.Tensor:
     """Rules of the patch embedding (stride = kernel = 4, no padding), float64."""
     conv = lambda t, wt, bt=None: F.conv2d(t, wt, bt, stride=4)  # noqa: E731
@@ -365,19 +353,19 @@ def _first_layer(rule: str, w, b, x, r, eps: float, bounds) -> torch.Tensor:
         return c
 
     if rule == "epsilon":
-        return _eps(lambda t: conv(t, w, b), x, r, eps)
+        return eps_step(lambda t: conv(t, w, b), x, r, eps)
     if rule == "flat":
         ones = torch.ones_like(x)
-        return grad(ones, torch.ones_like(w), r / _stab(conv(ones, torch.ones_like(w)), eps))
+        return grad(ones, torch.ones_like(w), r / stab(conv(ones, torch.ones_like(w)), eps))
     if rule == "zplus":
         wp, wn, xp, xn = w.clamp(min=0), w.clamp(max=0), x.clamp(min=0), x.clamp(max=0)
-        s = r / _stab(conv(xp, wp, b.clamp(min=0)) + conv(xn, wn), eps)
+        s = r / stab(conv(xp, wp, b.clamp(min=0)) + conv(xn, wn), eps)
         return xp * grad(xp, wp, s) + xn * grad(xn, wn, s)
     if rule == "zbox":
         lo, hi = (t.expand_as(x) for t in bounds)
         wp, wn = w.clamp(min=0), w.clamp(max=0)
         z = conv(x, w, b) - conv(lo, wp, b.clamp(min=0)) - conv(hi, wn, b.clamp(max=0))
-        s = r / _stab(z, eps)
+        s = r / stab(z, eps)
         return x * grad(x, w, s) - lo * grad(lo, wp, s) - hi * grad(hi, wn, s)
     raise KeyError(rule)
 
@@ -439,18 +427,18 @@ def _vit_reference(vit, x, target, first: str, attention: str, eps: float, bound
 
     r_out = torch.zeros_like(out)
     r_out[torch.arange(n), target] = out[torch.arange(n), target]
-    r = _eps(f_head, n3[:, 0], r_out, eps)
+    r = eps_step(f_head, n3[:, 0], r_out, eps)
     r_n3 = torch.zeros_like(n3)
     r_n3[:, 0] = r
-    r_h3 = _eps(f_ln3, h3, r_n3, eps)
-    s = r_h3 / _stab(h3, eps)
+    r_h3 = eps_step(f_ln3, h3, r_n3, eps)
+    s = r_h3 / stab(h3, eps)
     r_h2, r_m = h2 * s, m * s
-    r_g = _eps(f_fc2, g, r_m, eps)
-    r_h2 = r_h2 + _eps(f_ln2, h2, _eps(f_fc1, n2, r_g, eps), eps)  # GELU: identity
-    s = r_h2 / _stab(h2, eps)
+    r_g = eps_step(f_fc2, g, r_m, eps)
+    r_h2 = r_h2 + eps_step(f_ln2, h2, eps_step(f_fc1, n2, r_g, eps), eps)  # GELU: identity
+    s = r_h2 / stab(h2, eps)
     r_h1, r_a = h1 * s, a * s
-    r_o = split(_eps(f_proj, merge(o), r_a, eps))
-    d = r_o / _stab(o, eps)
+    r_o = split(eps_step(f_proj, merge(o), r_a, eps))
+    d = r_o / stab(o, eps)
     if attention == "cp":
         r_v = v * (p.transpose(-2, -1) @ d)
         r_q = r_k = torch.zeros_like(q)
@@ -458,12 +446,12 @@ def _vit_reference(vit, x, target, first: str, attention: str, eps: float, bound
         r_v = 0.5 * v * (p.transpose(-2, -1) @ d)
         r_p = 0.5 * p * (d @ v.transpose(-2, -1))
         r_l = logits * (r_p - p * r_p.sum(dim=-1, keepdim=True))
-        dl = r_l / _stab(logits, eps)
+        dl = r_l / stab(logits, eps)
         r_q = 0.5 * (q * scale) * (dl @ k)
         r_k = 0.5 * k * (dl.transpose(-2, -1) @ (q * scale))
     r_qkv = torch.cat([merge(r_q), merge(r_k), merge(r_v)], dim=-1)
-    r_h1 = r_h1 + _eps(f_ln1, h1, _eps(f_qkv, n1, r_qkv, eps), eps)
-    r_hc = _eps(f_pos, hc, r_h1, eps)
+    r_h1 = r_h1 + eps_step(f_ln1, h1, eps_step(f_qkv, n1, r_qkv, eps), eps)
+    r_hc = eps_step(f_pos, hc, r_h1, eps)
     r_h0 = r_hc[:, npre:].transpose(1, 2).reshape(h0.shape)
     return _first_layer(first, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], x64, r_h0, eps, bounds)
 

@@ -58,7 +58,6 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-import torch
 from torch import Tensor, nn
 
 from ._lrp_canonize import (

@@ -99,6 +99,7 @@ AttnLRP's softmax rule is not conservative (it absorbs relevance like a bias).
 
 from __future__ import annotations
 
+import inspect
 import math
 from numbers import Integral
 from typing import Any, List, Optional, Sequence, Tuple, Union
@@ -445,23 +446,17 @@ def _run(
     return relevance, relevance.sum(dim=(1, 2, 3)) - chosen, chosen, name
 
 
-def lrp_rules(
-    model: nn.Module,
-    inputs: Tensor,
-    *,
-    composite: str = "auto",
-    epsilon: float = 1e-6,
-    stabilizer: float = 1e-6,
-    stabilizer_mode: str = "relative",
-    gamma: float = 0.25,
-    input_bounds: Optional[Tuple[BoundLike, BoundLike]] = None,
-    name_map: Any = None,
-    type_map: Any = None,
-) -> List[Tuple[str, str, str, Rule]]:
+def lrp_rules(model: nn.Module, inputs: Tensor, **options: Any) -> List[Tuple[str, str, str, Rule]]:
     """Which rule :func:`lrp_attribute` applies to each leaf of the canonical copy.
 
-    Same parameters as :func:`lrp_attribute` (``inputs`` is needed to trace the
-    execution order, which defines the first layer).
+    Parameters
+    ----------
+    model : nn.Module
+    inputs : Tensor of shape (N, C, H, W)
+        Needed to trace the execution order, which defines the first layer.
+    **options
+        ``composite``, ``epsilon``, ``stabilizer``, ``stabilizer_mode``, ``gamma``,
+        ``input_bounds``, ``name_map``, ``type_map``, as for :func:`lrp_attribute`.
 
     Returns
     -------
@@ -473,13 +468,14 @@ def lrp_rules(
     --------
     >>> for copy_name, name, kind, rule in lrp_rules(net, x, composite="epsilon-plus-flat")[:2]:
     ...     print(name, kind, rule)
-    conv1 Conv2d Flat(stabilizer=1e-06 (relative))
+    conv1 Conv2d Flat(stabilizer=1e-06, relative=True)
     relu ReLU Pass()
     """
-    _, _, _, _, plan, _ = _prepare(
-        model, inputs, composite,
-        dict(epsilon=epsilon, stabilizer=stabilizer, stabilizer_mode=stabilizer_mode, gamma=gamma,
-             input_bounds=input_bounds),
-        name_map, type_map,
-    )
-    return plan
+    known = set(inspect.signature(lrp_attribute).parameters) - {"model", "inputs", "target", "return_convergence_delta"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"lrp_rules got unexpected keyword argument(s) {unknown}; accepted: {', '.join(sorted(known))}")
+    defaults = {k: v.default for k, v in inspect.signature(lrp_attribute).parameters.items() if k in known}
+    opts = {**defaults, **options}
+    composite, name_map, type_map = opts.pop("composite"), opts.pop("name_map"), opts.pop("type_map")
+    return _prepare(model, inputs, composite, opts, name_map, type_map)[4]
