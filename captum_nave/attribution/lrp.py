@@ -100,13 +100,13 @@ AttnLRP's softmax rule is not conservative (it absorbs relevance like a bias).
 from __future__ import annotations
 
 import inspect
-import math
 from numbers import Integral
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
+from captum_nave._validation import check_images, check_real, model_float_dtype
 from captum_nave.attribution._lrp_canonize import audit_graph, canonize, fuse_conv_bn
 from captum_nave.attribution._lrp_composites import (
     COMPOSITES,
@@ -158,22 +158,6 @@ __all__ = [
 ]
 
 TargetLike = Union[int, Tensor, list]
-
-
-def _check_inputs(inputs: object) -> Tensor:
-    if not isinstance(inputs, Tensor):
-        raise TypeError(
-            f"inputs must be a torch.Tensor of shape (N, C, H, W), got {type(inputs).__name__}"
-        )
-    if inputs.dim() != 4:
-        raise ValueError(
-            f"inputs must be a 4D tensor of shape (N, C, H, W), got shape {tuple(inputs.shape)}"
-        )
-    if not inputs.is_floating_point():
-        raise TypeError(f"inputs must have a floating point dtype, got {inputs.dtype}")
-    if inputs.shape[0] == 0:
-        raise ValueError("inputs must contain at least one image, got N = 0")
-    return inputs
 
 
 def _check_target(target: object, n: int, n_classes: int) -> Tensor:
@@ -287,14 +271,6 @@ def _check_bounds(input_bounds: Any, x: Tensor) -> Optional[Tuple[Tensor, Tensor
     return low, high
 
 
-def _number(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
-    return float(value)
-
-
 def _settings(
     x: Tensor,
     epsilon: float,
@@ -306,10 +282,10 @@ def _settings(
     if stabilizer_mode not in ("relative", "absolute"):
         raise ValueError(f"stabilizer_mode: expected 'relative' or 'absolute', got {stabilizer_mode!r}")
     return RuleSettings(
-        epsilon=_number(epsilon, "epsilon"),
-        stabilizer=_number(stabilizer, "stabilizer"),
+        epsilon=check_real(epsilon, "epsilon", low=0.0),
+        stabilizer=check_real(stabilizer, "stabilizer", low=0.0),
         relative=stabilizer_mode == "relative",
-        gamma=_number(gamma, "gamma"),
+        gamma=check_real(gamma, "gamma", low=0.0),
         bounds=_check_bounds(input_bounds, x),
     )
 
@@ -320,7 +296,7 @@ def _prepare(
     """Canonical copy, audited logits, rules and plan shared by lrp_attribute and lrp_rules."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    x = _check_inputs(inputs)
+    x = check_images(inputs, "inputs", dtype=model_float_dtype(model))
     settings = _settings(x, **settings_args)
     if not isinstance(composite, str):
         raise TypeError(f"composite: expected a str, got {type(composite).__name__}")

@@ -44,6 +44,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import numpy as np
 
+from captum_nave._validation import check_int
 from .corloc import STRATEGIES, CorLocProtocol, Selection, _check_strategies, as_protocol
 from .datasets import BoxDataset, ImageRecord, load_image
 from .records import RECORD_KEYS, check_resumable, combine_records, image_record
@@ -190,15 +191,9 @@ def _save_overlay(
 
 # --------------------------------------------------------------------------- runner
 def _check_shards(num_shards: object, shard_index: object) -> Tuple[int, int]:
-    if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
-        raise ValueError(f"num_shards: expected a positive int, got {num_shards!r}")
-    if (
-        isinstance(shard_index, bool)
-        or not isinstance(shard_index, int)
-        or not 0 <= shard_index < num_shards
-    ):
-        raise ValueError(f"shard_index: expected an int in [0, {num_shards - 1}], got {shard_index!r}")
-    return num_shards, shard_index
+    n = check_int(num_shards, "num_shards", low=1)
+    i = check_int(shard_index, "shard_index", low=0, high=n - 1)  # type: ignore[operator]
+    return n, i  # type: ignore[return-value]
 
 
 def _jsonable(obj: Any) -> Any:

@@ -197,9 +197,17 @@ def _side_by_side(data: "ReportData", dpi: float) -> Markup:
             if res.delta is not None:
                 d = res.delta.detach().abs().float().cpu()
                 delta = f"mean {_num(float(d.mean()))}, max {_num(float(d.max()))}"
+                rel = getattr(res, "relative_delta", None)
+                if rel is not None:
+                    r = rel.detach().abs().float().cpu()
+                    delta = f"relative: mean {_num(float(r.mean()))}, max {_num(float(r.max()))} (absolute: {delta})"
             rows.append([_td(_title(method), "text"), _td(_options_text(res.options), "text"), _td(delta, "text"), _td(_num(run.timings.get(method)))])
         table = _table(["method", "options used", "|convergence delta|", "time (s)"], rows,
-                       caption="Options of every panel. The convergence delta is IG's sum(attributions) - (F(x) - F(baseline)) and LRP's sum(relevance) - logit.",
+                       caption="Options of every panel. The convergence delta is IG's sum(attributions) - (F(x) - F(baseline)) "
+                               "(numerical integration error: more steps reduce it) and LRP's sum(relevance) - logit "
+                               "(relevance absorbed by biases and the stabiliser; z+ and gamma rules send most of it "
+                               "to the biases of a network with BatchNorm); relative: divided by |F(x) - F(baseline)| "
+                               "or |logit|.",
                        text_cols=(0, 1, 2))
         parts.append(tag("h3", f"Model: {run.name}", id=safe_id("sbs-model", m_idx)))
         parts.append(_figure(uri, f"side-by-side maps of model {run.name}",
