@@ -42,6 +42,14 @@ with tempfile.TemporaryDirectory() as d:
                     f"--screenshot={out / 'report_screenshot.png'}", "--window-size=1280,2400", html.resolve().as_uri()],
                    check=True, capture_output=True, timeout=300)
 
+# README sizes: 75 % of the figure, the top of the report page; 256-colour palettes
+from PIL import Image
+
+for name, crop, size in [("side_by_side.png", None, (900, 720)), ("report_screenshot.png", (0, 0, 1280, 1500), (700, 820))]:
+    im = Image.open(out / name).convert("RGB")
+    im = (im.crop(crop) if crop else im).resize(size, Image.LANCZOS)
+    im.quantize(colors=256, method=Image.MEDIANCUT, dither=Image.NONE).save(out / name, optimize=True)
+
 # 2. figures of the tutorials (executed here, outputs extracted)
 for name, keep in [("03_registers.ipynb", {0: "registers.png"}),
                    ("04_concepts_clever_hans.ipynb", {1: "clever_hans_watermark_concept.png"}),

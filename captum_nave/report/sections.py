@@ -173,9 +173,10 @@ def _side_by_side(data: "ReportData", dpi: float) -> Markup:
 
     parts: List[Any] = [
         tag("p", "Each row is one image: the image, its NAVE segments (categorical colours, boundaries in white), "
-                 "and the pixel attribution maps of the class in the Overview. Grad-CAM is non-negative (viridis); "
-                 "IG and LRP are signed (red positive, blue negative, centred at 0); colour limits are at the 99th "
-                 "percentile of |value| of each map.", class_="note"),
+                 "and the pixel attribution maps of the class in the Overview. Maps without negative values (Grad-CAM; "
+                 "LRP with the z+ rules of its default composite for CNNs, epsilon-plus-flat) are drawn in viridis; "
+                 "signed maps (IG; LRP-epsilon) in red (positive) and blue (negative), centred at 0; colour limits "
+                 "are at the 99th percentile of |value| of each map.", class_="note"),
     ]
     for m_idx, run in enumerate(data.runs):
         panels: Dict[str, Any] = {"nave": run.nave.segments.cpu()}
