@@ -205,14 +205,16 @@ for method, options in [
     result = attribute(method, model, x, target, **options)
     maps[method] = result.maps
     delta = "-" if result.relative_delta is None else f"{result.relative_delta.abs().max().item():.3g}"
-    print(f"{method:8s} maps {tuple(result.maps.shape)}  max |relative delta| {delta}  "
-          f"options {result.options.get('composite', '')}")
+    extra = f"  composite {result.options['composite']}" if method == "lrp" else ""
+    print(f"{method:8s} maps {tuple(result.maps.shape)}  max |relative delta| {delta}{extra}")
 """),
     md("""
 The convergence delta of IG is `sum(attributions) - (F(x) - F(baseline))` (the
 numerical integration error); that of LRP is `sum(relevance) - logit` (relevance
 absorbed by biases and the stabiliser). `relative_delta` divides it by `|F(x) - F(baseline)|`
-or `|logit|`.
+or `|logit|`: for LRP close to -1 here, because the z+ rules send most of the relevance
+into the biases of this BatchNorm network (zennit does the same); the map's shape, not
+its sum, is what the composite is for.
 
 LRP's rules are chosen by a **composite**, as practitioners do (Montavon et al. 2019;
 Kohlbrenner et al. 2020): the default `"auto"` is zennit's `epsilon-plus-flat` for CNNs
@@ -232,7 +234,10 @@ for composite in ["epsilon", "epsilon-gamma-box"]:
     maps[f"lrp ({composite})"] = attribute("lrp", model, x, target, composite=composite, input_bounds=bounds).maps
 ig, eps, flat = (maps[k].flatten(1) for k in ("ig", "lrp (epsilon)", "lrp"))
 corr = lambda a, b: torch.corrcoef(torch.stack([a, b]))[0, 1].item()
-print(f"correlation with IG: epsilon {corr(ig[0], eps[0]):.2f}, epsilon-plus-flat {corr(ig[0], flat[0]):.2f}")
+for i, name in enumerate(names):
+    print(f"{name}: correlation with IG: LRP-epsilon {corr(ig[i], eps[i]):.2f}, "
+          f"epsilon-plus-flat {corr(ig[i], flat[i]):.2f}")
+    assert corr(ig[i], flat[i]) < corr(ig[i], eps[i])   # the composite is not another IG
 """),
     md("""
 
