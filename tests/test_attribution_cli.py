@@ -75,9 +75,34 @@ def test_compare_one_file_some_methods_and_a_fixed_target(cached_model, tiny_ima
     assert png.shape[:2] == (240, 3 * 240)  # image | Grad-CAM | LRP (no NAVE panel asked)
 
 
+def test_lrp_composite_option(cached_model, tiny_image, tmp_path) -> None:
+    """--lrp-composite reaches LRP; epsilon-gamma-box gets the model's normalisation as input bounds."""
+    from captum_nave.attribution.lrp import normalisation_bounds
+
+    model, info = cached_model
+    x = models_mod.normalize(models_mod.resize_images(models_mod.load_image(str(tiny_image)), (64, 64)), info)
+    seg = LayerClusterExplainer(model, info["default_layers"]).attribute(x, n_clusters=2, random_state=0)
+    bounds = normalisation_bounds(info["mean"], info["std"])
+    shares = {}
+    for composite in ("epsilon", "epsilon-gamma-box"):
+        out = tmp_path / composite
+        argv = ["compare", str(tiny_image), "--methods", "lrp", "--target", "285", "--size", "64", "-k", "2",
+                "--lrp-composite", composite, "--out", str(out)]
+        assert cli.main(argv) == 0
+        rows = _read_csv(out / "segment_relevance.csv")
+        maps = attribute("lrp", model, x, 285, composite=composite, input_bounds=bounds).maps
+        want = segment_relevance(seg, maps, method="lrp", image_names=["tiny"]).rows
+        got = [float(r["absolute_share"]) for r in rows]
+        assert np.allclose(got, [w["absolute_share"] for w in want], rtol=1e-6, atol=1e-9)
+        shares[composite] = got
+    assert not np.allclose(shares["epsilon"], shares["epsilon-gamma-box"], atol=1e-3)
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
+        (["--lrp-composite", "zplus"], "--lrp-composite: expected auto or one of epsilon, .*got 'zplus'"),
+        (["--lrp-epsilon", "nan"], "--lrp-epsilon: expected a number >= 0, got nan"),
         (["--methods", "nave,smoothgrad"], "--methods: expected names from nave, gradcam, ig, lrp"),
         (["--methods", ","], "--methods: expected at least one of"),
         (["--target", "cat"], "--target: expected a class index"),

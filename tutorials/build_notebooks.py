@@ -200,17 +200,46 @@ maps = {}
 for method, options in [
     ("gradcam", {}),                                              # default layer per model family
     ("ig", {"n_steps": 16, "internal_batch_size": 16}),           # baseline: zeros (the mean image)
-    ("lrp", {}),                                                  # epsilon rule on a canonical copy
+    ("lrp", {}),                                                  # composite "auto": epsilon-plus-flat for a CNN
 ]:
     result = attribute(method, model, x, target, **options)
     maps[method] = result.maps
-    delta = "-" if result.delta is None else f"{result.delta.abs().max().item():.3g}"
-    print(f"{method:8s} maps {tuple(result.maps.shape)}  max |convergence delta| {delta}  options {result.options}")
+    delta = "-" if result.relative_delta is None else f"{result.relative_delta.abs().max().item():.3g}"
+    extra = f"  composite {result.options['composite']}" if method == "lrp" else ""
+    print(f"{method:8s} maps {tuple(result.maps.shape)}  max |relative delta| {delta}{extra}")
 """),
     md("""
 The convergence delta of IG is `sum(attributions) - (F(x) - F(baseline))` (the
 numerical integration error); that of LRP is `sum(relevance) - logit` (relevance
-absorbed by biases and the epsilon stabiliser).
+absorbed by biases and the stabiliser). `relative_delta` divides it by `|F(x) - F(baseline)|`
+or `|logit|`: for LRP close to -1 here, because the z+ rules send most of the relevance
+into the biases of this BatchNorm network (zennit does the same); the map's shape, not
+its sum, is what the composite is for.
+
+LRP's rules are chosen by a **composite**, as practitioners do (Montavon et al. 2019;
+Kohlbrenner et al. 2020): the default `"auto"` is zennit's `epsilon-plus-flat` for CNNs
+(flat rule on the first layer, z+ on the convolutions, epsilon on the dense layers) and
+CP-LRP for transformers. LRP-epsilon everywhere (`composite="epsilon"`) is, on ReLU
+networks, close to gradient x input, hence close to IG; the composite gives the sharper,
+positive maps LRP is known for. Other composites: `epsilon-plus`, `epsilon-gamma-box`
+(give `input_bounds=normalisation_bounds(info["mean"], info["std"])`),
+`epsilon-alpha2-beta1`, `attnlrp`; rules can be changed per layer with
+`name_map={"blocks.6.*": "epsilon"}` or `type_map={nn.Conv2d: "gamma"}`.
+"""),
+    code("""
+from captum_nave.attribution.lrp import normalisation_bounds
+
+bounds = normalisation_bounds(info["mean"], info["std"])
+for composite in ["epsilon", "epsilon-gamma-box"]:
+    maps[f"lrp ({composite})"] = attribute("lrp", model, x, target, composite=composite, input_bounds=bounds).maps
+ig, eps, flat = (maps[k].flatten(1) for k in ("ig", "lrp (epsilon)", "lrp"))
+corr = lambda a, b: torch.corrcoef(torch.stack([a, b]))[0, 1].item()
+for i, name in enumerate(names):
+    print(f"{name}: correlation with IG: LRP-epsilon {corr(ig[i], eps[i]):.2f}, "
+          f"epsilon-plus-flat {corr(ig[i], flat[i]):.2f}")
+    assert corr(ig[i], flat[i]) < corr(ig[i], eps[i])   # the composite is not another IG
+"""),
+    md("""
 
 ## The side-by-side grid
 """),

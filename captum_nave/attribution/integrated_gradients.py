@@ -159,7 +159,7 @@ def integrated_gradients(
     blur_sigma: Optional[float] = None,
     random_state: Optional[int] = 0,
     additional_forward_args: Any = None,
-) -> Tuple[Tensor, Tensor, Tensor, Dict[str, Any]]:
+) -> Tuple[Tensor, Tensor, Tensor, Dict[str, Any], Tensor]:
     """Integrated Gradients of ``target`` (registered as ``"ig"``).
 
     Call it through ``captum_nave.attribution.attribute("ig", model, inputs, target,
@@ -194,6 +194,8 @@ def integrated_gradients(
     delta : Tensor of shape (N,)
         ``sum(raw[i]) - (F(x_i) - F(b_i))`` (meaningful with ``multiply_by_inputs``).
     options : dict
+    relative_delta : Tensor of shape (N,)
+        ``delta / |F(x_i) - F(b_i)|``.
     """
     n_steps = check_int(n_steps, "n_steps", low=1)
     if method not in _METHODS:
@@ -234,7 +236,8 @@ def integrated_gradients(
         options["blur_sigma"] = blur_sigma if blur_sigma is not None else max(inputs.shape[-2:]) / 10.0
     if isinstance(baselines, str) and baselines.strip().lower() == "uniform":
         options["random_state"] = random_state
-    return maps, raw, delta, options
+    gap = raw.sum(dim=(1, 2, 3)) - delta  # F(x) - F(b)
+    return maps, raw, delta, options, delta / gap.abs()
 
 
 def _weight_sum(method: str, n_steps: int) -> float:

@@ -84,7 +84,7 @@ def register(subparsers: Any) -> None:
         "--internal-batch-size", type=int, default=16, metavar="B",
         help="IG path points per forward pass (default: 16)",
     )
-    p.add_argument("--lrp-epsilon", type=float, default=1e-6, help="LRP epsilon (default: 1e-6)")
+    add_lrp_arguments(p)
     p.add_argument("--size", type=int, default=None, help="input size in pixels (default: the model's, 224)")
     p.add_argument("--out", default="nave-compare", metavar="DIR", help="output folder (default: ./nave-compare)")
     p.set_defaults(func=run, check=check)
@@ -116,6 +116,41 @@ def check(args: argparse.Namespace) -> None:
         if not os.path.isfile(path):
             _fail(f"image file {path!r} does not exist")
     check_out_dir(args.out)
+
+
+#: Names of :data:`captum_nave.attribution._lrp_composites.COMPOSITES`, for ``--help``
+#: without importing torch (a test checks that the two agree).
+LRP_COMPOSITE_NAMES = (
+    "epsilon", "epsilon-plus", "epsilon-plus-flat", "epsilon-gamma-box", "epsilon-alpha2-beta1",
+    "epsilon-alpha2-beta1-flat", "cp-lrp", "attnlrp",
+)
+
+
+def add_lrp_arguments(p: argparse.ArgumentParser) -> None:
+    """``--lrp-composite`` and ``--lrp-epsilon`` (compare and report)."""
+    p.add_argument(
+        "--lrp-composite", default="auto", metavar="NAME",
+        help="LRP rules: auto (default: epsilon-plus-flat for CNNs, cp-lrp for ViTs), "
+        + ", ".join(LRP_COMPOSITE_NAMES),
+    )
+    p.add_argument(
+        "--lrp-epsilon", type=float, default=1e-6,
+        help="LRP epsilon, relative to each layer's activations (default: 1e-6)",
+    )
+
+
+def lrp_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """LRP options from ``--lrp-composite`` / ``--lrp-epsilon`` (checked)."""
+    import math
+
+    from captum_nave.attribution._lrp_composites import COMPOSITES
+
+    if not (math.isfinite(args.lrp_epsilon) and args.lrp_epsilon >= 0):
+        _fail(f"--lrp-epsilon: expected a number >= 0, got {args.lrp_epsilon}")
+    name = str(args.lrp_composite).strip().lower()
+    if name != "auto" and name not in COMPOSITES:
+        _fail(f"--lrp-composite: expected auto or one of {', '.join(COMPOSITES)}, got {args.lrp_composite!r}")
+    return {"composite": name, "epsilon": float(args.lrp_epsilon)}
 
 
 def parse_methods(text: str) -> List[str]:
@@ -188,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
 
     from captum_nave import LayerClusterExplainer
     from captum_nave.attribution import SegmentRelevanceTable, attribute, segment_relevance
+    from captum_nave.attribution.lrp import normalisation_bounds
     from captum_nave.cli.common import layers_error
     from captum_nave.files import save_figure
     from captum_nave.models import WeightsUnavailableError, imagenet_class_name, load_model, normalize
@@ -195,6 +231,7 @@ def run(args: argparse.Namespace) -> int:
     methods = parse_methods(args.methods)
     target = parse_target(args.target)
     baseline = str(args.ig_baseline).strip().lower()
+    lrp_opts = lrp_options(args)
     device = torch.device(args.device or "cpu")
 
     try:
@@ -229,7 +266,8 @@ def run(args: argparse.Namespace) -> int:
         "gradcam": {} if args.gradcam_layer is None else {"layer": _parse_layers([args.gradcam_layer])[0]},  # type: ignore[index]
         "ig": {"n_steps": args.ig_steps, "baselines": baseline, "internal_batch_size": args.internal_batch_size,
                "random_state": args.seed},
-        "lrp": {"epsilon": float(args.lrp_epsilon)},
+        # the z^B rule of epsilon-gamma-box needs the range of the normalised pixels
+        "lrp": {**lrp_opts, "input_bounds": normalisation_bounds(info["mean"], info["std"])},
     }
     attr_methods = [m for m in methods if m != "nave"]
     panels: Dict[str, "Tensor"] = {}

@@ -45,6 +45,8 @@ access; other timm / torchvision ('tv:NAME') names download their weights.
 
 def register(subparsers: Any) -> None:
     """Add the ``report`` subcommand to ``subparsers``."""
+    from captum_nave.cli.compare import add_lrp_arguments
+
     p = subparsers.add_parser(
         NAME,
         help="write one self-contained HTML audit report (NAVE beside Grad-CAM / IG / LRP, stability, registers, CorLoc)",
@@ -84,6 +86,7 @@ def register(subparsers: Any) -> None:
                    help="class to explain: an index, an ImageNet class name (\"tabby cat\"), or auto (the prediction; default)")
     p.add_argument("--ig-steps", type=int, default=32, metavar="N", help="Integrated Gradients steps (default: 32)")
     p.add_argument("--internal-batch-size", type=int, default=16, metavar="B", help="IG path points per forward pass (default: 16)")
+    add_lrp_arguments(p)
     p.add_argument(
         "--register-pair", nargs=2, default=None, metavar=("A", "B"),
         help="compare ViT A (without registers) with ViT B (with registers); both must be --model names",
@@ -196,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from captum_nave.cli.common import ImageLoader, collect_images, image_names
-    from captum_nave.cli.compare import parse_target
+    from captum_nave.cli.compare import lrp_options, parse_target
     from captum_nave.cli.explain import parse_layers
     from captum_nave.models import WeightsUnavailableError, load_model, sample_images
     from captum_nave.report import build_report
@@ -243,7 +246,10 @@ def run(args: argparse.Namespace) -> int:
         models[name] = (model, info)
 
     images: Any = list(paths) if paths else sample_images()
-    options = {"ig": {"n_steps": args.ig_steps, "internal_batch_size": args.internal_batch_size}}
+    options = {
+        "ig": {"n_steps": args.ig_steps, "internal_batch_size": args.internal_batch_size},
+        "lrp": lrp_options(args),  # input bounds: from each model's normalisation (build_report)
+    }
     cli_args = {k: v for k, v in vars(args).items() if k not in ("func", "check")}
     extra: Dict[str, Any] = {"command-line arguments": cli_args}
     if skipped:

@@ -591,8 +591,14 @@ def collect_report(
                 if method == "nave":
                     continue
                 t0 = time.perf_counter()
+                method_opts = dict(opts.get(method, {}))
+                if method == "lrp" and "input_bounds" not in method_opts:
+                    # the z^B rule (epsilon-gamma-box) needs the range of the normalised pixels
+                    from captum_nave.attribution.lrp import normalisation_bounds
+
+                    method_opts["input_bounds"] = normalisation_bounds(info["mean"], info["std"])
                 try:
-                    res = attribute(method, model, x, target=targets, **opts.get(method, {}))
+                    res = attribute(method, model, x, target=targets, **method_opts)
                 except (ValueError, TypeError, RuntimeError, NotImplementedError) as exc:
                     if on_error == "raise":
                         raise

@@ -205,9 +205,10 @@ def _side_by_side(data: "ReportData", dpi: float) -> Markup:
 
     parts: List[Any] = [
         tag("p", "Each row is one image: the image, its NAVE segments (categorical colours, boundaries in white), "
-                 "and the pixel attribution maps of the class in the Overview. Grad-CAM is non-negative (viridis); "
-                 "IG and LRP are signed (red positive, blue negative, centred at 0); colour limits are at the 99th "
-                 "percentile of |value| of each map.", class_="note"),
+                 "and the pixel attribution maps of the class in the Overview. Maps without negative values (Grad-CAM; "
+                 "LRP with the z+ rules of its default composite for CNNs, epsilon-plus-flat) are drawn in viridis; "
+                 "signed maps (IG; LRP-epsilon) in red (positive) and blue (negative), centred at 0; colour limits "
+                 "are at the 99th percentile of |value| of each map.", class_="note"),
     ]
     for m_idx, run in enumerate(data.runs):
         panels: Dict[str, Any] = {"nave": run.nave.segments.cpu()}
@@ -233,7 +234,8 @@ def _side_by_side(data: "ReportData", dpi: float) -> Markup:
                                "LRP's sum(relevance) - target logit; it is given relative to that quantity, per image "
                                "(mean and max over the images). For IG a large relative delta means too few "
                                "integration steps (raise --ig-steps); for LRP it is the relevance that the bias terms "
-                               "(and epsilon) absorb on the way down, so the map accounts for only part of the logit.",
+                               "(and epsilon) absorb on the way down, so the map accounts for only part of the logit; the z+ and gamma "
+                               "rules of the CNN composites send most of it to the biases of a network with BatchNorm.",
                        text_cols=(0, 1, 2))
         parts.append(tag("h3", f"Model: {run.name}", id=safe_id("sbs-model", m_idx)))
         parts.append(_figure(uri, f"side-by-side maps of model {run.name}",
