@@ -1,8 +1,15 @@
-"""A tiny CNN trained in seconds to find shapes on textured backgrounds (tests only)."""
+"""Tiny models trained in seconds (tests only).
+
+* :class:`ShapeNet` finds shapes on textured backgrounds (a coarse mask per pixel);
+* :func:`bars_classifier` tells horizontal from vertical bars on noise (2 classes),
+  used by the model-randomisation sanity checks.
+"""
 
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -41,3 +48,60 @@ def train_shape_net(steps: int = 120, seed: int = 0):
         loss.backward()
         opt.step()
     return net.eval(), random_init.eval()
+
+
+def bars(n: int, size: int = 32, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Noise images with one bright bar: class 0 horizontal, class 1 vertical.
+
+    Returns (images (n, 3, size, size), bar masks (n, size, size) bool, labels (n,)).
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = 0.3 * torch.randn(n, 3, size, size, generator=g)
+    y = torch.randint(0, 2, (n,), generator=g)
+    masks = torch.zeros(n, size, size, dtype=torch.bool)
+    length, width = 14, 4
+    for i in range(n):
+        cy, cx = torch.randint(length // 2 + 1, size - length // 2 - 1, (2,), generator=g).tolist()
+        if y[i] == 0:
+            masks[i, cy - width // 2 : cy + width // 2, cx - length // 2 : cx + length // 2] = True
+        else:
+            masks[i, cy - length // 2 : cy + length // 2, cx - width // 2 : cx + width // 2] = True
+        colour = 0.5 + torch.rand(3, generator=g)
+        x[i][:, masks[i]] += colour[:, None]
+    return x, masks, y
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+def tiny_classifier() -> nn.Sequential:
+    """stage1 - pool1 - stage2 - pool2 - stage3 - gap - flat - fc (2 classes)."""
+    return nn.Sequential(OrderedDict(
+        stage1=_block(3, 16), pool1=nn.MaxPool2d(2), stage2=_block(16, 32), pool2=nn.MaxPool2d(2),
+        stage3=_block(32, 32), gap=nn.AdaptiveAvgPool2d(1), flat=nn.Flatten(), fc=nn.Linear(32, 2),
+    ))
+
+
+def bars_classifier(steps: int = 60, seed: int = 0):
+    """Train :func:`tiny_classifier` on 400 bar images (~2 s).
+
+    Returns (net in eval mode, 16 held-out images, their labels, accuracy on 64 fresh test images).
+    """
+    torch.manual_seed(seed)
+    net = tiny_classifier()
+    x, _, y = bars(416, seed=seed)
+    train_x, train_y = x[:400], y[:400]
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(0, len(train_x), (32,), generator=g)
+        loss = F.cross_entropy(net(train_x[idx]), train_y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    test_x, _, test_y = bars(64, seed=seed + 1)
+    with torch.no_grad():
+        accuracy = (net(test_x).argmax(1) == test_y).float().mean().item()
+    return net, x[400:], y[400:], accuracy
