@@ -174,12 +174,19 @@ def _np_curve(model, x, a, target, *, mode, baseline, n_steps=None, units=None, 
                 m = np.zeros(v.size, dtype=bool)
                 m[rank[: s * v.size // n_steps]] = True
                 masks.append(m)
+            grid_x = np.arange(n_steps + 1) / n_steps
         else:
             ids = units[i, 0].numpy().reshape(-1)
             present = np.unique(ids)
             mass = np.array([v[ids == u].sum() if aggregate == "sum" else v[ids == u].mean() for u in present])
             ranked = present[np.argsort(-sign * mass, kind="stable")]
-            masks = [np.isin(ids, ranked[:k]) for k in range(len(present) + 1)]
+            n_units = len(present)
+            if n_units <= n_steps:
+                ks = range(n_units + 1)
+            else:  # more units than steps: round(s K / S) units at step s
+                ks = [int(np.floor(s * n_units / n_steps + 0.5)) for s in range(n_steps + 1)]
+            masks = [np.isin(ids, ranked[:k]) for k in ks]
+            grid_x = np.asarray(list(ks), dtype=np.float64) / n_units
         ys = []
         for m in masks:
             keep_base = m if mode == "deletion" else ~m
@@ -192,35 +199,35 @@ def _np_curve(model, x, a, target, *, mode, baseline, n_steps=None, units=None, 
                 ys.append(logits[target])
         ys = np.array(ys)
         curves.append(ys)
-        aucs.append(np.trapezoid(ys, np.linspace(0.0, 1.0, len(ys))))
+        aucs.append(np.trapezoid(ys, grid_x))
     return curves, np.array(aucs)
 
 
 @pytest.mark.parametrize("mode", ["deletion", "insertion"])
 @pytest.mark.parametrize("baseline", ["zeros", "mean", "blur"])
-@pytest.mark.parametrize("ranking", ["pixels", "units-sum", "units-mean"])
+@pytest.mark.parametrize("ranking", ["pixels", "units-sum", "units-mean", "many-sum"])
 def test_curves_and_auc_equal_an_independent_numpy_computation(linear, mode, baseline, ranking) -> None:
     model, x = linear
     a = _random_maps(x, 3)
     # units of very different sizes (mean and sum rankings differ): horizontal bands + a block
     units = None
-    if ranking != "pixels":
+    if ranking.startswith("many"):  # 35 grid cells > 12 steps: uneven numbers of units per step
+        units = grid_units(x.shape, 5, 7)
+    elif ranking != "pixels":
         units = (torch.arange(H)[:, None] // torch.tensor([1, 2, 5])[torch.arange(H) % 3][:, None]).expand(H, W) % 5
         units = units.clone()[None, None].repeat(x.shape[0], 1, 1, 1)
         units[1, :, 4:9, 2:10] = 7
         units[2, :, :, :3] = 6
     agg = ranking.split("-")[1] if units is not None else "sum"
-    for order in ("most", "least"):
-        for output in ("logit", "probability"):
-            res = perturbation_curve(model, x, a, 3, mode=mode, baseline=baseline, n_steps=12, units=units,
-                                     unit_aggregate=agg, order=order, output=output, batch_size=7)
-            ref_base = perturbation_baseline(x, "blur") if baseline == "blur" else baseline
-            curves, aucs = _np_curve(model, x, a, 3, mode=mode, baseline=ref_base, n_steps=12, units=units,
-                                     aggregate=agg, order=order, output=output)
-            for i, ref in enumerate(curves):
-                got = res.curve(i)[1].numpy()
-                np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)
-            np.testing.assert_allclose(res.auc().numpy(), aucs, rtol=1e-10, atol=1e-12)
+    ref_base = perturbation_baseline(x, "blur") if baseline == "blur" else baseline
+    for order, output in (("most", "logit"), ("least", "probability")):
+        res = perturbation_curve(model, x, a, 3, mode=mode, baseline=baseline, n_steps=12, units=units,
+                                 unit_aggregate=agg, order=order, output=output, batch_size=7)
+        curves, aucs = _np_curve(model, x, a, 3, mode=mode, baseline=ref_base, n_steps=12, units=units,
+                                 aggregate=agg, order=order, output=output)
+        for i, ref in enumerate(curves):  # float64 on both sides: rounding of a 432-term dot product
+            np.testing.assert_allclose(res.curve(i)[1].numpy(), ref, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(res.auc().numpy(), aucs, rtol=1e-10, atol=1e-12)
 
 
 def test_blur_baseline_is_a_gaussian_blur_and_mean_is_per_channel(linear) -> None:
@@ -241,7 +248,7 @@ def test_area_axis_and_mean_curve(linear) -> None:
     units = grid_units(x.shape, 2, 3)  # 6 equal cells
     res = perturbation_curve(model, x, _random_maps(x, 0), 0, units=units, baseline="zeros", output="logit")
     # equal cells: the area perturbed is the fraction of units
-    assert torch.allclose(res.fractions, res.steps())
+    assert torch.allclose(res.fractions, res.unit_fractions)
     assert torch.allclose(res.auc("area"), res.auc("units"))
     grid, mean = res.mean_curve(n_grid=11)
     assert torch.allclose(mean[0], res.scores[:, 0].mean()) and torch.allclose(mean[-1], res.scores[:, -1].mean())
@@ -432,6 +439,16 @@ def test_independent_randomisation_and_stage_selection(bars_net) -> None:
     two = randomisation_check(net, x[:2], y[:2], methods=["gradcam"], stages=2,
                               method_options={"gradcam": {"layer": "stage3"}})
     assert two.stages == ["fc", "stage1"] and two.randomised[1] == ["fc", "stage3", "stage2", "stage1"]
+    # given reference maps are used instead of recomputing them
+    ref = attribute("gradcam", net, x[:2], y[:2], layer="stage3").maps
+    reused = randomisation_check(net, x[:2], y[:2], methods=["gradcam"], stages=2, reference_maps={"gradcam": ref},
+                                 method_options={"gradcam": {"layer": "stage3"}})
+    assert torch.equal(reused.spearman["gradcam"], two.spearman["gradcam"])
+    other = randomisation_check(net, x[:2], y[:2], methods=["gradcam"], stages=2,
+                                reference_maps={"gradcam": ref.flip(-1)}, method_options={"gradcam": {"layer": "stage3"}})
+    assert not torch.equal(other.spearman["gradcam"], two.spearman["gradcam"])
+    with pytest.raises(ValueError, match="reference_maps: maps for"):
+        randomisation_check(net, x[:2], y[:2], methods=["gradcam"], reference_maps={"ig": ref})
     with pytest.raises(ValueError, match="stages: 'nope' is not one of"):
         randomisation_check(net, x[:2], y[:2], methods=["gradcam"], stages=["nope"])
     with pytest.raises(ValueError, match="stages: expected names in cascade order"):

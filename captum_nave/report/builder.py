@@ -81,8 +81,13 @@ class ModelRun:
         Per attribution method, the split of its map over the NAVE segments.
     importance : Tensor of shape (N, K) or None
         Drop of the target score when each NAVE segment is ablated (FeatureAblation).
+    faithfulness : FaithfulnessAudit or None
+        Deletion / insertion AUCs of every map (:mod:`captum_nave.evaluation.faithfulness`).
+    randomisation : RandomisationResult or None
+        Cascading model-randomisation check of every method, NAVE included.
     timings : dict of str to float
-        Seconds per stage (``nave``, each method, ``relevance``, ``importance``).
+        Seconds per stage (``nave``, each method, ``relevance``, ``importance``,
+        ``faithfulness curves``, ``randomisation``).
     """
 
     name: str
@@ -100,6 +105,8 @@ class ModelRun:
     errors: Dict[str, str] = field(default_factory=dict)
     relevance: Dict[str, Any] = field(default_factory=dict)
     importance: Optional[Tensor] = None
+    faithfulness: Any = None
+    randomisation: Any = None
     timings: Dict[str, float] = field(default_factory=dict)
 
 
@@ -439,6 +446,8 @@ def collect_report(
     class_names: Any = None,
     method_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
     importance: bool = True,
+    faithfulness: bool = True,
+    faithfulness_options: Optional[Mapping[str, Any]] = None,
     register_pair: Optional[Tuple[str, str]] = None,
     register_options: Optional[Mapping[str, Any]] = None,
     boxes: Optional[Sequence[Any]] = None,
@@ -483,6 +492,11 @@ def collect_report(
             opts[key] = dict(v)
     if not isinstance(crop, bool):
         raise TypeError(f"crop: expected a bool, got {crop!r}")
+    if not isinstance(faithfulness, bool):
+        raise TypeError(f"faithfulness: expected a bool, got {faithfulness!r}")
+    from .faithfulness import check_faithfulness_options, collect_faithfulness
+
+    faith_opts = check_faithfulness_options(faithfulness_options)
 
     raw_images, names = _parse_images(images, image_names)
     specs = _parse_models(models)
@@ -540,7 +554,8 @@ def collect_report(
     inputs_of: Dict[str, Tensor] = {}
     from tqdm.auto import tqdm
 
-    steps = len(specs) * (len(method_list) + int(importance)) + int(register_pair is not None) + int(report_boxes is not None)
+    steps = (len(specs) * (len(method_list) + int(importance) + int(faithfulness)) + int(register_pair is not None)
+             + int(report_boxes is not None))
     bar = tqdm(total=steps, desc="report", unit="step", disable=not show)
     try:
         for name, model, info in specs:
@@ -622,6 +637,22 @@ def collect_report(
                 run.importance = segment_importance(model, x, seg, target=targets).cpu()
                 timings["importance"] = time.perf_counter() - t0
                 bar.update(1)
+            if faithfulness:
+                try:
+                    run.faithfulness, run.randomisation, faith_times = collect_faithfulness(
+                        run, model, x, x01, image_names=names, n_clusters=n_clusters, seed=seed_list[0],
+                        nave_options=nave_opts, method_options=opts, boxes=report_boxes, options=faith_opts,
+                    )
+                    timings.update(faith_times)
+                except (ValueError, TypeError, RuntimeError, NotImplementedError) as exc:
+                    if on_error == "raise":
+                        raise
+                    msg = _one_line(exc)
+                    run.errors["faithfulness"] = msg
+                    text = f"report: the faithfulness measures failed on model {name!r}: {msg}"
+                    collected_warnings.append(text)
+                    warnings.warn(text, RuntimeWarning, stacklevel=2)
+                bar.update(1)
             run.weights_unchanged = state_dict_sha256(model) == sha_before
             if not run.weights_unchanged:  # pragma: no cover - a bug in a method
                 text = f"report: the weights of model {name!r} changed during the run"
@@ -672,6 +703,7 @@ def collect_report(
         "layers": {r.name: r.layers for r in runs},
         "method options": {m: {k: _plain(v) for k, v in o.items()} for m, o in opts.items()},
         "segment importance": "FeatureAblation, baseline 0 (normalised input)" if importance else False,
+        "faithfulness": {k: _plain(v) for k, v in faith_opts.items()} if faithfulness else False,
         "register pair": list(register_pair) if register_pair is not None else None,
         "register options": {k: _plain(v) for k, v in (register_options or {}).items()},
         "boxes given": boxes is not None,
@@ -777,6 +809,8 @@ def build_report(
     class_names: Any = None,
     method_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
     importance: bool = True,
+    faithfulness: bool = True,
+    faithfulness_options: Optional[Mapping[str, Any]] = None,
     register_pair: Optional[Tuple[str, str]] = None,
     register_options: Optional[Mapping[str, Any]] = None,
     boxes: Optional[Sequence[Any]] = None,
@@ -799,6 +833,11 @@ def build_report(
     * **Per-segment relevance**: per model and image, each NAVE segment's area share,
       its share of every attribution map's absolute relevance and its density (share /
       area), and the drop of the target score when the segment is ablated;
+    * **Faithfulness** (``faithfulness``): deletion / insertion AUC of every map with
+      pixels, NAVE segments (by each map's relevance mass and by segment importance),
+      SLIC superpixels and a grid as units, against a random map; the cascading
+      model-randomisation check of every method (NAVE included); pointing game and
+      energy in box when ``boxes`` are given (:mod:`captum_nave.evaluation.faithfulness`);
     * **Stability**: mean pairwise ARI of the NAVE maps over the k-means ``seeds`` and
       the paper's Fig. 4 (mean segment colour over seeds);
     * **Register comparison** (``register_pair``): :func:`captum_nave.registers.compare_registers`
@@ -846,6 +885,15 @@ def build_report(
         (``{"nave": {"resolution": "input"}}``).
     importance : bool, default True
         Score every segment by ablation (:func:`captum_nave.attribution.segment_importance`).
+    faithfulness : bool, default True
+        Add the Faithfulness section.
+    faithfulness_options : mapping, optional
+        Settings of the Faithfulness section (defaults in
+        :data:`captum_nave.report.faithfulness.DEFAULT_FAITHFULNESS`): ``n_steps`` (20),
+        ``baseline`` (``"blur"``), ``blur_sigma``, ``output`` (``"probability"``),
+        ``rankings``, ``slic_segments`` (50), ``grid`` ((4, 4)), ``tolerance`` (pointing
+        game, 0 px), ``batch_size`` (32), ``randomisation_stages`` (4 stages spread over
+        the cascade; ``None`` or ``True``: every stage; ``0``: no randomisation check).
     register_pair : (str, str), optional
         Names of a ViT without and one with registers among ``models``.
     register_options : mapping, optional
@@ -885,7 +933,7 @@ def build_report(
         images, models, image_names=image_names, methods=methods, layers=layers,
         n_clusters=n_clusters, seeds=seeds, size=size, crop=crop, target=target,
         class_names=class_names, method_options=method_options, importance=importance,
-        register_pair=register_pair, register_options=register_options, boxes=boxes,
+        faithfulness=faithfulness, faithfulness_options=faithfulness_options, register_pair=register_pair, register_options=register_options, boxes=boxes,
         corloc_protocol=corloc_protocol, title=title, on_error=on_error, progress=progress,
         extra_config=extra_config,
     )

@@ -108,9 +108,7 @@ class FaithfulnessAudit:
                 dele = self.auc(method, ranking, "deletion")
                 ins = self.auc(method, ranking, "insertion")
                 any_curve = next(self.curves[(method, ranking, m)] for m in MODES if (method, ranking, m) in self.curves)
-                units = (any_curve.n_points - 1).to(torch.float64)
-                if ranking == "pixels":
-                    units = torch.full((n,), float(self.config.get("pixels", math.nan)), dtype=torch.float64)
+                units = any_curve.n_units.to(torch.float64)
                 loc = self.localisation.get(method, {}) if ranking == "pixels" else {}
                 pg = loc.get("pointing_game", torch.full((n,), math.nan, dtype=torch.float64))
                 en = loc.get("energy_in_box", torch.full((n,), math.nan, dtype=torch.float64))

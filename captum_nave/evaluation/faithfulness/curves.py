@@ -23,13 +23,14 @@ What is ranked (``units``):
   :mod:`.units`): every unit is ranked by the map's relevance mass inside it
   (``unit_aggregate="sum"``, default) or by its mean (``"mean"``), or by scores given
   per unit (``unit_scores``, e.g. :func:`captum_nave.attribution.segment_importance`);
-  step ``s`` perturbs the top ``s`` units, so a curve has ``K_i + 1`` points for an
-  image with ``K_i`` units.
+  one unit per step (``K_i + 1`` points for an image with ``K_i`` units), or, for an
+  image with more than ``n_steps`` units, the top ``round(s * K_i / n_steps)`` units at
+  step ``s`` (at most ``n_steps + 1`` forward passes per image either way).
 
-The x-axis of a curve and of its AUC is the fraction of units perturbed, ``s / S`` for
-``S`` steps (pixels: the fraction of pixels; the convention of Petsiuk et al. and of
-Quantus' ``PixelFlipping``). The fraction of the image *area* perturbed at every
-point is kept as well (``fractions``), and ``auc(axis="area")`` integrates over it.
+The x-axis of a curve and of its AUC is the fraction of units perturbed (pixels: the
+fraction of pixels; the convention of Petsiuk et al. and of Quantus'
+``PixelFlipping``). The fraction of the image *area* perturbed at every point is kept
+as well (``fractions``), and ``auc(axis="area")`` integrates over it.
 
 Baselines (the value a perturbed pixel takes, all channels):
 
@@ -51,7 +52,7 @@ import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from numbers import Integral, Real
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -98,8 +99,12 @@ class PerturbationCurves:
     fractions : Tensor of shape (N, P), float64
         Fraction of the image area perturbed at each point (deletion: replaced by the
         baseline; insertion: taken from the input); NaN padding.
+    unit_fractions : Tensor of shape (N, P), float64
+        Fraction of the units (pixels) perturbed at each point: the x-axis; NaN padding.
     n_points : LongTensor of shape (N,)
-        Points per curve (``S + 1`` for ``S`` steps).
+        Points per curve.
+    n_units : LongTensor of shape (N,)
+        Units ranked per image (``H * W`` for pixels).
     target : LongTensor of shape (N,)
         The class whose score was recorded.
     baseline : str
@@ -114,7 +119,9 @@ class PerturbationCurves:
     ranking: str
     scores: Tensor
     fractions: Tensor
+    unit_fractions: Tensor
     n_points: Tensor
+    n_units: Tensor
     target: Tensor
     baseline: str
     output: str
@@ -122,14 +129,6 @@ class PerturbationCurves:
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
-
-    def steps(self) -> Tensor:
-        """x-values (N, P), float64: fraction of units perturbed, ``s / (n_points - 1)`` (NaN padding)."""
-        p = self.scores.shape[1]
-        s = torch.arange(p, dtype=torch.float64)[None, :].expand(len(self), p)
-        denom = (self.n_points - 1).clamp_min(1).to(torch.float64)[:, None]
-        x = s / denom
-        return torch.where(s < self.n_points[:, None], x, torch.full_like(x, float("nan")))
 
     def curve(self, i: int, axis: str = "units") -> Tuple[Tensor, Tensor]:
         """``(x, y)`` of image ``i`` without padding; ``axis`` = ``"units"`` or ``"area"``."""
@@ -172,7 +171,7 @@ class PerturbationCurves:
 
     def _x(self, axis: str) -> Tensor:
         if axis == "units":
-            return self.steps()
+            return self.unit_fractions
         if axis == "area":
             return self.fractions
         raise ValueError(f"axis: expected 'units' or 'area', got {axis!r}")
@@ -399,22 +398,25 @@ def score_perturbations(
     baseline: Tensor,
     rank: Tensor,
     thresholds: List[Tensor],
-    target: Tensor,
+    target: Union[Tensor, Callable[[Tensor], Tensor]],
     *,
     mode: str,
     output: str,
     batch_size: int,
     additional_forward_args: Any = None,
     bar: Any = None,
-) -> Tuple[List[Tensor], List[Tensor]]:
+) -> Tuple[List[Tensor], List[Tensor], Tensor]:
     """Scores and area fractions of every (image, threshold) perturbation.
 
     Image ``i`` at threshold ``t``: pixels with ``rank[i] < t`` come from ``baseline``
     (deletion) or from the input (insertion), the others from the other tensor.
+    ``target`` is a LongTensor (N,) or a function of the first batch's logits returning
+    one (to check a user's target without an extra forward pass).
 
     Returns
     -------
     scores, fractions : lists of N float64 CPU tensors, one value per threshold
+    target : LongTensor (N,)
     """
     n = inputs.shape[0]
     args = _as_tuple(additional_forward_args)
@@ -438,6 +440,8 @@ def score_perturbations(
                     f"model: expected the forward pass to return class scores (N, K), got "
                     f"{tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__}"
                 )
+            if callable(target):
+                target = target(logits).to(inputs.device)
             vals = logits.softmax(dim=1) if output == "probability" else logits
             s = vals.gather(1, target[idx][:, None])[:, 0].to("cpu", torch.float64)
             frac = mask.reshape(len(chunk), -1).sum(dim=1).to("cpu", torch.float64) / hw
@@ -449,7 +453,16 @@ def score_perturbations(
     return (
         [torch.tensor(v, dtype=torch.float64) for v in out_s],
         [torch.tensor(v, dtype=torch.float64) for v in out_f],
+        target,  # type: ignore[return-value]
     )
+
+
+def _unit_thresholds(k: int, n_steps: int) -> Tensor:
+    """Units perturbed at each point: 0..k one by one, or ``round(s k / n_steps)`` for k > n_steps."""
+    if k <= n_steps:
+        return torch.arange(k + 1)
+    s = torch.arange(n_steps + 1)
+    return (s * k + n_steps // 2) // n_steps
 
 
 def _pad(rows: List[Tensor]) -> Tensor:
@@ -502,8 +515,8 @@ def perturbation_curve(
     order : {"most", "least"}, default "most"
         Perturb the most relevant first (MoRF) or the least relevant first (LeRF).
     n_steps : int, default 20
-        Pixel ranking only: number of steps (``n_steps + 1`` points); a unit ranking
-        takes one step per unit.
+        Number of steps (``n_steps + 1`` points); a unit ranking takes one step per
+        unit when an image has at most ``n_steps`` units.
     baseline : "blur", "mean", "zeros", number or Tensor, default "blur"
     blur_sigma : float, optional
         For ``baseline="blur"``; default ``max(H, W) / 10``.
@@ -555,12 +568,13 @@ def perturbation_curve(
         rank, n_units, used_scores = unit_order(
             units.to(x.device), attributions, unit_scores=unit_scores, unit_aggregate=unit_aggregate, order=order
         )
-        thresholds = [torch.arange(int(k) + 1) for k in n_units.tolist()]
+        counts = n_units.tolist()
+        thresholds = [_unit_thresholds(int(k), n_steps) for k in counts]
         ranking = "unit scores" if unit_scores is not None else "units"
     else:
         rank = pixel_order(attributions, order).to(x.device)  # type: ignore[arg-type]
-        s = torch.arange(n_steps + 1)
-        thresholds = [(s * (h * w) + n_steps // 2) // n_steps] * n
+        thresholds = [_unit_thresholds(h * w, n_steps)] * n
+        counts = [h * w] * n
         ranking = "pixels"
         used_scores = None
     module = model if isinstance(model, nn.Module) else None
@@ -569,18 +583,21 @@ def perturbation_curve(
 
     total = sum(len(t) for t in thresholds)
     with preserve_model_state(module) if module is not None else nullcontext():
-        with torch.no_grad():
-            logits = model(x, *_as_tuple(additional_forward_args))
-        if not isinstance(logits, Tensor):
-            raise TypeError(f"model: expected the forward pass to return a Tensor (N, K), got {type(logits).__name__}")
-        t = resolve_target(target, logits).to(x.device)
+        if target is None or (isinstance(target, str) and target.strip().lower() == "auto"):
+            with torch.no_grad():
+                logits = model(x, *_as_tuple(additional_forward_args))
+            if not isinstance(logits, Tensor):
+                raise TypeError(f"model: expected the forward pass to return a Tensor (N, K), got {type(logits).__name__}")
+            t: Any = resolve_target(target, logits).to(x.device)
+        else:  # checked against the first batch's logits (no extra forward pass)
+            t = lambda logits: resolve_target(target, logits[:1].expand(n, -1))  # noqa: E731
         with tqdm(total=total, desc=f"{mode} curves", unit="image", disable=not progress) as bar:
-            scores, fracs = score_perturbations(
+            scores, fracs, t = score_perturbations(
                 model, x, base, rank, thresholds, t, mode=mode, output=output, batch_size=batch_size,
                 additional_forward_args=additional_forward_args, bar=bar,
             )
     config: Dict[str, Any] = {
-        "n_steps": n_steps if units is None else None,
+        "n_steps": n_steps,
         "unit_aggregate": unit_aggregate if units is not None and unit_scores is None else None,
         "blur_sigma": (blur_sigma if blur_sigma is not None else max(h, w) / 10.0) if _baseline_name(baseline) == "blur" else None,
         "batch_size": batch_size,
@@ -589,6 +606,8 @@ def perturbation_curve(
         config["unit_scores"] = used_scores
     return PerturbationCurves(
         mode=mode, order=order, ranking=ranking, scores=_pad(scores), fractions=_pad(fracs),
-        n_points=torch.tensor([len(v) for v in scores], dtype=torch.long), target=t.cpu(),
+        unit_fractions=_pad([th.to(torch.float64) / max(k, 1) for th, k in zip(thresholds, counts)]),
+        n_points=torch.tensor([len(v) for v in scores], dtype=torch.long),
+        n_units=torch.tensor(counts, dtype=torch.long), target=t.cpu(),
         baseline=_baseline_name(baseline), output=output, config=config,
     )

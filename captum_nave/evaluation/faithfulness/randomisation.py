@@ -357,6 +357,7 @@ def randomisation_check(
     stages: Any = None,
     cascading: bool = True,
     random_state: int = 0,
+    reference_maps: Optional[Mapping[str, Tensor]] = None,
     return_maps: bool = False,
     progress: bool = False,
 ) -> RandomisationResult:
@@ -385,6 +386,9 @@ def randomisation_check(
         Cascading (cumulative) or independent (one module at a time) randomisation.
     random_state : int, default 0
         Seed of the re-initialisation.
+    reference_maps : mapping name -> Tensor (N, 1, H, W), optional
+        The trained model's maps, when already computed with the same options (they
+        are recomputed for the methods not given).
     return_maps : bool, default False
         Keep every map (for figures).
     progress : bool, default False
@@ -432,7 +436,20 @@ def randomisation_check(
         with torch.no_grad():
             logits = model(x)
         t = resolve_target(target, logits)
-    base = {m: run(model, x, t).detach() for m, run in runners.items()}
+    given = dict(reference_maps or {})
+    unknown = [k for k in given if k not in runners]
+    if unknown:
+        raise ValueError(f"reference_maps: maps for {unknown} but methods are {list(runners)}")
+    base: Dict[str, Tensor] = {}
+    for m, run in runners.items():
+        if m in given:
+            ref = given[m]
+            if not isinstance(ref, Tensor) or ref.shape[0] != x.shape[0] or ref.shape[-2:] != x.shape[-2:]:
+                got = tuple(ref.shape) if isinstance(ref, Tensor) else type(ref).__name__
+                raise ValueError(f"reference_maps[{m!r}]: expected a tensor ({x.shape[0]}, 1, {x.shape[2]}, {x.shape[3]}), got {got}")
+            base[m] = ref.detach().to(x.device)
+        else:
+            base[m] = run(model, x, t).detach()
     per: Dict[str, List[Dict[str, Tensor]]] = {m: [] for m in runners}
     kept: Dict[str, List[Tensor]] = {m: [base[m].cpu()] for m in runners} if return_maps else {}
     randomised: List[List[str]] = []
