@@ -18,7 +18,7 @@ Examples
 """
 
 from ._spec import POOLINGS, LensSpec, lens_spec
-from .plots import plot_identifiability, plot_layer_tokens, plot_segment_layers
+from .plots import plot_identifiability, plot_layer_tokens, plot_lens_overview, plot_segment_layers
 from .projection import LensResult, class_lens, segments_on_grid
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "lens_spec",
     "plot_identifiability",
     "plot_layer_tokens",
+    "plot_lens_overview",
     "plot_segment_layers",
     "segments_on_grid",
 ]

@@ -13,7 +13,7 @@ from captum_nave.visualization import _clean, _finish, _image_hwc, _setup, segme
 if TYPE_CHECKING:  # pragma: no cover
     from .projection import LensResult
 
-__all__ = ["plot_identifiability", "plot_segment_layers", "plot_layer_tokens"]
+__all__ = ["plot_identifiability", "plot_segment_layers", "plot_layer_tokens", "plot_lens_overview"]
 
 
 def plot_identifiability(
@@ -129,8 +129,12 @@ def plot_layer_tokens(
     ax.imshow(img.mean(axis=2), cmap="gray", vmin=0, vmax=1)
     im = ax.imshow(up, cmap="magma", vmin=0, vmax=1, alpha=0.65, interpolation="nearest")
     if segments is not None:
-        lab = segments[int(image_index), 0].detach().cpu().numpy()
-        edges = segment_boundaries(lab)
+        lab = segments[int(image_index), 0].detach().cpu()
+        if tuple(lab.shape) != (h, w):
+            from captum_nave.segments import resize_labels
+
+            lab = resize_labels(lab, (h, w))
+        edges = segment_boundaries(lab.numpy())
         overlay = np.zeros((h, w, 4))
         overlay[edges] = (1.0, 1.0, 1.0, 1.0)
         ax.imshow(overlay)
@@ -139,5 +143,36 @@ def plot_layer_tokens(
     share = float((rank == 0).to(torch.float64).mean())
     ax.set_title(title or f"block {li}: {100 * share:.0f}% of patch tokens with the class on top", fontsize=8)
     fig.colorbar(im, ax=ax, shrink=0.7, label="1 - log(1 + rank) / log(K)").ax.tick_params(labelsize=6)
+    _finish(fig, show)
+    return fig, axes
+
+
+def plot_lens_overview(
+    lens: "LensResult",
+    image: Any,
+    segments: Optional[Tensor] = None,
+    image_index: int = 0,
+    *,
+    layer: int = -1,
+    name: str = "",
+    plt_fig_axis: Any = None,
+    show: bool = False,
+) -> Tuple[Any, Any]:
+    """Three panels: identifiability per block | segment x block heatmap (with ``segments``) |
+    the tokens of block ``layer`` on image ``image_index``.
+
+    Returns
+    -------
+    (Figure, ndarray of Axes of shape (1, 3))
+    """
+    fig, axes = _setup(plt_fig_axis, (1, 3), (13.0, 3.6), show)
+    prefix = f"{name}: " if name else ""
+    plot_identifiability(lens, title=f"{prefix}class identifiability per block", plt_fig_axis=(fig, axes[0, 0]))
+    if segments is not None:
+        plot_segment_layers(lens, segments, image_index, plt_fig_axis=(fig, axes[0, 1]),
+                            title=f"{prefix}NAVE segments of image {image_index}")
+    else:
+        axes[0, 1].set_axis_off()
+    plot_layer_tokens(lens, image, layer, image_index, segments=segments, plt_fig_axis=(fig, axes[0, 2]))
     _finish(fig, show)
     return fig, axes
