@@ -468,6 +468,35 @@ def test_register_and_corloc_sections(vit_pair, vit_report):
     assert len(_section_images(vit_report["text"], "corloc")) == 1
 
 
+def test_lens_section_matches_the_public_api(vit_pair, vit_report):
+    from captum_nave.lens import class_lens
+
+    page, data = vit_report["page"], vit_report["data"]
+    assert "lens" in page.ids
+    x = normalize(vit_report["x01"], {"mean": (0.5,) * 3, "std": (0.5,) * 3})
+    rows = page.table("lens-table")
+    assert rows[0] == ["model", "block", "patch tokens", "CLS token", "register tokens"]
+    for name, model in zip(("plain ViT", "ViT+reg"), vit_pair):
+        lens = class_lens(model, x)
+        mine = [r for r in rows[1:] if r[0] == name]
+        assert [int(r[1]) for r in mine] == list(range(len(model.blocks)))
+        for layer, r in enumerate(mine):
+            assert float(r[2]) == pytest.approx(float(lens.identifiability("patches")[layer]), abs=6e-4)
+            assert float(r[3]) == pytest.approx(float(lens.identifiability("cls")[layer]), abs=6e-4)
+            if name == "plain ViT":
+                assert r[4] == "n/a"
+            else:
+                assert float(r[4]) == pytest.approx(float(lens.identifiability("registers")[layer]), abs=6e-4)
+        assert float(mine[-1][3]) == 1.0  # the last CLS projection is the prediction
+        seg = LayerClusterExplainer(model, [-1]).attribute(x, n_clusters=3, random_state=0)
+        first = lens.segment_first_layer(seg)
+        srows = [r for r in page.table("lens-segments-table")[1:] if r[0] == name]
+        for r in srows:
+            i = data.image_names.index(r[1])
+            assert int(r[4]) == int(first[i, int(r[2])])
+    assert len(_section_images(vit_report["text"], "lens")) == 2
+
+
 def test_escaping_in_the_html_text(xss_report):
     text = xss_report.read_text(encoding="utf-8")
     page = parse(text)

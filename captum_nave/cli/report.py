@@ -29,7 +29,8 @@ from the network. Sections: side-by-side grids (NAVE | Grad-CAM | IG | LRP) per
 model, per-segment relevance tables, faithfulness (deletion / insertion AUCs per
 method with pixels, NAVE segments, SLIC and a grid as units, and the cascading
 model-randomisation check; --no-faithfulness leaves it out), stability across the
-k-means --seeds, a
+k-means --seeds, the class-embedding lens for ViTs with a classifier head
+(--no-lens leaves it out), a
 register comparison (--register-pair A B, two of the --model names), a CorLoc
 table (--boxes), and a reproducibility section (configuration, package versions,
 model weight hashes, seeds, timings).
@@ -96,6 +97,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--randomisation-stages", type=int, default=4, metavar="N",
                    help="stages of the cascading model-randomisation check, spread from the classifier to the "
                    "input (default: 4; 0 skips the check)")
+    p.add_argument("--no-lens", action="store_true",
+                   help="leave out the class-embedding lens section (ViTs with a classifier head)")
     p.add_argument("--title", default="captum-nave report", help="report title")
     p.add_argument(
         "--keep-going", action="store_true",
@@ -244,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
             method_options={k: v for k, v in options.items() if k in methods},
             register_pair=tuple(args.register_pair) if args.register_pair else None,
             boxes=boxes, corloc_protocol=protocol, title=args.title, faithfulness=not args.no_faithfulness,
+            lens=not args.no_lens,
             faithfulness_options={"n_steps": args.faithfulness_steps, "randomisation_stages": args.randomisation_stages},
             on_error="record" if args.keep_going else "raise",
             progress=sys.stderr.isatty(), extra_config={"command-line arguments": cli_args},

@@ -85,6 +85,9 @@ class ModelRun:
         Deletion / insertion AUCs of every map (:mod:`captum_nave.evaluation.faithfulness`).
     randomisation : RandomisationResult or None
         Cascading model-randomisation check of every method, NAVE included.
+    lens : LensResult or None
+        Class-embedding lens (:func:`captum_nave.lens.class_lens`) of a ViT with a
+        classifier head, for the explained classes.
     timings : dict of str to float
         Seconds per stage (``nave``, each method, ``relevance``, ``importance``,
         ``faithfulness curves``, ``randomisation``).
@@ -107,6 +110,7 @@ class ModelRun:
     importance: Optional[Tensor] = None
     faithfulness: Any = None
     randomisation: Any = None
+    lens: Any = None
     timings: Dict[str, float] = field(default_factory=dict)
 
 
@@ -448,6 +452,7 @@ def collect_report(
     importance: bool = True,
     faithfulness: bool = True,
     faithfulness_options: Optional[Mapping[str, Any]] = None,
+    lens: bool = True,
     register_pair: Optional[Tuple[str, str]] = None,
     register_options: Optional[Mapping[str, Any]] = None,
     boxes: Optional[Sequence[Any]] = None,
@@ -462,6 +467,8 @@ def collect_report(
     from captum_nave.attribution import attribute, available_methods, segment_importance, segment_relevance
     from captum_nave.attribution.registry import resolve_target
     from captum_nave.models import default_layers, normalize, resize_images, state_dict_sha256
+    from captum_nave.lens import class_lens
+    from captum_nave.lens.summary import lens_available
     from captum_nave.visualization import stability_ari
 
     t_start = time.perf_counter()
@@ -494,6 +501,8 @@ def collect_report(
         raise TypeError(f"crop: expected a bool, got {crop!r}")
     if not isinstance(faithfulness, bool):
         raise TypeError(f"faithfulness: expected a bool, got {faithfulness!r}")
+    if not isinstance(lens, bool):
+        raise TypeError(f"lens: expected a bool, got {lens!r}")
     from .faithfulness import check_faithfulness_options, collect_faithfulness
 
     faith_opts = check_faithfulness_options(faithfulness_options)
@@ -653,6 +662,10 @@ def collect_report(
                     collected_warnings.append(text)
                     warnings.warn(text, RuntimeWarning, stacklevel=2)
                 bar.update(1)
+            if lens and lens_available(model):
+                t0 = time.perf_counter()
+                run.lens = class_lens(model, x, run.targets.to(device))
+                timings["lens"] = time.perf_counter() - t0
             run.weights_unchanged = state_dict_sha256(model) == sha_before
             if not run.weights_unchanged:  # pragma: no cover - a bug in a method
                 text = f"report: the weights of model {name!r} changed during the run"
@@ -704,6 +717,7 @@ def collect_report(
         "method options": {m: {k: _plain(v) for k, v in o.items()} for m, o in opts.items()},
         "segment importance": "FeatureAblation, baseline 0 (normalised input)" if importance else False,
         "faithfulness": {k: _plain(v) for k, v in faith_opts.items()} if faithfulness else False,
+        "class-embedding lens": [r.name for r in runs if r.lens is not None] if lens else False,
         "register pair": list(register_pair) if register_pair is not None else None,
         "register options": {k: _plain(v) for k, v in (register_options or {}).items()},
         "boxes given": boxes is not None,
@@ -811,6 +825,7 @@ def build_report(
     importance: bool = True,
     faithfulness: bool = True,
     faithfulness_options: Optional[Mapping[str, Any]] = None,
+    lens: bool = True,
     register_pair: Optional[Tuple[str, str]] = None,
     register_options: Optional[Mapping[str, Any]] = None,
     boxes: Optional[Sequence[Any]] = None,
@@ -838,6 +853,10 @@ def build_report(
       SLIC superpixels and a grid as units, against a random map; the cascading
       model-randomisation check of every method (NAVE included); pointing game and
       energy in box when ``boxes`` are given (:mod:`captum_nave.evaluation.faithfulness`);
+    * **Class-embedding lens** (``lens``, ViTs with a classifier head): every block's
+      tokens projected through the final norm and the head onto the classes; from which
+      block patch tokens, CLS, registers and each NAVE segment carry the explained class
+      (:mod:`captum_nave.lens`);
     * **Stability**: mean pairwise ARI of the NAVE maps over the k-means ``seeds`` and
       the paper's Fig. 4 (mean segment colour over seeds);
     * **Register comparison** (``register_pair``): :func:`captum_nave.registers.compare_registers`
@@ -887,6 +906,8 @@ def build_report(
         Score every segment by ablation (:func:`captum_nave.attribution.segment_importance`).
     faithfulness : bool, default True
         Add the Faithfulness section.
+    lens : bool, default True
+        Add the Class-embedding lens section for ViT models with a classifier head.
     faithfulness_options : mapping, optional
         Settings of the Faithfulness section (defaults in
         :data:`captum_nave.report.faithfulness.DEFAULT_FAITHFULNESS`): ``n_steps`` (20),
@@ -933,7 +954,7 @@ def build_report(
         images, models, image_names=image_names, methods=methods, layers=layers,
         n_clusters=n_clusters, seeds=seeds, size=size, crop=crop, target=target,
         class_names=class_names, method_options=method_options, importance=importance,
-        faithfulness=faithfulness, faithfulness_options=faithfulness_options, register_pair=register_pair, register_options=register_options, boxes=boxes,
+        faithfulness=faithfulness, faithfulness_options=faithfulness_options, lens=lens, register_pair=register_pair, register_options=register_options, boxes=boxes,
         corloc_protocol=corloc_protocol, title=title, on_error=on_error, progress=progress,
         extra_config=extra_config,
     )

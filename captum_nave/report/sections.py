@@ -25,8 +25,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["SECTION_IDS", "render", "load_template"]
 
-#: Element ids of the sections, in page order (``faithfulness``, ``registers`` and
-#: ``corloc`` only when computed / their inputs were given).
+#: Element ids of the sections, in page order (``faithfulness``, ``registers``, ``lens``
+#: and ``corloc`` only when computed / their inputs were given).
 SECTION_IDS: Tuple[str, ...] = (
     "overview",
     "side-by-side",
@@ -34,6 +34,7 @@ SECTION_IDS: Tuple[str, ...] = (
     "faithfulness",
     "stability",
     "registers",
+    "lens",
     "corloc",
     "reproducibility",
 )
@@ -481,6 +482,10 @@ def render(data: "ReportData", *, dpi: float = 80, max_stability_figures: int = 
     ]
     if data.register is not None:
         sections.append(("registers", "Registers", _registers(data, dpi)))
+    if any(getattr(r, "lens", None) is not None for r in data.runs):
+        from .lens import render_lens
+
+        sections.append(("lens", "Lens", render_lens(data, dpi)))
     if data.corloc is not None:
         sections.append(("corloc", "CorLoc", _corloc(data, dpi)))
     sections.append(("reproducibility", "Reproducibility", _reproducibility(data)))
