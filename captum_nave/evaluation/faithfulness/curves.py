@@ -204,21 +204,16 @@ def _check_choice(value: Any, choices: Tuple[str, ...], name: str) -> str:
 
 
 def _check_int(value: Any, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or int(value) < low:
-        raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
-    return int(value)
+    from captum_nave._validation import check_int
+
+    return int(check_int(value, name, low=low))  # type: ignore[arg-type]
 
 
 def check_inputs(inputs: Any, name: str = "inputs") -> Tensor:
-    """A float tensor (N, C, H, W) with N >= 1, else a clear error."""
-    if not isinstance(inputs, Tensor):
-        raise TypeError(f"{name}: expected a float Tensor of shape (N, C, H, W), got {type(inputs).__name__}")
-    if inputs.dim() != 4 or inputs.shape[0] == 0 or not inputs.is_floating_point():
-        raise ValueError(
-            f"{name}: expected a non-empty float tensor of shape (N, C, H, W), got shape "
-            f"{tuple(inputs.shape)} and dtype {inputs.dtype}"
-        )
-    return inputs
+    """A finite float tensor (N, C, H, W) with N >= 1 (:func:`captum_nave._validation.check_images`)."""
+    from captum_nave._validation import check_images
+
+    return check_images(inputs, name)
 
 
 def check_map(maps: Any, inputs: Tensor, name: str = "attributions") -> Tensor:
@@ -551,8 +546,9 @@ def perturbation_curve(
     order = _check_choice(order, _ORDERS, "order")
     n_steps = _check_int(n_steps, "n_steps", 1)
     batch_size = _check_int(batch_size, "batch_size", 1)
-    if not isinstance(progress, bool):
-        raise TypeError(f"progress: expected a bool, got {progress!r}")
+    from captum_nave._validation import check_bool
+
+    check_bool(progress, "progress")
     if not callable(model):
         raise TypeError(f"model: expected an nn.Module or a callable, got {type(model).__name__}")
     if unit_scores is not None and units is None:
