@@ -26,7 +26,6 @@ import copy
 import csv
 import math
 import warnings
-from collections import OrderedDict
 
 import numpy as np
 import pytest

@@ -39,15 +39,41 @@ def train_shape_net(steps: int = 120, seed: int = 0):
     random_init = copy.deepcopy(net)
     x, m, _, _ = shapes_dataset(400, 48, seed=seed)
     target = F.avg_pool2d(m[:, None].float(), 2)
-    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    fit(net, x, target, F.binary_cross_entropy_with_logits, steps=steps, lr=1e-2, seed=seed)
+    return net.eval(), random_init.eval()
+
+
+def fit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, *, steps: int, lr: float, seed: int,
+        batch: int = 32, one_cycle: bool = False) -> nn.Module:
+    """Adam on random mini-batches (seeded), optionally with a one-cycle learning rate."""
+    opt = torch.optim.Adam(net.parameters(), lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15) if one_cycle else None
     g = torch.Generator().manual_seed(seed)
+    net.train()
     for _ in range(steps):
-        idx = torch.randint(0, len(x), (32,), generator=g)
-        loss = F.binary_cross_entropy_with_logits(net(x[idx]), target[idx])
+        idx = torch.randint(0, len(x), (batch,), generator=g)
+        loss = loss_fn(net(x[idx]), y[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return net.eval(), random_init.eval()
+        if sched is not None:
+            sched.step()
+    return net.eval()
+
+
+def _stamp(n: int, size: int, seed: int, n_classes: int, margin: Tuple[int, int], region) -> Tuple[torch.Tensor, ...]:
+    """Noise images with one bright region per image, ``region(label, cy, cx) -> (rows, cols)`` slices."""
+    g = torch.Generator().manual_seed(seed)
+    x = 0.3 * torch.randn(n, 3, size, size, generator=g)
+    y = torch.randint(0, n_classes, (n,), generator=g)
+    masks = torch.zeros(n, size, size, dtype=torch.bool)
+    for i in range(n):
+        cy, cx = torch.randint(margin[0], margin[1], (2,), generator=g).tolist()
+        rows, cols = region(int(y[i]), cy, cx)
+        masks[i, rows, cols] = True
+        colour = 0.5 + torch.rand(3, generator=g)
+        x[i][:, masks[i]] += colour[:, None]
+    return x, masks, y
 
 
 def bars(n: int, size: int = 32, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -55,20 +81,14 @@ def bars(n: int, size: int = 32, seed: int = 0) -> Tuple[torch.Tensor, torch.Ten
 
     Returns (images (n, 3, size, size), bar masks (n, size, size) bool, labels (n,)).
     """
-    g = torch.Generator().manual_seed(seed)
-    x = 0.3 * torch.randn(n, 3, size, size, generator=g)
-    y = torch.randint(0, 2, (n,), generator=g)
-    masks = torch.zeros(n, size, size, dtype=torch.bool)
     length, width = 14, 4
-    for i in range(n):
-        cy, cx = torch.randint(length // 2 + 1, size - length // 2 - 1, (2,), generator=g).tolist()
-        if y[i] == 0:
-            masks[i, cy - width // 2 : cy + width // 2, cx - length // 2 : cx + length // 2] = True
-        else:
-            masks[i, cy - length // 2 : cy + length // 2, cx - width // 2 : cx + width // 2] = True
-        colour = 0.5 + torch.rand(3, generator=g)
-        x[i][:, masks[i]] += colour[:, None]
-    return x, masks, y
+
+    def region(label: int, cy: int, cx: int):
+        if label == 0:
+            return slice(cy - width // 2, cy + width // 2), slice(cx - length // 2, cx + length // 2)
+        return slice(cy - length // 2, cy + length // 2), slice(cx - width // 2, cx + width // 2)
+
+    return _stamp(n, size, seed, 2, (length // 2 + 1, size - length // 2 - 1), region)  # type: ignore[return-value]
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -91,21 +111,11 @@ def bars_classifier(steps: int = 60, seed: int = 0):
     torch.manual_seed(seed)
     net = tiny_classifier()
     x, _, y = bars(416, seed=seed)
-    train_x, train_y = x[:400], y[:400]
-    opt = torch.optim.Adam(net.parameters(), 1e-2)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(0, len(train_x), (32,), generator=g)
-        loss = F.cross_entropy(net(train_x[idx]), train_y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    net.eval()
+    fit(net, x[:400], y[:400], F.cross_entropy, steps=steps, lr=1e-2, seed=seed)
     test_x, _, test_y = bars(64, seed=seed + 1)
     with torch.no_grad():
         accuracy = (net(test_x).argmax(1) == test_y).float().mean().item()
     return net, x[400:], y[400:], accuracy
-
 
 
 def bar_shapes(n: int, seed: int = 0, size: int = 32) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -113,21 +123,11 @@ def bar_shapes(n: int, seed: int = 0, size: int = 32) -> Tuple[torch.Tensor, tor
 
     Returns (images (n, 3, size, size), shape masks (n, size, size) bool, labels (n,)).
     """
-    g = torch.Generator().manual_seed(seed)
-    x = 0.3 * torch.randn(n, 3, size, size, generator=g)
-    y = torch.randint(0, 3, (n,), generator=g)
-    masks = torch.zeros(n, size, size, dtype=torch.bool)
-    for i in range(n):
-        cy, cx = torch.randint(9, size - 9, (2,), generator=g).tolist()
-        if y[i] == 0:
-            masks[i, cy - 2 : cy + 2, cx - 8 : cx + 8] = True
-        elif y[i] == 1:
-            masks[i, cy - 8 : cy + 8, cx - 2 : cx + 2] = True
-        else:
-            masks[i, cy - 5 : cy + 5, cx - 5 : cx + 5] = True
-        colour = 0.5 + torch.rand(3, generator=g)
-        x[i][:, masks[i]] += colour[:, None]
-    return x, masks, y
+    def region(label: int, cy: int, cx: int):
+        half = [(2, 8), (8, 2), (5, 5)][label]
+        return slice(cy - half[0], cy + half[0]), slice(cx - half[1], cx + half[1])
+
+    return _stamp(n, size, seed, 3, (9, size - 9), region)  # type: ignore[return-value]
 
 
 def shape_vit(steps: int = 300, seed: int = 0, size: int = 32):
@@ -148,18 +148,7 @@ def shape_vit(steps: int = 300, seed: int = 0, size: int = 32):
     random_init = copy.deepcopy(net).eval()
     x, _, y = bar_shapes(600, seed=seed, size=size)
     test_x, test_masks, test_y = bar_shapes(100, seed=seed + 1, size=size)
-    opt = torch.optim.Adam(net.parameters(), 3e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.15)
-    g = torch.Generator().manual_seed(seed)
-    net.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(x), (32,), generator=g)
-        loss = F.cross_entropy(net(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    net.eval()
+    fit(net, x, y, F.cross_entropy, steps=steps, lr=3e-3, seed=seed, one_cycle=True)
     with torch.no_grad():
         accuracy = (net(test_x).argmax(1) == test_y).float().mean().item()
     return net, random_init, test_x, test_y, test_masks, accuracy

@@ -69,6 +69,7 @@ __all__ = [
     "perturbation_curve",
     "pixel_order",
     "plot_perturbation_curves",
+    "pointing_game",
     "plot_randomisation",
     "random_maps",
     "randomisation_check",
