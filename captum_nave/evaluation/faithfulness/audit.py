@@ -270,7 +270,7 @@ def faithfulness_audit(
     ...                            segment_scores={"segment_importance": segment_importance(model, x, seg, t)})
     >>> print(audit.to_markdown())
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from captum_nave.activations import preserve_model_state
     from captum_nave.attribution.registry import resolve_target

@@ -575,7 +575,7 @@ def perturbation_curve(
         used_scores = None
     module = model if isinstance(model, nn.Module) else None
     warn_training(module)
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     total = sum(len(t) for t in thresholds)
     with preserve_model_state(module) if module is not None else nullcontext():

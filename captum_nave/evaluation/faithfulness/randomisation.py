@@ -404,7 +404,7 @@ def randomisation_check(
     ...                           method_options={"ig": {"n_steps": 16}}, stages=4)
     >>> res.spearman["gradcam"].mean(dim=1)     # per stage, falls towards 0
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from captum_nave.activations import preserve_model_state
     from captum_nave.attribution.registry import resolve_target
