@@ -62,9 +62,12 @@ def test_cli_writes_summary_tables_and_figure(main, tiny_loader, images, tmp_pat
                "--out", str(out), *images])
     assert rc == 0
     printed = capsys.readouterr().out.split()
-    assert printed == [str(out / f) for f in ("summary.md", "per_image.csv", "aggregated.csv", "figure.png")]
+    files = ("summary.md", "per_image.csv", "aggregated.csv", "figure.png", "lens_layers.csv", "lens_segments.csv",
+             "lens.png")
+    assert printed == [str(out / f) for f in files]
     md = (out / "summary.md").read_text()
     assert "tiny-plain vs tiny-reg" in md and "CorLoc (inner)" in md and "| mass_registers |" in md
+    assert "| lens_patches |" in md and "| lens_registers |" in md
     rows = list(csv.DictReader(open(out / "per_image.csv")))
     assert {r["image"] for r in rows} == {"0", "1", "2"}
     # the files are the public API's result on the same models, images and boxes
@@ -81,6 +84,24 @@ def test_cli_writes_summary_tables_and_figure(main, tiny_loader, images, tmp_pat
 
     fig = imread(out / "figure.png")
     assert fig.ndim == 3 and fig.shape[1] > fig.shape[0]  # 3 rows x 7 columns of panels
+    assert (out / "lens.png").read_bytes()[:4] == b"\x89PNG"
+    # the lens tables equal class_lens on the same inputs
+    from captum_nave.lens import class_lens
+
+    info = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+    x = torch.cat([models.normalize(models.resize_images(models.load_image(p), (48, 48)), info) for p in images])
+    layers = list(csv.DictReader(open(out / "lens_layers.csv")))
+    for name, model in (("tiny-plain", tiny_timm(img_size=48)), ("tiny-reg", tiny_timm(img_size=48, reg_tokens=4, seed=1))):
+        lens = class_lens(model, x)
+        mine = [r for r in layers if r["model"] == name]
+        assert [int(r["layer"]) for r in mine] == list(range(lens.n_layers))
+        for r in mine:
+            assert float(r["patches"]) == pytest.approx(float(lens.identifiability("patches")[int(r["layer"])]))
+            assert float(r["cls"]) == pytest.approx(float(lens.identifiability("cls")[int(r["layer"])]))
+            assert (r["registers"] == "") == (name == "tiny-plain")
+    segs = list(csv.DictReader(open(out / "lens_segments.csv")))
+    assert {r["image_name"] for r in segs} == {"chelsea", "coffee", "astronaut"}
+    assert all(-1 <= int(r["first_layer"]) < 3 for r in segs)  # 3 blocks
 
 
 def _api_result(images, box_table, *, n_clusters, min_area, border, seed=0):

@@ -1,8 +1,10 @@
 """``captum-nave compare``: NAVE next to Grad-CAM, Integrated Gradients and LRP.
 
-Writes one side-by-side figure (image | NAVE | Grad-CAM | IG | LRP, one row per image)
-and one CSV with the relevance of every attribution method in every NAVE segment
-(:func:`captum_nave.attribution.segment_relevance`).
+Writes one side-by-side figure (image | NAVE | Grad-CAM | IG | LRP, one row per image),
+one CSV with the relevance of every attribution method in every NAVE segment
+(:func:`captum_nave.attribution.segment_relevance`) and one CSV with the faithfulness
+measures of every method (:func:`captum_nave.evaluation.faithfulness.faithfulness_audit`,
+optionally :func:`~captum_nave.evaluation.faithfulness.randomisation_check`).
 """
 
 from __future__ import annotations
@@ -27,12 +29,18 @@ Example:
   captum-nave compare dog.png --model tv:resnet50 --layers layer3 layer4 --target 207
 
 Writes OUT/compare.png (one row per image: the image | NAVE segments | one heatmap per
-attribution method) and OUT/segment_relevance.csv (per image, NAVE segment and method:
-area share, positive / negative / absolute relevance mass and share, density; written
-when --methods names at least one attribution method), and prints the paths. A share
-cell is empty when the map has no mass of that sign (negative_share of Grad-CAM, which
-is never negative). Images are resized so the shorter side matches --size and
-centre-cropped (all rows share one size). NAVE is
+attribution method), OUT/segment_relevance.csv (per image, NAVE segment and method:
+area share, positive / negative / absolute relevance mass and share, density) and
+OUT/faithfulness.csv (per image, method and ranking - pixels, NAVE segments by the
+method's relevance mass and by segment importance, SLIC superpixels, a grid - the
+deletion and insertion AUC of the explained class's probability with a blurred
+baseline: lower deletion / higher insertion AUC = a more faithful map; a random map is
+the reference), both written when --methods names at least one attribution method;
+--randomisation-stages N adds OUT/randomisation.csv (cascading model randomisation:
+Spearman / SSIM of each map with the trained model's, ARI for NAVE). Prints the paths.
+A share cell is empty when the map has no mass of that sign (negative_share of
+Grad-CAM, which is never negative). Images are resized so the shorter side matches
+--size and centre-cropped (all rows share one size). NAVE is
 always computed, since the CSV is per NAVE segment; leave 'nave' out of --methods to
 drop its panel. --target auto explains each image's
 predicted class; --target also takes an ImageNet class name ("tabby cat"). The default model, efficientnet_lite0, is ImageNet-trained and needs
@@ -86,6 +94,12 @@ def register(subparsers: Any) -> None:
     )
     add_lrp_arguments(p)
     p.add_argument("--size", type=int, default=None, help="input size in pixels (default: the model's, 224)")
+    p.add_argument("--no-faithfulness", action="store_true", help="do not write faithfulness.csv")
+    p.add_argument("--faithfulness-steps", type=int, default=20, metavar="N",
+                   help="deletion / insertion steps per curve (default: 20)")
+    p.add_argument("--randomisation-stages", type=int, default=0, metavar="N",
+                   help="also run the cascading model-randomisation check with N stages and write "
+                   "randomisation.csv (default: 0, off)")
     p.add_argument("--out", default="nave-compare", metavar="DIR", help="output folder (default: ./nave-compare)")
     p.set_defaults(func=run, check=check)
 
@@ -112,6 +126,10 @@ def check(args: argparse.Namespace) -> None:
         _fail(f"--lrp-epsilon: expected a number >= 0, got {args.lrp_epsilon}")
     if args.size is not None and args.size < 8:
         _fail(f"--size: expected an image size of at least 8 pixels, got {args.size}")
+    if args.faithfulness_steps < 1:
+        _fail(f"--faithfulness-steps: expected a positive integer, got {args.faithfulness_steps}")
+    if args.randomisation_stages < 0:
+        _fail(f"--randomisation-stages: expected an integer >= 0, got {args.randomisation_stages}")
     for path in args.images:
         if not os.path.isfile(path):
             _fail(f"image file {path!r} does not exist")
@@ -271,8 +289,12 @@ def run(args: argparse.Namespace) -> int:
     }
     attr_methods = [m for m in methods if m != "nave"]
     panels: Dict[str, "Tensor"] = {}
+    maps: Dict[str, "Tensor"] = {}
     tables: List[SegmentRelevanceTable] = []
-    with tqdm(total=1 + len(attr_methods), desc="compare", unit="method", disable=not sys.stderr.isatty()) as bar:
+    faith = bool(attr_methods) and not args.no_faithfulness
+    show = sys.stderr.isatty()
+    steps = 1 + len(attr_methods) + int(faith) + int(faith and args.randomisation_stages > 0)
+    with tqdm(total=steps, desc="compare", unit="step", disable=not show) as bar:
         try:
             segments = explainer.attribute(x, n_clusters=args.n_clusters, random_state=args.seed).cpu()
         except ValueError as exc:
@@ -286,11 +308,14 @@ def run(args: argparse.Namespace) -> int:
                 res = attribute(meth, model, x, target, **options.get(meth, {}))
             except (ValueError, TypeError) as exc:
                 _fail(f"{meth}: {str(exc).splitlines()[0]}")
-            maps = res.maps.cpu()
-            panels[meth] = maps
+            maps[meth] = res.maps
+            panels[meth] = res.maps.cpu()
             targets = res.target.cpu()
-            tables.append(segment_relevance(segments, maps, method=meth, image_names=names))
+            tables.append(segment_relevance(segments, panels[meth], method=meth, image_names=names))
             bar.update(1)
+        if faith:
+            audit, sanity = _faithfulness(args, model, x, x01, segments, maps, targets, layers, options, names, info)
+            bar.update(1 + int(sanity is not None))
     if targets is None:
         with torch.no_grad():
             logits = model(x)
@@ -315,4 +340,38 @@ def run(args: argparse.Namespace) -> int:
     if tables:
         csv_path = SegmentRelevanceTable.concat(tables).to_csv(os.path.join(args.out, "segment_relevance.csv"))
         print(csv_path)
+    if faith:
+        from captum_nave.evaluation.faithfulness.audit import write_csv
+
+        print(audit.to_csv(os.path.join(args.out, "faithfulness.csv")))
+        if sanity is not None:
+            rows = sanity.summary()
+            print(write_csv(os.path.join(args.out, "randomisation.csv"), list(rows[0]), rows))
     return 0
+
+
+def _faithfulness(
+    args: argparse.Namespace, model: Any, x: Tensor, x01: Tensor, segments: Tensor, maps: Dict[str, Tensor],
+    targets: Tensor, layers: Sequence[Any], options: Dict[str, Dict[str, Any]], names: List[str], info: Dict[str, Any],
+) -> Tuple[Any, Any]:
+    """The faithfulness audit (and the randomisation check when asked) of the compared maps."""
+    from captum_nave.attribution import segment_importance
+    from captum_nave.evaluation.faithfulness import faithfulness_audit, randomisation_check
+
+    seg = segments.to(x.device)
+    t = targets.to(x.device)
+    imp = segment_importance(model, x, seg, t)
+    audit = faithfulness_audit(
+        model, x, maps, t, segments=seg, segment_scores={"segment_importance": imp}, images=x01.to(x.device),
+        n_steps=args.faithfulness_steps, image_names=names, model_name=info["name"],
+    )
+    sanity = None
+    if args.randomisation_stages > 0:
+        methods = ["nave"] + list(maps)
+        mopts = {"nave": {"layers": list(layers), "n_clusters": args.n_clusters, "random_state": args.seed}}
+        mopts.update({m: options.get(m, {}) for m in maps})
+        sanity = randomisation_check(
+            model, x, t, methods=methods, method_options=mopts, stages=args.randomisation_stages,
+            reference_maps={**maps, "nave": seg},
+        )
+    return audit, sanity

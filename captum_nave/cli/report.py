@@ -30,7 +30,11 @@ conversion) are skipped, counted and listed in the report's configuration; a nam
 file that cannot be read is an error. The file is
 self-contained: figures are embedded, there is no JavaScript and nothing is loaded
 from the network. Sections: side-by-side grids (NAVE | Grad-CAM | IG | LRP) per
-model, per-segment relevance tables, stability across the k-means --seeds, a
+model, per-segment relevance tables, faithfulness (deletion / insertion AUCs per
+method with pixels, NAVE segments, SLIC and a grid as units, and the cascading
+model-randomisation check; --no-faithfulness leaves it out), stability across the
+k-means --seeds, the class-embedding lens for ViTs with a classifier head
+(--no-lens leaves it out), a
 register comparison (--register-pair A B, two of the --model names), a CorLoc
 table (--boxes), and a reproducibility section (configuration, package versions,
 model weight hashes, seeds, timings).
@@ -94,6 +98,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--boxes", default=None, metavar="FILE", help="JSON ground-truth boxes per image: adds the CorLoc section")
     p.add_argument("--min-area", type=int, default=None, metavar="PX", help="CorLoc minimum component area (default: the paper's 784)")
     p.add_argument("--border", type=int, default=None, metavar="PX", help="CorLoc border removed from components (default: the paper's 14)")
+    p.add_argument("--no-faithfulness", action="store_true",
+                   help="leave out the Faithfulness section (deletion / insertion AUCs, model randomisation)")
+    p.add_argument("--faithfulness-steps", type=int, default=20, metavar="N",
+                   help="deletion / insertion steps per curve (default: 20)")
+    p.add_argument("--randomisation-stages", type=int, default=4, metavar="N",
+                   help="stages of the cascading model-randomisation check, spread from the classifier to the "
+                   "input (default: 4; 0 skips the check)")
+    p.add_argument("--no-lens", action="store_true",
+                   help="leave out the class-embedding lens section (ViTs with a classifier head)")
     p.add_argument("--title", default="captum-nave report", help="report title")
     p.add_argument(
         "--keep-going", action="store_true",
@@ -175,6 +188,10 @@ def check(args: argparse.Namespace) -> None:
         _fail(f"--ig-steps: expected a positive integer, got {args.ig_steps}")
     if args.internal_batch_size < 1:
         _fail(f"--internal-batch-size: expected a positive integer, got {args.internal_batch_size}")
+    if args.faithfulness_steps < 1:
+        _fail(f"--faithfulness-steps: expected a positive integer, got {args.faithfulness_steps}")
+    if args.randomisation_stages < 0:
+        _fail(f"--randomisation-stages: expected an integer >= 0, got {args.randomisation_stages}")
     seeds = list(args.seeds) if args.seeds is not None else [args.seed, args.seed + 1, args.seed + 2]
     if len(set(seeds)) != len(seeds):
         _fail(f"--seeds: expected distinct seeds, got {' '.join(map(str, seeds))}")
@@ -261,7 +278,9 @@ def run(args: argparse.Namespace) -> int:
             n_clusters=args.n_clusters, seeds=seeds, size=args.size, target=target,
             method_options={k: v for k, v in options.items() if k in methods},
             register_pair=tuple(args.register_pair) if args.register_pair else None,
-            boxes=boxes, corloc_protocol=protocol, title=args.title,
+            boxes=boxes, corloc_protocol=protocol, title=args.title, faithfulness=not args.no_faithfulness,
+            lens=not args.no_lens,
+            faithfulness_options={"n_steps": args.faithfulness_steps, "randomisation_stages": args.randomisation_stages},
             on_error="record" if args.keep_going else "raise",
             progress=sys.stderr.isatty(), extra_config=extra,
         )

@@ -83,8 +83,16 @@ class ModelRun:
         Per attribution method, the split of its map over the NAVE segments.
     importance : Tensor of shape (N, K) or None
         Drop of the target score when each NAVE segment is ablated (FeatureAblation).
+    faithfulness : FaithfulnessAudit or None
+        Deletion / insertion AUCs of every map (:mod:`captum_nave.evaluation.faithfulness`).
+    randomisation : RandomisationResult or None
+        Cascading model-randomisation check of every method, NAVE included.
+    lens : LensResult or None
+        Class-embedding lens (:func:`captum_nave.lens.class_lens`) of a ViT with a
+        classifier head, for the explained classes.
     timings : dict of str to float
-        Seconds per stage (``nave``, each method, ``relevance``, ``importance``).
+        Seconds per stage (``nave``, each method, ``relevance``, ``importance``,
+        ``faithfulness curves``, ``randomisation``).
     """
 
     name: str
@@ -102,6 +110,9 @@ class ModelRun:
     errors: Dict[str, str] = field(default_factory=dict)
     relevance: Dict[str, Any] = field(default_factory=dict)
     importance: Optional[Tensor] = None
+    faithfulness: Any = None
+    randomisation: Any = None
+    lens: Any = None
     timings: Dict[str, float] = field(default_factory=dict)
 
 
@@ -435,6 +446,9 @@ def collect_report(
     class_names: Any = None,
     method_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
     importance: bool = True,
+    faithfulness: bool = True,
+    faithfulness_options: Optional[Mapping[str, Any]] = None,
+    lens: bool = True,
     register_pair: Optional[Tuple[str, str]] = None,
     register_options: Optional[Mapping[str, Any]] = None,
     boxes: Optional[Sequence[Any]] = None,
@@ -449,6 +463,8 @@ def collect_report(
     from captum_nave.attribution import attribute, available_methods, segment_importance, segment_relevance
     from captum_nave.attribution.registry import resolve_target
     from captum_nave.models import default_layers, normalize, resize_images, state_dict_sha256
+    from captum_nave.lens import class_lens
+    from captum_nave.lens.summary import lens_available
     from captum_nave.visualization import stability_ari
 
     t_start = time.perf_counter()
@@ -477,6 +493,11 @@ def collect_report(
                 raise TypeError(f"method_options[{k!r}]: expected a mapping of options, got {type(v).__name__}")
             opts[key] = dict(v)
     check_bool(crop, "crop")
+    check_bool(faithfulness, "faithfulness")
+    check_bool(lens, "lens")
+    from .faithfulness import check_faithfulness_options, collect_faithfulness
+
+    faith_opts = check_faithfulness_options(faithfulness_options)
 
     raw_images, names = _parse_images(images, image_names)
     specs = _parse_models(models)
@@ -534,7 +555,8 @@ def collect_report(
     inputs_of: Dict[str, Tensor] = {}
     from tqdm.auto import tqdm
 
-    steps = len(specs) * (len(method_list) + int(importance)) + int(register_pair is not None) + int(report_boxes is not None)
+    steps = (len(specs) * (len(method_list) + int(importance) + int(faithfulness)) + int(register_pair is not None)
+             + int(report_boxes is not None))
     bar = tqdm(total=steps, desc="report", unit="step", disable=not show)
     try:
         for name, model, info in specs:
@@ -622,6 +644,26 @@ def collect_report(
                 run.importance = segment_importance(model, x, seg, target=targets).cpu()
                 timings["importance"] = time.perf_counter() - t0
                 bar.update(1)
+            if faithfulness:
+                try:
+                    run.faithfulness, run.randomisation, faith_times = collect_faithfulness(
+                        run, model, x, x01, image_names=names, n_clusters=n_clusters, seed=seed_list[0],
+                        nave_options=nave_opts, method_options=opts, boxes=report_boxes, options=faith_opts,
+                    )
+                    timings.update(faith_times)
+                except (ValueError, TypeError, RuntimeError, NotImplementedError) as exc:
+                    if on_error == "raise":
+                        raise
+                    msg = _one_line(exc)
+                    run.errors["faithfulness"] = msg
+                    text = f"report: the faithfulness measures failed on model {name!r}: {msg}"
+                    collected_warnings.append(text)
+                    warnings.warn(text, RuntimeWarning, stacklevel=2)
+                bar.update(1)
+            if lens and lens_available(model):
+                t0 = time.perf_counter()
+                run.lens = class_lens(model, x, run.targets.to(device))
+                timings["lens"] = time.perf_counter() - t0
             run.weights_unchanged = state_dict_sha256(model) == sha_before
             if not run.weights_unchanged:  # pragma: no cover - a bug in a method
                 text = f"report: the weights of model {name!r} changed during the run"
@@ -672,6 +714,8 @@ def collect_report(
         "layers": {r.name: r.layers for r in runs},
         "method options": {m: {k: _plain(v) for k, v in o.items()} for m, o in opts.items()},
         "segment importance": "FeatureAblation, baseline 0 (normalised input)" if importance else False,
+        "faithfulness": {k: _plain(v) for k, v in faith_opts.items()} if faithfulness else False,
+        "class-embedding lens": [r.name for r in runs if r.lens is not None] if lens else False,
         "register pair": list(register_pair) if register_pair is not None else None,
         "register options": {k: _plain(v) for k, v in (register_options or {}).items()},
         "boxes given": boxes is not None,
@@ -777,6 +821,9 @@ def build_report(
     class_names: Any = None,
     method_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
     importance: bool = True,
+    faithfulness: bool = True,
+    faithfulness_options: Optional[Mapping[str, Any]] = None,
+    lens: bool = True,
     register_pair: Optional[Tuple[str, str]] = None,
     register_options: Optional[Mapping[str, Any]] = None,
     boxes: Optional[Sequence[Any]] = None,
@@ -799,6 +846,15 @@ def build_report(
     * **Per-segment relevance**: per model and image, each NAVE segment's area share,
       its share of every attribution map's absolute relevance and its density (share /
       area), and the drop of the target score when the segment is ablated;
+    * **Faithfulness** (``faithfulness``): deletion / insertion AUC of every map with
+      pixels, NAVE segments (by each map's relevance mass and by segment importance),
+      SLIC superpixels and a grid as units, against a random map; the cascading
+      model-randomisation check of every method (NAVE included); pointing game and
+      energy in box when ``boxes`` are given (:mod:`captum_nave.evaluation.faithfulness`);
+    * **Class-embedding lens** (``lens``, ViTs with a classifier head): every block's
+      tokens projected through the final norm and the head onto the classes; from which
+      block patch tokens, CLS, registers and each NAVE segment carry the explained class
+      (:mod:`captum_nave.lens`);
     * **Stability**: mean pairwise ARI of the NAVE maps over the k-means ``seeds`` and
       the paper's Fig. 4 (mean segment colour over seeds);
     * **Register comparison** (``register_pair``): :func:`captum_nave.registers.compare_registers`
@@ -847,6 +903,17 @@ def build_report(
         (``{"nave": {"resolution": "input"}}``).
     importance : bool, default True
         Score every segment by ablation (:func:`captum_nave.attribution.segment_importance`).
+    faithfulness : bool, default True
+        Add the Faithfulness section.
+    lens : bool, default True
+        Add the Class-embedding lens section for ViT models with a classifier head.
+    faithfulness_options : mapping, optional
+        Settings of the Faithfulness section (defaults in
+        :data:`captum_nave.report.faithfulness.DEFAULT_FAITHFULNESS`): ``n_steps`` (20),
+        ``baseline`` (``"blur"``), ``blur_sigma``, ``output`` (``"probability"``),
+        ``rankings``, ``slic_segments`` (50), ``grid`` ((4, 4)), ``tolerance`` (pointing
+        game, 0 px), ``batch_size`` (32), ``randomisation_stages`` (4 stages spread over
+        the cascade; ``None`` or ``True``: every stage; ``0``: no randomisation check).
     register_pair : (str, str), optional
         Names of a ViT without and one with registers among ``models``.
     register_options : mapping, optional
@@ -891,7 +958,7 @@ def build_report(
         images, models, image_names=image_names, methods=methods, layers=layers,
         n_clusters=n_clusters, seeds=seeds, size=size, crop=crop, target=target,
         class_names=class_names, method_options=method_options, importance=importance,
-        register_pair=register_pair, register_options=register_options, boxes=boxes,
+        faithfulness=faithfulness, faithfulness_options=faithfulness_options, lens=lens, register_pair=register_pair, register_options=register_options, boxes=boxes,
         corloc_protocol=corloc_protocol, title=title, on_error=on_error, progress=progress,
         extra_config=extra_config,
     )

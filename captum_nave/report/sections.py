@@ -25,14 +25,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["SECTION_IDS", "render", "load_template"]
 
-#: Element ids of the sections, in page order (``registers`` and ``corloc`` only when
-#: their inputs were given).
+#: Element ids of the sections, in page order (``faithfulness``, ``registers``, ``lens``
+#: and ``corloc`` only when computed / their inputs were given).
 SECTION_IDS: Tuple[str, ...] = (
     "overview",
     "side-by-side",
     "segment-relevance",
+    "faithfulness",
     "stability",
     "registers",
+    "lens",
     "corloc",
     "reproducibility",
 )
@@ -509,10 +511,20 @@ def render(data: "ReportData", *, dpi: float = 80, max_stability_figures: int = 
         ("overview", "Overview", _overview(data)),
         ("side-by-side", "Side by side", _side_by_side(data, dpi)),
         ("segment-relevance", "Per-segment relevance", _relevance(data)),
+    ]
+    if any(getattr(r, "faithfulness", None) is not None for r in data.runs):
+        from .faithfulness import render_faithfulness
+
+        sections.append(("faithfulness", "Faithfulness", render_faithfulness(data, dpi)))
+    sections += [
         ("stability", "Stability", _stability(data, dpi, max_stability_figures)),
     ]
     if data.register is not None:
         sections.append(("registers", "Registers", _registers(data, dpi)))
+    if any(getattr(r, "lens", None) is not None for r in data.runs):
+        from .lens import render_lens
+
+        sections.append(("lens", "Lens", render_lens(data, dpi)))
     if data.corloc is not None:
         sections.append(("corloc", "CorLoc", _corloc(data, dpi)))
     sections.append(("reproducibility", "Reproducibility", _reproducibility(data)))
