@@ -1,0 +1,238 @@
+"""Scaling out: throughput of ConceptClusters and CorLoc with 1 and 2 processes (torchrun).
+
+Each configuration is started exactly as a user would start it, with
+``python -m torch.distributed.run --standalone --nproc-per-node P`` (gloo on the CPU,
+NCCL with one process per GPU for ``--device cuda``), and every process uses ONE
+thread (``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``), so P processes use P
+cores. Times are taken inside the workers between two barriers (model loading and
+process start-up excluded) and reported by rank 0:
+
+* ``concepts``: ``ConceptClusters.fit`` (ResNet50 random init, layers 3-4, input
+  resolution, K = 10) over N images; every rank streams its N / P images in batches of
+  B (the global batch is P x B); throughput = N / wall time. The bare forward pass
+  over the same batches is timed too (the fit cannot beat it).
+* ``corloc``: ``captum-nave corloc`` (efficientnet_lite0 default layers, K = 5, both
+  strategies) on a synthetic folder dataset of N images with boxes, rank-sharded, with
+  rank 0 merging the tables; throughput = N / wall time of the command (records written
+  and merged; model loading excluded).
+
+Scaling efficiency = throughput(P) / (P x throughput(1)); 1.0 is perfect.
+
+Usage::
+
+    python benchmarks/bench_distributed.py                # full run, writes results-distributed.md
+    python benchmarks/bench_distributed.py --quick        # smoke test: tiny sizes, prints only
+    python benchmarks/bench_distributed.py --device cuda  # GPU figures (results-distributed-cuda.md)
+
+On a shared machine the figures are noisy: the results file records the load average
+before and after each configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+# --------------------------------------------------------------------------- workers (run under torchrun)
+def _setup(device_text: str):
+    import torch
+
+    from captum_nave import distributed as cnd
+
+    torch.set_num_threads(1)
+    device = cnd.device_for_rank(device_text)
+    cnd.init_distributed(device=device)
+    return torch, cnd, device
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def worker_concepts(args: argparse.Namespace) -> Dict:
+    torch, cnd, device = _setup(args.device)
+    import torchvision
+
+    from captum_nave import ConceptClusters, LayerClusterExplainer
+
+    rank, world = cnd.get_rank(), cnd.get_world_size()
+    torch.manual_seed(0)
+    arch = torchvision.models.resnet18 if args.quick else torchvision.models.resnet50
+    model = arch(weights=None).eval().to(device)
+    ex = LayerClusterExplainer(model, ["layer3", "layer4"])
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(args.images, 3, args.size, args.size, generator=g)
+    mine = images[rank::world]  # this rank's share, in its own batches
+    batches = [mine[s : s + args.batch].to(device) for s in range(0, len(mine), args.batch)]
+
+    cnd.barrier()
+    _sync(device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for b in batches:
+            model(b)
+    _sync(device)
+    cnd.barrier()
+    t_forward = time.perf_counter() - t0
+
+    cc = ConceptClusters(ex, n_clusters=10, resolution="input", random_state=0, progress=False)
+    cnd.barrier()
+    t0 = time.perf_counter()
+    cc.fit(batches)
+    _sync(device)
+    cnd.barrier()
+    t_fit = time.perf_counter() - t0
+    return {"t_forward": t_forward, "t_fit": t_fit, "n_steps": cc.n_steps_, "world": world,
+            "model": "ResNet18" if args.quick else "ResNet50"}
+
+
+def worker_corloc(args: argparse.Namespace) -> Dict:
+    raise SystemExit("corloc worker: added with the distributed CorLoc runner")
+
+
+WORKERS = {"concepts": worker_concepts, "corloc": worker_corloc}
+
+
+# --------------------------------------------------------------------------- driver
+def _loadavg() -> str:
+    try:
+        return "/".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def launch(kind: str, nproc: int, args: argparse.Namespace) -> Dict:
+    """Run one configuration under torchrun and return rank 0's figures."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "result.json")
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            os.path.abspath(__file__), "--worker", kind, "--result", out, "--device", args.device,
+            "--images", str(args.images if kind == "concepts" else args.corloc_images),
+            "--batch", str(args.batch), "--size", str(args.size),
+        ] + (["--quick"] if args.quick else [])
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        before = _loadavg()
+        subprocess.run(cmd, check=True, env=env)
+        with open(out) as fh:
+            res = json.load(fh)
+        res["load_before"], res["load_after"] = before, _loadavg()
+        return res
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import torch
+
+    return f"{cpu}, {os.cpu_count()} cores; torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def report(results: Dict[str, Dict[int, Dict]], args: argparse.Namespace, argv: List[str]) -> str:
+    lines = [
+        "# Scaling out: 1 vs 2 processes",
+        "",
+        f"Command: `{' '.join(['python', os.path.relpath(__file__, ROOT)] + argv)}`  ",
+        f"Device: {args.device}; machine: {machine()}  ",
+        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "",
+        "Every process runs with one thread; P processes started by `torchrun --standalone "
+        "--nproc-per-node P`; wall time between barriers on rank 0 (start-up and model loading "
+        "excluded). Efficiency = throughput(P) / (P x throughput(1)). Load average "
+        "(1/5/15 min) before and after each run shows how busy the machine was.",
+        "",
+        "| workload | processes | images | wall (s) | images/s | efficiency | forward only (img/s) | load before | load after |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for kind, per_p in results.items():
+        base = None
+        for p, r in sorted(per_p.items()):
+            n = r["images"]
+            thr = n / r["t_fit"]
+            base = thr if p == 1 else base
+            eff = f"{thr / (p * base):.2f}" if base else "n/a"
+            fwd = f"{n / r['t_forward']:.2f}" if r.get("t_forward") else "-"
+            lines.append(
+                f"| {r['label']} | {p} | {n} | {r['t_fit']:.1f} | {thr:.2f} | {eff} | {fwd} | "
+                f"{r['load_before']} | {r['load_after']} |"
+            )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (NCCL, one process per GPU)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (ResNet18, 64 px, 16 images); prints only")
+    p.add_argument("--images", type=int, default=None, help="images of the ConceptClusters fit (default 160)")
+    p.add_argument("--corloc-images", type=int, default=None, help="images of the CorLoc run (default 48)")
+    p.add_argument("--batch", type=int, default=None, help="images per batch and rank (default 8)")
+    p.add_argument("--size", type=int, default=None, help="image size (default 224)")
+    p.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="process counts (default: 1 2)")
+    p.add_argument("--only", choices=tuple(WORKERS), default=None, help="one workload only")
+    p.add_argument("--out", default=None, help="results file (default benchmarks/results-distributed[-cuda].md)")
+    p.add_argument("--worker", choices=tuple(WORKERS), default=None, help=argparse.SUPPRESS)
+    p.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.images = args.images or (16 if args.quick else 160)
+    args.corloc_images = args.corloc_images or (8 if args.quick else 48)
+    args.batch = args.batch or (4 if args.quick else 8)
+    args.size = args.size or (64 if args.quick else 224)
+
+    if args.worker is not None:  # inside torchrun
+        res = WORKERS[args.worker](args)
+        from captum_nave import distributed as cnd
+
+        if cnd.is_main_process():
+            with open(args.result, "w") as fh:
+                json.dump(res, fh)
+        cnd.destroy_distributed()
+        return 0
+
+    results: Dict[str, Dict[int, Dict]] = {}
+    for kind in ([args.only] if args.only else list(WORKERS)):
+        results[kind] = {}
+        for nproc in args.procs:
+            r = launch(kind, nproc, args)
+            r["images"] = args.images if kind == "concepts" else args.corloc_images
+            r["label"] = (f"ConceptClusters ({r.get('model', '')} layers 3-4, input res, K=10, batch {args.batch}/rank)"
+                          if kind == "concepts" else f"CorLoc ({r.get('model', '')}, K=5, both strategies)")
+            results[kind][nproc] = r
+            print(f"{kind} with {nproc} process(es): {r['images'] / r['t_fit']:.2f} images/s "
+                  f"(load {r['load_before']} -> {r['load_after']})", flush=True)
+    text = report(results, args, argv)
+    print(text)
+    if not args.quick:
+        out = args.out or os.path.join(HERE, "results-distributed-cuda.md" if args.device.startswith("cuda")
+                                       else "results-distributed.md")
+        with open(out, "w") as fh:
+            fh.write(text)
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
