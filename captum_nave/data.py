@@ -51,7 +51,24 @@ class IndexedDataset(Dataset):
 
     def __getitem__(self, index: int) -> Tuple[int, Any]:
         src = self.sources[index]
-        return index, (self.load(src) if self.load is not None else src)
+        if self.load is None:
+            return index, src
+        try:
+            return index, self.load(src)
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, raised there as is
+            return index, _Failed(exc)
+
+
+class _Failed:
+    """An exception raised while loading an item, carried out of the worker process.
+
+    The DataLoader would re-raise a worker's exception wrapped ("Caught ValueError in
+    DataLoader worker process 0" plus a traceback); carrying it as a value lets
+    :func:`iterate_items` raise the loader's own exception, with its own message.
+    """
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
 
 
 def shard_indices(n: int, num_shards: int = 1, shard_index: int = 0) -> List[int]:
@@ -118,6 +135,9 @@ def iterate_items(
         **loader_kwargs(workers, device),
     )
     for batch in loader:
+        for _, item in batch:
+            if isinstance(item, _Failed):
+                raise item.exc
         if batch_size is None:
             yield batch[0]
         else:

@@ -42,6 +42,7 @@ __all__ = [
     "init_distributed",
     "destroy_distributed",
     "distributed_session",
+    "resolve_shards",
     "all_reduce",
     "all_gather",
     "gather",
@@ -240,6 +241,37 @@ def distributed_session(backend: Optional[str] = None, *, device: DeviceLike = N
     finally:
         if started:
             destroy_distributed()
+
+
+def resolve_shards(num_shards: Optional[int] = None, shard_index: Optional[int] = None) -> "tuple[int, int, bool]":
+    """The shard this process works on: ``(num_shards, shard_index, from_process_group)``.
+
+    Under a process group with several ranks the shards are the ranks
+    (``num_shards = world size``, ``shard_index = rank``); an explicit ``num_shards``
+    that disagrees is refused. Without one, the explicit values are used (default one
+    shard), which is how users without a launcher split a job over machines
+    (``--num-shards/--shard-index``, then ``--merge``).
+
+    Raises
+    ------
+    ValueError
+        For invalid values, or explicit shards under a multi-process group.
+    """
+    world = get_world_size()
+    if world > 1:
+        if (num_shards is not None and num_shards != world) or (shard_index is not None and shard_index != get_rank()):
+            raise ValueError(
+                f"num_shards: under torchrun the shards are the {world} processes (one per rank); "
+                f"got num_shards={num_shards!r}, shard_index={shard_index!r}; leave them unset"
+            )
+        return world, get_rank(), True
+    n = 1 if num_shards is None else num_shards
+    i = 0 if shard_index is None else shard_index
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"num_shards: expected a positive int, got {num_shards!r}")
+    if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n:
+        raise ValueError(f"shard_index: expected an int in [0, {n - 1}], got {shard_index!r}")
+    return n, i, False
 
 
 # --------------------------------------------------------------------------- tensors

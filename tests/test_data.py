@@ -47,3 +47,21 @@ def test_loader_options():
         loader_kwargs(-1, None)
     ds = IndexedDataset(["a", "b"])  # no load: the sources themselves
     assert ds[1] == (1, "b") and len(ds) == 2
+
+
+def fails_on_three(i: int) -> int:
+    if i == 3:
+        raise ValueError(f"image {i}: the annotation says 10x10 but the file is 12x10")
+    return i
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_loading_error_keeps_its_type_and_message(workers):
+    """Not DataLoader's 'Caught ValueError in DataLoader worker process 0' wrapper."""
+    ds = IndexedDataset(list(range(6)), load=fails_on_three)
+    got = []
+    with pytest.raises(ValueError) as info:
+        for i, _ in iterate_items(ds, range(6), workers=workers):
+            got.append(i)
+    assert str(info.value) == "image 3: the annotation says 10x10 but the file is 12x10"
+    assert got == [0, 1, 2]  # everything before the bad image was handed over, in order

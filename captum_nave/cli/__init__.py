@@ -81,7 +81,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
     try:
         check_device(args.device)
-        return int(args.func(args) or 0)
+        from captum_nave.distributed import device_for_rank, distributed_session
+
+        # under torchrun / srun: one process group for the command ("cuda" -> cuda:LOCAL_RANK)
+        with distributed_session(device=args.device) as launched:
+            if launched:
+                args.device = str(device_for_rank(args.device))
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         _error("interrupted")
         return 130
