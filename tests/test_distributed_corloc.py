@@ -72,7 +72,21 @@ def _corloc_worker(rank: int, world: int, root: str, out: str, kill_after: int, 
         read_folder(root), methods(), out, protocol=CorLocProtocol(**PROTOCOL), fsync=False,
         on_record=on_record, workers=workers,
     )
-    return {"calls": calls, "summary": summary.to_dict()}
+    result = {"calls": calls, "summary": summary.to_dict()}
+    if kill_after == 0 and workers == 1:
+        # a folder of a 3-process run cannot be resumed by 2 processes: refused on every rank
+        other = Path(out).parent / "three"
+        (other / "records").mkdir(parents=True, exist_ok=True)
+        if rank == 0:
+            (other / "records" / "meta.shard-2-of-3.json").write_text(json.dumps({"dataset": "data", "num_shards": 3}))
+        from captum_nave import distributed as cnd
+
+        cnd.barrier()
+        try:
+            run_corloc(read_folder(root), methods(), other, protocol=CorLocProtocol(**PROTOCOL), fsync=False)
+        except ValueError as exc:
+            result["layout_error"] = str(exc)
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +112,11 @@ def test_two_ranks_equal_the_single_process_tables(single, tmp_path):
         "grid_3x3.shard-0-of-2.jsonl", "grid_3x3.shard-1-of-2.jsonl", "meta.shard-0-of-2.json",
         "meta.shard-1-of-2.json", "tiny.shard-0-of-2.jsonl", "tiny.shard-1-of-2.jsonl",
     ]
+    for r in (0, 1):
+        assert "holds records of 'data' split into 3 shards (meta.shard-2-of-3.json); restart with 3 processes" in (
+            res[r]["layout_error"]
+        )
+    assert sorted(p.name for p in (tmp_path / "three" / "records").iterdir()) == ["meta.shard-2-of-3.json"]
 
 
 def test_a_killed_rank_resumes_and_the_tables_are_the_same(single, tmp_path):

@@ -495,6 +495,7 @@ def _run_on_every_rank(dataset: BoxDataset, methods: Mapping[str, Any], out_dir:
     """
     error: Optional[BaseException] = None
     try:
+        _check_layout(out_dir, dataset.name, kw["num_shards"])
         _run_shard(dataset, methods, out_dir, safe={n: _safe_name(n) for n in methods}, **kw)
     except Exception as exc:  # told to every rank by check_all_ok, then re-raised here
         error = exc
@@ -504,6 +505,26 @@ def _run_on_every_rank(dataset: BoxDataset, methods: Mapping[str, Any], out_dir:
         if s.dataset == dataset.name:
             return s
     raise RuntimeError(f"merge: no records of dataset {dataset.name!r} in {out_dir}")  # pragma: no cover
+
+
+def _check_layout(out_dir: PathLike, name: str, num_shards: int) -> None:
+    """Refuse a folder whose records of ``name`` were split into another number of shards.
+
+    A job restarted with another number of processes would not find its records (they
+    are per shard) and its merge would mix two splits.
+    """
+    rec_dir = Path(out_dir) / RECORDS_DIR
+    for mp in sorted(rec_dir.glob("meta.shard-*-of-*.json")) if rec_dir.is_dir() else []:
+        try:
+            meta = json.loads(mp.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # reported by the shard that owns it
+        if meta.get("dataset") == name and meta.get("num_shards") != num_shards:
+            raise ValueError(
+                f"out_dir: {out_dir} holds records of {name!r} split into {meta.get('num_shards')} shards "
+                f"({mp.name}); restart with {meta.get('num_shards')} processes to resume them, or use "
+                "another output folder"
+            )
 
 
 def _run_shard(
