@@ -11,10 +11,11 @@ process start-up excluded) and reported by rank 0:
   resolution, K = 10) over N images; every rank streams its N / P images in batches of
   B (the global batch is P x B); throughput = N / wall time. The bare forward pass
   over the same batches is timed too (the fit cannot beat it).
-* ``corloc``: ``captum-nave corloc`` (efficientnet_lite0 default layers, K = 5, both
-  strategies) on a synthetic folder dataset of N images with boxes, rank-sharded, with
-  rank 0 merging the tables; throughput = N / wall time of the command (records written
-  and merged; model loading excluded).
+* ``corloc``: ``run_corloc`` as ``captum-nave corloc`` runs it (efficientnet_lite0 with
+  its packaged weights, default layers, K = 5, both strategies, the paper's protocol,
+  ``--workers`` decoding processes per rank) on a synthetic folder dataset of N JPEGs
+  (about 224-280 px) with boxes, rank-sharded, rank 0 merging the tables; throughput =
+  N / wall time (records written with fsync and merged; model loading excluded).
 
 Scaling efficiency = throughput(P) / (P x throughput(1)); 1.0 is perfect.
 
@@ -100,8 +101,45 @@ def worker_concepts(args: argparse.Namespace) -> Dict:
             "model": "ResNet18" if args.quick else "ResNet50"}
 
 
+def make_dataset(root: str, n: int, size: int) -> None:
+    """A folder dataset (boxes.json) of n images: noise background, one bright rectangle each."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    os.makedirs(root, exist_ok=True)
+    boxes = {}
+    for i in range(n):
+        h, w = size + int(rng.integers(0, size // 4)), size + int(rng.integers(0, size // 4))
+        img = (rng.random((h, w, 3)) * 90).astype(np.uint8)
+        bh, bw = int(rng.integers(h // 4, h // 2)), int(rng.integers(w // 4, w // 2))
+        y0, x0 = int(rng.integers(0, h - bh)), int(rng.integers(0, w - bw))
+        img[y0 : y0 + bh, x0 : x0 + bw] = rng.integers(120, 255, 3)
+        Image.fromarray(img).save(os.path.join(root, f"img{i:04d}.jpg"), quality=90)
+        boxes[f"img{i:04d}.jpg"] = [[x0, y0, x0 + bw, y0 + bh]]
+    with open(os.path.join(root, "boxes.json"), "w") as fh:
+        json.dump(boxes, fh)
+
+
 def worker_corloc(args: argparse.Namespace) -> Dict:
-    raise SystemExit("corloc worker: added with the distributed CorLoc runner")
+    torch, cnd, device = _setup(args.device)
+    from captum_nave.evaluation import CorLocProtocol, NaveSegmenter, read_folder, run_corloc
+    from captum_nave.models import load_model
+
+    model, info = load_model("efficientnet_lite0", device=device)
+    seg = NaveSegmenter(model, info["default_layers"], n_clusters=5, mean=info["mean"], std=info["std"],
+                        random_state=0, device=device)
+    data = read_folder(args.data)
+    out = os.path.join(os.path.dirname(args.result), "corloc-out")
+    cnd.barrier()
+    _sync(device)
+    t0 = time.perf_counter()
+    run_corloc(data, {"efficientnet_lite0": seg}, out, protocol=CorLocProtocol(), fsync=True,
+               workers=args.workers)
+    _sync(device)
+    cnd.barrier()
+    t_run = time.perf_counter() - t0
+    return {"t_fit": t_run, "t_forward": None, "world": cnd.get_world_size(), "model": "EfficientNet-Lite0"}
 
 
 WORKERS = {"concepts": worker_concepts, "corloc": worker_corloc}
@@ -123,7 +161,8 @@ def launch(kind: str, nproc: int, args: argparse.Namespace) -> Dict:
             sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
             os.path.abspath(__file__), "--worker", kind, "--result", out, "--device", args.device,
             "--images", str(args.images if kind == "concepts" else args.corloc_images),
-            "--batch", str(args.batch), "--size", str(args.size),
+            "--batch", str(args.batch), "--size", str(args.size), "--workers", str(args.workers),
+            "--data", args.data or "",
         ] + (["--quick"] if args.quick else [])
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -194,7 +233,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="process counts (default: 1 2)")
     p.add_argument("--only", choices=tuple(WORKERS), default=None, help="one workload only")
     p.add_argument("--out", default=None, help="results file (default benchmarks/results-distributed[-cuda].md)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="CorLoc: DataLoader decoding processes per rank (default 0: one process = one core)")
     p.add_argument("--worker", choices=tuple(WORKERS), default=None, help=argparse.SUPPRESS)
+    p.add_argument("--data", default=None, help=argparse.SUPPRESS)
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.images = args.images or (16 if args.quick else 160)
@@ -213,13 +255,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
 
     results: Dict[str, Dict[int, Dict]] = {}
+    tmp_data = tempfile.TemporaryDirectory()
+    args.data = os.path.join(tmp_data.name, "corloc-data")
+    if args.only in (None, "corloc"):
+        make_dataset(args.data, args.corloc_images, args.size)
     for kind in ([args.only] if args.only else list(WORKERS)):
         results[kind] = {}
         for nproc in args.procs:
             r = launch(kind, nproc, args)
             r["images"] = args.images if kind == "concepts" else args.corloc_images
             r["label"] = (f"ConceptClusters ({r.get('model', '')} layers 3-4, input res, K=10, batch {args.batch}/rank)"
-                          if kind == "concepts" else f"CorLoc ({r.get('model', '')}, K=5, both strategies)")
+                          if kind == "concepts" else
+                          f"CorLoc ({r.get('model', '')} default layers, K=5, both strategies, "
+                          f"{args.workers} decoding worker(s)/rank)")
             results[kind][nproc] = r
             print(f"{kind} with {nproc} process(es): {r['images'] / r['t_fit']:.2f} images/s "
                   f"(load {r['load_before']} -> {r['load_after']})", flush=True)
