@@ -455,26 +455,36 @@ class ConceptClusters:
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write the fitted concepts to ``path`` (``.npz``: arrays + JSON metadata, no pickle).
 
-        The file is written to a temporary name and renamed, so an interrupted save
-        never leaves a corrupt file. After a distributed fit (every rank holds the same
-        centroids) only rank 0 writes; the other ranks return at once without waiting,
-        so ``if rank == 0: save(...)`` works as well (add a
+        The file is written to a temporary file in the same folder and renamed
+        (:func:`captum_nave.files.atomic_write`), so an interrupted save never leaves a
+        corrupt file, nor a temporary one. After a distributed fit (every rank holds the
+        same centroids) only rank 0 writes; the other ranks return at once without
+        waiting, so ``if rank == 0: save(...)`` works as well (add a
         :func:`~captum_nave.distributed.barrier` before other ranks read the file).
+
+        Raises
+        ------
+        ValueError
+            ``path`` is a folder.
+        FileNotFoundError
+            The folder of ``path`` does not exist.
         """
+        from captum_nave.files import atomic_write
+
         self._check_fitted()
         if getattr(self, "world_size_", 1) > 1 and not dist_utils.is_main_process():
             return
         path = os.fspath(path)
+        if os.path.isdir(path):
+            raise ValueError(f"path: {path!r} is a folder; expected a file name such as {os.path.join(path, 'concepts.npz')!r}")
         meta = json.dumps(self._metadata()).encode("utf-8")
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as fh:
+        with atomic_write(path, "wb") as fh:
             np.savez(
                 fh,
                 cluster_centers=self.cluster_centers_.detach().cpu().double().numpy(),
                 counts=self.counts_.detach().cpu().double().numpy(),
                 metadata=np.frombuffer(meta, dtype=np.uint8),
             )
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike], explainer: LayerClusterExplainer, **params: Any) -> "ConceptClusters":

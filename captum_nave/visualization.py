@@ -38,6 +38,7 @@ __all__ = [
     "OKABE_ITO",
     "TOL_MUTED",
     "segment_colors",
+    "legend_colors",
     "segment_boundaries",
     "overlay_segments",
     "plot_segments",
@@ -105,6 +106,38 @@ def segment_colors(n: int) -> np.ndarray:
             mix = min(0.4 * ((cycle + 1) // 2), 0.8)
             out[i] = base * (1 - mix) + towards * mix
     return out
+
+
+#: Grey that legend swatches are blended over (what a segment looks like on a neutral area).
+NEUTRAL_GREY = 0.5
+
+
+def legend_colors(n: int, alpha: float = 0.45, background: float = NEUTRAL_GREY) -> np.ndarray:
+    """Colours of legend swatches that match translucent overlays.
+
+    :func:`overlay_segments` mixes ``alpha * colour + (1 - alpha) * image``; the swatch of
+    id ``i`` is that mix over a neutral grey ``background``, so a legend entry has the
+    colour its segment has on a neutral part of the image (a solid palette colour would
+    be much more saturated than any overlaid pixel).
+
+    Parameters
+    ----------
+    n : int
+        Number of ids.
+    alpha : float in [0, 1]
+        The overlay's ``alpha``.
+    background : float in [0, 1]
+        Grey level of the neutral background.
+
+    Returns
+    -------
+    ndarray of shape (n, 3), float64 RGB in [0, 1]
+    """
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha: expected a float in [0, 1], got {alpha!r}")
+    if not 0.0 <= float(background) <= 1.0:
+        raise ValueError(f"background: expected a grey level in [0, 1], got {background!r}")
+    return (1.0 - alpha) * float(background) + alpha * segment_colors(n)
 
 
 # --------------------------------------------------------------------------- input handling
@@ -293,7 +326,9 @@ def plot_segments(
     boundaries : bool
         Draw segment boundaries (white).
     legend : bool
-        One legend entry per id present in the map, in id order.
+        One legend entry per id present in the map, in id order; its swatch is the
+        segment colour at the same ``alpha`` over neutral grey (:func:`legend_colors`),
+        the colour the segment has on a neutral part of the image.
     title : str, optional
     segment_names : sequence or mapping of id to str, optional
         Legend labels; default ``"segment k"``.
@@ -319,7 +354,7 @@ def plot_segments(
         from matplotlib.patches import Patch
 
         present = np.unique(lab)
-        colors = segment_colors(int(present.max()) + 1 if present.size else 0)
+        colors = legend_colors(int(present.max()) + 1 if present.size else 0, alpha)
         handles = [
             Patch(facecolor=colors[k], edgecolor="black", label=_segment_label(int(k), segment_names))
             for k in present

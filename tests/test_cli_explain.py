@@ -15,7 +15,7 @@ from captum_nave import LayerClusterExplainer
 from captum_nave import models as models_mod
 from captum_nave.cli import main
 from captum_nave.cli.explain import explain_figure, parse_layers, parse_n_clusters, parse_resolution
-from captum_nave.visualization import segment_colors
+from captum_nave.visualization import legend_colors
 
 
 def _one_line_error(capsys) -> str:
@@ -46,7 +46,9 @@ def test_explain_writes_the_figure_of_the_api_result(cached_model, tiny_image, t
     p, c = prob.max(0)
     fig, axes = explain_figure(
         x01[0], seg[0],
-        title="tiny - efficientnet_lite0, layers blocks.4, blocks.5, K=3, kmeans, resolution layer",
+        title="tiny - efficientnet_lite0, layers blocks.4, blocks.5, K=3, kmeans\n"
+        "whole 64x64 image at 64x64; clustered on the 4x4 grid of blocks.4\n"
+        "(--resolution layer, the paper's choice; --resolution input gives boundaries at every pixel)",
         subtitle=f"prediction: {models_mod.imagenet_class_name(int(c))} ({100 * float(p):.0f}%)",
     )
     fig.savefig(tmp_path / "expected.png", dpi=100)
@@ -74,7 +76,8 @@ def test_explain_figure_structure():
     assert axes[0].get_title() == "S" and axes[1].get_title() == "NAVE segments"
     handles = axes[1].get_legend().legend_handles
     assert [h.get_label() for h in handles] == ["segment 0", "segment 3"]
-    np.testing.assert_allclose([h.get_facecolor()[:3] for h in handles], segment_colors(4)[[0, 3]])
+    # swatches are the overlay colours (alpha 0.45 over neutral grey), not the solid palette
+    np.testing.assert_allclose([h.get_facecolor()[:3] for h in handles], legend_colors(4, 0.45)[[0, 3]])
 
 
 def test_argument_parsers():
@@ -105,10 +108,11 @@ def test_unknown_layer_and_offline_model_errors(cached_model, tiny_image, tmp_pa
     assert rc == 2
     assert _one_line_error(capsys).startswith("captum-nave: error: --layers: ")
 
-    rc = main(["explain", str(tiny_image), "--model", "vit_tiny_patch16_224", "--no-pretrained",
+    # timm ViTs take any size (dynamic image size); a torchvision ViT takes only 224x224
+    rc = main(["explain", str(tiny_image), "--model", "tv:vit_b_16", "--no-pretrained",
                "--size", "64", "--out", str(tmp_path)])
     assert rc == 2
-    assert "--size: model 'vit_tiny_patch16_224' only accepts 224x224 inputs, got 64x64" in _one_line_error(capsys)
+    assert "--size: model 'tv:vit_b_16' only accepts 224x224 inputs, got 64x64" in _one_line_error(capsys)
 
     import timm
 

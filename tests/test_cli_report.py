@@ -65,6 +65,7 @@ def test_report_on_the_offline_model(cached_model, tmp_path, capsys):
     config = {r[0]: r[1] for r in page.table("configuration")[1:]}
     assert config["seeds"] == "[0, 1]" and config["methods"] == '["nave", "gradcam", "ig", "lrp"]'
     assert '"n_steps": 4' in config["method options"]
+    assert "relative to |the target logit|" in text and "relative to |F(x) - F(baseline)|" in text
     models = page.table("models-table")
     assert models[1][0] == "efficientnet_lite0" and models[1][6] == info["weights_sha256"]
 
@@ -118,7 +119,7 @@ def test_register_pair_and_boxes(tmp_path, capsys):
         (["report", "--boxes", "b.json"], "--boxes: give the IMAGE files"),
         (["report", "--model", "no_such_model_xyz"], "--model: "),
         (["--device", "bogus", "report"], "--device: expected a torch device"),
-        (["report", "--out", "/nonexistent-dir/r.html"], "--out: folder"),
+        (["report", "--out", "/dev/null/r.html"], "--out: cannot create folder '/dev/null': '/dev/null' is a file"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(argv, message, capsys):

@@ -121,17 +121,29 @@ class SegmentRelevanceTable:
     def to_csv(self, path: Union[str, "os.PathLike[str]"]) -> str:
         """Write the rows as CSV (header = :data:`COLUMNS`, floats with full precision).
 
+        A share whose total is 0 (``negative_share`` of a non-negative map such as
+        Grad-CAM: there is no negative relevance to share) is NaN in :attr:`rows` and an
+        empty cell in the file, as are missing names. Written atomically
+        (:func:`captum_nave.files.atomic_write`).
+
         Returns
         -------
         str
             The path written.
         """
+        from captum_nave.files import atomic_write
+
+        def cell(v: Any) -> Any:
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                return ""
+            return repr(v) if isinstance(v, float) else v
+
         path = os.fspath(path)
-        with open(path, "w", newline="", encoding="utf-8") as fh:
+        with atomic_write(path, newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=COLUMNS)
             writer.writeheader()
             for r in self.rows:
-                writer.writerow({k: ("" if r[k] is None else (repr(r[k]) if isinstance(r[k], float) else r[k])) for k in COLUMNS})
+                writer.writerow({k: cell(r[k]) for k in COLUMNS})
         return path
 
     def to_markdown(self, digits: int = 4) -> str:

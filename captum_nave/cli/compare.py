@@ -11,10 +11,10 @@ import argparse
 import os
 import re
 import sys
-from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, NoReturn, Optional, Sequence, Tuple, Union
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
 
 NAME = "compare"
 
@@ -29,7 +29,10 @@ Example:
 Writes OUT/compare.png (one row per image: the image | NAVE segments | one heatmap per
 attribution method) and OUT/segment_relevance.csv (per image, NAVE segment and method:
 area share, positive / negative / absolute relevance mass and share, density; written
-when --methods names at least one attribution method), and prints the paths. NAVE is
+when --methods names at least one attribution method), and prints the paths. A share
+cell is empty when the map has no mass of that sign (negative_share of Grad-CAM, which
+is never negative). Images are resized so the shorter side matches --size and
+centre-cropped (all rows share one size). NAVE is
 always computed, since the CSV is per NAVE segment; leave 'nave' out of --methods to
 drop its panel. --target auto explains each image's
 predicted class; --target also takes an ImageNet class name ("tabby cat"). The default model, efficientnet_lite0, is ImageNet-trained and needs
@@ -84,13 +87,35 @@ def register(subparsers: Any) -> None:
     p.add_argument("--lrp-epsilon", type=float, default=1e-6, help="LRP epsilon (default: 1e-6)")
     p.add_argument("--size", type=int, default=None, help="input size in pixels (default: the model's, 224)")
     p.add_argument("--out", default="nave-compare", metavar="DIR", help="output folder (default: ./nave-compare)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=check)
 
 
 def _fail(msg: str) -> NoReturn:
-    from captum_nave.cli import CLIError
+    from captum_nave.cli.common import fail
 
-    raise CLIError(msg)
+    fail(msg)
+
+
+def check(args: argparse.Namespace) -> None:
+    """Every check that needs no model (run before torch is imported)."""
+    from captum_nave.cli.common import check_out_dir
+
+    if args.n_clusters < 2:
+        _fail(f"-k/--n-clusters: expected an integer >= 2, got {args.n_clusters}")
+    if args.ig_steps < 1:
+        _fail(f"--ig-steps: expected a positive integer, got {args.ig_steps}")
+    if args.internal_batch_size < 1:
+        _fail(f"--internal-batch-size: expected a positive integer, got {args.internal_batch_size}")
+    if str(args.ig_baseline).strip().lower() not in _BASELINES:
+        _fail(f"--ig-baseline: expected one of {', '.join(_BASELINES)}, got {args.ig_baseline!r}")
+    if not args.lrp_epsilon >= 0:
+        _fail(f"--lrp-epsilon: expected a number >= 0, got {args.lrp_epsilon}")
+    if args.size is not None and args.size < 8:
+        _fail(f"--size: expected an image size of at least 8 pixels, got {args.size}")
+    for path in args.images:
+        if not os.path.isfile(path):
+            _fail(f"image file {path!r} does not exist")
+    check_out_dir(args.out)
 
 
 def parse_methods(text: str) -> List[str]:
@@ -139,16 +164,19 @@ def _parse_layers(specs: Optional[Sequence[str]]) -> Optional[List[Union[str, in
     return [int(s) if re.fullmatch(r"-?\d+", s.strip()) else s.strip() for s in specs]
 
 
-def _load_images(args: argparse.Namespace, size: Tuple[int, int]) -> Tuple[List[str], Tensor]:
+def _load_images(args: argparse.Namespace, size: Tuple[int, int]) -> Tuple[List[str], "Tensor"]:
+    import torch
+
+    from captum_nave.cli.common import image_names
     from captum_nave.models import load_image, resize_images, sample_images
 
     if args.images:
-        names = [os.path.splitext(os.path.basename(p))[0] for p in args.images]
+        names = image_names(args.images)
         batch = []
         for path in args.images:
             try:
                 batch.append(resize_images(load_image(path), size))
-            except ValueError as exc:
+            except (ValueError, OSError) as exc:
                 _fail(str(exc).splitlines()[0])
         return names, torch.cat(batch)
     samples = sample_images()
@@ -156,28 +184,17 @@ def _load_images(args: argparse.Namespace, size: Tuple[int, int]) -> Tuple[List[
 
 def run(args: argparse.Namespace) -> int:
     """Run ``captum-nave compare``; returns the exit code."""
+    import torch
+
     from captum_nave import LayerClusterExplainer
     from captum_nave.attribution import SegmentRelevanceTable, attribute, segment_relevance
+    from captum_nave.cli.common import layers_error
+    from captum_nave.files import save_figure
     from captum_nave.models import WeightsUnavailableError, imagenet_class_name, load_model, normalize
 
     methods = parse_methods(args.methods)
     target = parse_target(args.target)
-    if args.n_clusters < 2:
-        _fail(f"-k/--n-clusters: expected an integer >= 2, got {args.n_clusters}")
-    if args.ig_steps < 1:
-        _fail(f"--ig-steps: expected a positive integer, got {args.ig_steps}")
-    if args.internal_batch_size < 1:
-        _fail(f"--internal-batch-size: expected a positive integer, got {args.internal_batch_size}")
     baseline = str(args.ig_baseline).strip().lower()
-    if baseline not in _BASELINES:
-        _fail(f"--ig-baseline: expected one of {', '.join(_BASELINES)}, got {args.ig_baseline!r}")
-    if not args.lrp_epsilon >= 0:
-        _fail(f"--lrp-epsilon: expected a number >= 0, got {args.lrp_epsilon}")
-    if args.size is not None and args.size < 8:
-        _fail(f"--size: expected an image size of at least 8 pixels, got {args.size}")
-    for path in args.images:
-        if not os.path.isfile(path):
-            _fail(f"image file {path!r} does not exist")
     device = torch.device(args.device or "cpu")
 
     try:
@@ -192,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         explainer = LayerClusterExplainer(model, layers)
     except (ValueError, TypeError) as exc:
-        _fail(f"--layers: {str(exc).splitlines()[0]}")
+        _fail(layers_error(exc, model, info))
     size = (args.size, args.size) if args.size is not None else tuple(info["input_size"])
     embed = getattr(model, "patch_embed", None)
     if getattr(embed, "strict_img_size", False) and tuple(getattr(embed, "img_size", size)) != size:
@@ -215,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
         "lrp": {"epsilon": float(args.lrp_epsilon)},
     }
     attr_methods = [m for m in methods if m != "nave"]
-    panels: Dict[str, Tensor] = {}
+    panels: Dict[str, "Tensor"] = {}
     tables: List[SegmentRelevanceTable] = []
     with tqdm(total=1 + len(attr_methods), desc="compare", unit="method", disable=not sys.stderr.isatty()) as bar:
         try:
@@ -255,8 +272,7 @@ def run(args: argparse.Namespace) -> int:
         f"{', '.join(str(l) for l in layers)}, K={args.n_clusters}",
         fontsize="medium",
     )
-    png = os.path.join(args.out, "compare.png")
-    fig.savefig(png, dpi=100)
+    png = save_figure(fig, os.path.join(args.out, "compare.png"), dpi=100)
     print(png)
     if tables:
         csv_path = SegmentRelevanceTable.concat(tables).to_csv(os.path.join(args.out, "segment_relevance.csv"))

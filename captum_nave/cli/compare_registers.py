@@ -8,9 +8,6 @@ import os
 import sys
 from typing import Any, Dict, List, Sequence, Tuple
 
-import numpy as np
-import torch
-
 NAME = "compare-registers"
 
 _EPILOG = """\
@@ -62,13 +59,27 @@ def register(subparsers: Any) -> None:
     p.add_argument("--corloc-border", type=int, default=None, help="CorLoc border width (default: paper's 14)")
     p.add_argument("--figure-rows", type=int, default=4, help="images shown in the figure (default: 4)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=check)
 
 
 def _fail(msg: str) -> None:
-    from captum_nave.cli import CLIError
+    from captum_nave.cli.common import fail
 
-    raise CLIError(msg)
+    fail(msg)
+
+
+def check(args: argparse.Namespace) -> None:
+    """Every check that needs no model (run before torch is imported)."""
+    from captum_nave.cli.common import check_out_dir
+
+    if args.n_clusters < 2:
+        _fail(f"--n-clusters: expected an int >= 2, got {args.n_clusters}")
+    if args.figure_rows < 1:
+        _fail(f"--figure-rows: expected an int >= 1, got {args.figure_rows}")
+    for img in args.images:
+        if not os.path.isfile(img):
+            _fail(f"IMAGE: file {img!r} does not exist")
+    check_out_dir(args.out)
 
 
 def _transform_box(box: Sequence[float], hw: Tuple[int, int], target: Tuple[int, int]) -> List[float]:
@@ -85,6 +96,8 @@ def _transform_box(box: Sequence[float], hw: Tuple[int, int], target: Tuple[int,
 
 
 def _read_boxes(path: str, images: Sequence[str]) -> Dict[str, List[List[float]]]:
+    import numpy as np
+
     if not os.path.isfile(path):
         _fail(f"--boxes: file {path!r} does not exist")
     try:
@@ -109,17 +122,13 @@ def _read_boxes(path: str, images: Sequence[str]) -> Dict[str, List[List[float]]
 
 def run(args: argparse.Namespace) -> int:
     """Run the comparison and write the summary, tables and figure."""
+    import torch
+
+    from captum_nave.files import save_figure, write_text
     from captum_nave.models import load_image, load_model, normalize, resize_images
     from captum_nave.registers.compare import compare_registers
     from captum_nave.registers.layout import vit_layout
 
-    if args.n_clusters < 2:
-        _fail(f"--n-clusters: expected an int >= 2, got {args.n_clusters}")
-    if args.figure_rows < 1:
-        _fail(f"--figure-rows: expected an int >= 1, got {args.figure_rows}")
-    for img in args.images:
-        if not os.path.isfile(img):
-            _fail(f"IMAGE: file {img!r} does not exist")
     device = args.device or "cpu"
     torch.manual_seed(args.seed)
     pretrained = not args.no_pretrained
@@ -173,16 +182,11 @@ def run(args: argparse.Namespace) -> int:
     )
     os.makedirs(args.out, exist_ok=True)
     paths = []
-    md = os.path.join(args.out, "summary.md")
-    with open(md, "w") as fh:
-        fh.write(res.to_markdown())
-    paths.append(md)
+    paths.append(write_text(os.path.join(args.out, "summary.md"), res.to_markdown()))
     paths.append(res.to_csv(os.path.join(args.out, "per_image.csv")))
     paths.append(res.to_csv(os.path.join(args.out, "aggregated.csv"), which="aggregated"))
     fig, _ = res.plot(list(range(min(args.figure_rows, res.n_images))))
-    png = os.path.join(args.out, "figure.png")
-    fig.savefig(png, dpi=120, bbox_inches="tight")
-    paths.append(png)
+    paths.append(save_figure(fig, os.path.join(args.out, "figure.png"), dpi=120, bbox_inches="tight"))
     for p in paths:
         sys.stdout.write(p + "\n")
     return 0

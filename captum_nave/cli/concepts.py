@@ -7,15 +7,13 @@ import csv
 import heapq
 import os
 import sys
-from typing import Any, Dict, Iterator, List, NoReturn, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, NoReturn, Sequence, Tuple, Union
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import Tensor
 
 NAME = "concepts"
-
-#: File extensions read from folders.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 _EPILOG = """\
 Example:
@@ -29,7 +27,11 @@ the NAVE features of the chosen layers; memory bounded by one batch) and writes 
   concepts.npz          the fitted concepts (ConceptClusters.load reads them back)
   concept_shares.csv    per image and concept, the share of the image it covers
 and prints the paths. Folders are read non-recursively (jpg, jpeg, png, bmp, gif, tif,
-tiff, webp). Images are resized so the shorter side matches --size and centre-cropped.
+tiff, webp, pgm, ppm); images in them that cannot be read (over Pillow's decompression-bomb
+limit, damaged, a mode without a faithful conversion) are skipped and counted, a named
+file that cannot be read is an error. Images are resized so the shorter side matches
+--size and centre-cropped (every concept is fitted on the same square view). When two
+images share a file name, the CSV names them by their path.
 """
 
 
@@ -69,51 +71,45 @@ def register(subparsers: Any) -> None:
                    help="k-means++ seedings of the first batch; the lowest inertia is kept (default: 1)")
     p.add_argument("--top", type=int, default=4, metavar="N", help="images per concept in the gallery (default: 4)")
     p.add_argument("--out", default="nave-concepts", metavar="DIR", help="output folder (default: ./nave-concepts)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=check)
 
 
 def _fail(msg: str) -> NoReturn:
-    from captum_nave.cli import CLIError
+    from captum_nave.cli.common import fail
 
-    raise CLIError(msg)
+    fail(msg)
 
 
-def collect_images(inputs: Sequence[str]) -> List[str]:
-    """Image files from files and folders (folders non-recursive, sorted), duplicates removed."""
-    out: List[str] = []
-    seen = set()
-    for item in inputs:
-        if os.path.isdir(item):
-            found = sorted(
-                os.path.join(item, f) for f in os.listdir(item)
-                if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(item, f))
-            )
-            if not found:
-                _fail(f"folder {item!r} has no image files ({', '.join(IMAGE_EXTENSIONS)})")
-        elif os.path.isfile(item):
-            found = [item]
-        else:
-            _fail(f"image file or folder {item!r} does not exist")
-        for f in found:
-            key = os.path.abspath(f)
-            if key not in seen:
-                seen.add(key)
-                out.append(f)
-    return out
+def check(args: argparse.Namespace) -> None:
+    """Every check that needs no model (run before torch is imported)."""
+    from captum_nave.cli.common import check_out_dir, collect_images
+
+    if args.n_clusters < 2:
+        _fail(f"-k/--n-clusters: expected an integer >= 2, got {args.n_clusters}")
+    if args.size is not None and args.size < 8:
+        _fail(f"--size: expected an image size of at least 8 pixels, got {args.size}")
+    for opt, v in (("--batch-size", args.batch_size), ("--epochs", args.epochs), ("--top", args.top),
+                   ("--n-init", args.n_init)):
+        if v < 1:
+            _fail(f"{opt}: expected a positive integer, got {v}")
+    collect_images(args.inputs, option="IMAGE_OR_DIR")
+    check_out_dir(args.out)
 
 
 class _Batches:
     """Re-iterable batches of normalised images (each pass reloads them; memory: one batch)."""
 
-    def __init__(self, sources: Sequence[Union[str, Tensor]], size: Tuple[int, int], info: Dict[str, Any],
-                 batch_size: int, device: torch.device) -> None:
+    def __init__(self, sources: Sequence[Union[str, "Tensor"]], size: Tuple[int, int], info: Dict[str, Any],
+                 batch_size: int, device: "torch.device") -> None:
         self.sources, self.size, self.info = list(sources), size, info
         self.batch_size, self.device = batch_size, device
 
     def __len__(self) -> int:
         return (len(self.sources) + self.batch_size - 1) // self.batch_size
 
-    def load01(self, indices: Sequence[int]) -> Tensor:
+    def load01(self, indices: Sequence[int]) -> "Tensor":
+        import torch
+
         from captum_nave.models import load_image, resize_images
 
         imgs = []
@@ -127,38 +123,39 @@ class _Batches:
             imgs.append(resize_images(src, self.size))
         return torch.cat(imgs)
 
-    def batches(self) -> Iterator[Tuple[List[int], Tensor]]:
+    def batches(self) -> Iterator[Tuple[List[int], "Tensor"]]:
         from captum_nave.models import normalize
 
         for start in range(0, len(self.sources), self.batch_size):
             idx = list(range(start, min(start + self.batch_size, len(self.sources))))
             yield idx, normalize(self.load01(idx), self.info).to(self.device)
 
-    def __iter__(self) -> Iterator[Tensor]:
+    def __iter__(self) -> Iterator["Tensor"]:
         for _, x in self.batches():
             yield x
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
     from tqdm import tqdm
 
     from captum_nave import ConceptClusters, LayerClusterExplainer
+    from captum_nave.cli.common import ImageLoader, collect_images, image_names, layers_error
     from captum_nave.cli.explain import parse_layers
+    from captum_nave.files import atomic_write, save_figure
     from captum_nave.models import WeightsUnavailableError, load_model, sample_images
     from captum_nave.visualization import concept_top_images, plot_concept_gallery
 
-    if args.n_clusters < 2:
-        _fail(f"-k/--n-clusters: expected an integer >= 2, got {args.n_clusters}")
-    if args.size is not None and args.size < 8:
-        _fail(f"--size: expected an image size of at least 8 pixels, got {args.size}")
-    for opt, v in (("--batch-size", args.batch_size), ("--epochs", args.epochs), ("--top", args.top),
-                   ("--n-init", args.n_init)):
-        if v < 1:
-            _fail(f"{opt}: expected a positive integer, got {v}")
     if args.inputs:
-        paths = collect_images(args.inputs)
-        names = [os.path.splitext(os.path.basename(p))[0] for p in paths]
-        sources: List[Union[str, Tensor]] = list(paths)
+        found = collect_images(args.inputs, option="IMAGE_OR_DIR")
+        loader = ImageLoader()
+        usable = loader.usable(found)  # every pass of the fit reads the same images
+        loader.summary(len(found))
+        if not usable:
+            _fail(f"no image could be read ({len(loader.skipped)} skipped)")
+        paths = [it.path for it in usable]
+        names = image_names(paths)
+        sources: List[Union[str, "Tensor"]] = list(paths)
     else:
         samples = sample_images()
         names, sources = list(samples), list(samples.values())
@@ -178,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         explainer = LayerClusterExplainer(model, layers)
     except (ValueError, TypeError) as exc:
-        _fail(f"--layers: {str(exc).splitlines()[0]}")
+        _fail(layers_error(exc, model, info))
     size = (args.size, args.size) if args.size is not None else tuple(info["input_size"])
     embed = getattr(model, "patch_embed", None)
     if getattr(embed, "strict_img_size", False) and tuple(getattr(embed, "img_size", size)) != size:
@@ -195,14 +192,13 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         _fail(str(exc).splitlines()[0])
     npz = os.path.join(args.out, "concepts.npz")
-    concepts.save(npz)
+    concepts.save(npz)  # the expensive part is kept even if the rest is interrupted
 
     # shares of every concept in every image; keep the top images per concept (bounded memory)
     K, top_n = args.n_clusters, args.top
     best: Dict[int, List[Tuple[float, int]]] = {k: [] for k in range(K)}  # min-heaps of (share, -index)
     csv_path = os.path.join(args.out, "concept_shares.csv")
-    tmp = csv_path + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_write(csv_path, newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["image", "concept", "share"])
         with tqdm(total=len(sources), desc="predict", unit="image", disable=not sys.stderr.isatty()) as bar:
@@ -221,7 +217,6 @@ def run(args: argparse.Namespace) -> int:
                             else:
                                 heapq.heappushpop(best[k], item)
                 bar.update(len(idx))
-    os.replace(tmp, csv_path)
 
     # gallery: only the images that are some concept's top image
     keep = sorted({-neg for k in best for _, neg in best[k]})
@@ -239,8 +234,7 @@ def run(args: argparse.Namespace) -> int:
             axes[r, c].set_title(f"{names[keep[j]]}: {100 * share:.0f}%", fontsize="small")
     fig.suptitle(f"{len(top)} concepts of {args.model}{' (random weights)' if args.no_pretrained else ''} "
                  f"over {len(sources)} images, layers {', '.join(str(l) for l in layers)}")
-    png = os.path.join(args.out, "concept_gallery.png")
-    fig.savefig(png, dpi=100)
+    png = save_figure(fig, os.path.join(args.out, "concept_gallery.png"), dpi=100)
     for p in (png, npz, csv_path):
         print(p)
     return 0

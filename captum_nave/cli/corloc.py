@@ -140,13 +140,45 @@ def register(subparsers: Any) -> None:
                    "the tables to --out; evaluates nothing")
     r.add_argument("--overwrite", action="store_true", help="discard earlier results in --out instead of resuming")
     r.add_argument("--overlays", action="store_true", help="save a PNG of the selected boxes per image and method")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=check)
 
 
 def _fail(msg: str) -> NoReturn:
-    from captum_nave.cli import CLIError
+    from captum_nave.cli.common import fail
 
-    raise CLIError(msg)
+    fail(msg)
+
+
+def check(args: argparse.Namespace) -> None:
+    """Every check that needs no model and no dataset (run before torch is imported)."""
+    from captum_nave.cli.common import check_out_dir
+
+    if args.merge:
+        check_out_dir(args.out or args.merge[0])
+        return
+    k_text = str(args.n_clusters).strip().lower()
+    if k_text != "auto" and (not re.fullmatch(r"\d+", k_text) or int(k_text) < 2):
+        _fail(f"-k/--n-clusters: expected an integer >= 2 or auto, got {args.n_clusters!r}")
+    k_min, k_max = args.k_range
+    if not 2 <= k_min <= k_max:
+        _fail(f"--k-range: expected 2 <= MIN <= MAX, got {k_min} {k_max}")
+    if args.limit is not None and args.limit < 1:
+        _fail(f"--limit: expected a positive integer, got {args.limit}")
+    if args.pad_multiple is not None and args.pad_multiple < 1:
+        _fail(f"--pad-multiple: expected a positive integer, got {args.pad_multiple}")
+    world = os.environ.get("WORLD_SIZE", "1")  # set by torchrun (the process group starts later)
+    if world.isdigit() and int(world) > 1 and (args.num_shards is not None or args.shard_index is not None):
+        _fail(f"--num-shards/--shard-index: under torchrun the shards are the {world} processes; leave them out")
+    if args.num_shards is not None and args.num_shards < 1:
+        _fail(f"--num-shards: expected a positive integer, got {args.num_shards}")
+    n_shards = args.num_shards or 1
+    if args.shard_index is not None and not 0 <= args.shard_index < n_shards:
+        _fail(f"--shard-index: expected 0 <= index < --num-shards ({n_shards}), got {args.shard_index}")
+    if args.workers < 0:
+        _fail(f"--workers: expected an integer >= 0, got {args.workers}")
+    if args.grid < 1 or (args.slic_segments is not None and args.slic_segments < 1):
+        _fail("--grid / --slic-segments: expected positive integers")
+    check_out_dir(args.out or "corloc-results")
 
 
 def parse_layers(specs: Optional[Sequence[str]]) -> Optional[List[Union[str, int]]]:
@@ -301,31 +333,11 @@ def run(args: argparse.Namespace) -> int:
         _print_paths(out, ["summary.md", "summary.json", "per_image.csv"])
         return 0
 
-    # cheap checks first, so that mistakes fail before any model is loaded
+    check(args)  # also when run() is called directly
     k_text = str(args.n_clusters).strip().lower()
-    if k_text != "auto" and (not re.fullmatch(r"\d+", k_text) or int(k_text) < 2):
-        _fail(f"-k/--n-clusters: expected an integer >= 2 or auto, got {args.n_clusters!r}")
     args.n_clusters = "auto" if k_text == "auto" else int(k_text)
-    k_min, k_max = args.k_range
-    if not 2 <= k_min <= k_max:
-        _fail(f"--k-range: expected 2 <= MIN <= MAX, got {k_min} {k_max}")
-    if args.limit is not None and args.limit < 1:
-        _fail(f"--limit: expected a positive integer, got {args.limit}")
-    if args.pad_multiple is not None and args.pad_multiple < 1:
-        _fail(f"--pad-multiple: expected a positive integer, got {args.pad_multiple}")
     launched = _dist_world() > 1
-    if launched and (args.num_shards is not None or args.shard_index is not None):
-        _fail(f"--num-shards/--shard-index: under torchrun the shards are the {_dist_world()} processes; "
-              "leave them out")
-    if args.num_shards is not None and args.num_shards < 1:
-        _fail(f"--num-shards: expected a positive integer, got {args.num_shards}")
     n_shards = args.num_shards or 1
-    if args.shard_index is not None and not 0 <= args.shard_index < n_shards:
-        _fail(f"--shard-index: expected 0 <= index < --num-shards ({n_shards}), got {args.shard_index}")
-    if args.workers < 0:
-        _fail(f"--workers: expected an integer >= 0, got {args.workers}")
-    if args.grid < 1 or (args.slic_segments is not None and args.slic_segments < 1):
-        _fail("--grid / --slic-segments: expected positive integers")
     given = {"min_area": args.min_area, "border": args.border, "iou_threshold": args.iou_threshold}
     try:  # constants not given keep the paper's values (CorLocProtocol's defaults)
         protocol = CorLocProtocol(conventions=args.protocol, **{k: v for k, v in given.items() if v is not None})

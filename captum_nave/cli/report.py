@@ -6,10 +6,10 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Dict, List, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, NoReturn, Sequence
 
-import numpy as np
-import torch
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 NAME = "report"
 
@@ -23,7 +23,11 @@ Example:
       vit_small_patch14_dinov2.lvd142m vit_small_patch14_reg4_dinov2.lvd142m --size 518
   captum-nave report photos/*.jpg --boxes boxes.json --out audit.html
 
-Writes ONE HTML file (default: report.html) and prints its path. The file is
+Writes ONE HTML file (default: report.html; missing folders are created) and prints
+its path. Folders given as IMAGE are read non-recursively; images in them that cannot
+be read (over Pillow's decompression-bomb limit, damaged, a mode without a faithful
+conversion) are skipped, counted and listed in the report's configuration; a named
+file that cannot be read is an error. The file is
 self-contained: figures are embedded, there is no JavaScript and nothing is loaded
 from the network. Sections: side-by-side grids (NAVE | Grad-CAM | IG | LRP) per
 model, per-segment relevance tables, stability across the k-means --seeds, a
@@ -54,7 +58,8 @@ def register(subparsers: Any) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (default: scikit-image sample photos)")
+    p.add_argument("images", nargs="*", metavar="IMAGE_OR_DIR",
+                   help="image files and/or folders of images (default: scikit-image sample photos)")
     p.add_argument(
         "--model", action="append", default=None, metavar="NAME",
         help="model to explain; repeat for several (default: efficientnet_lite0, offline). timm names, "
@@ -92,13 +97,13 @@ def register(subparsers: Any) -> None:
         help="record a method that fails on a model in the report instead of stopping",
     )
     p.add_argument("--out", default="report.html", metavar="FILE", help="output HTML file (default: report.html)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=check)
 
 
 def _fail(msg: str) -> NoReturn:
-    from captum_nave.cli import CLIError
+    from captum_nave.cli.common import fail
 
-    raise CLIError(msg)
+    fail(msg)
 
 
 def _methods(text: str) -> List[str]:
@@ -112,7 +117,7 @@ def _methods(text: str) -> List[str]:
     return (["nave"] if "nave" not in items else []) + items
 
 
-def read_boxes(path: str, image_paths: Sequence[str]) -> List[np.ndarray]:
+def read_boxes(path: str, image_paths: Sequence[str]) -> List["np.ndarray"]:
     """Boxes of every image from a JSON file (see the command's help).
 
     An image matches a key equal to its path as given, its file name, or its file name
@@ -122,6 +127,8 @@ def read_boxes(path: str, image_paths: Sequence[str]) -> List[np.ndarray]:
     -------
     list of ndarray of shape (M, 4), one per image
     """
+    import numpy as np
+
     if not os.path.isfile(path):
         _fail(f"--boxes: file {path!r} does not exist")
     try:
@@ -153,15 +160,10 @@ def read_boxes(path: str, image_paths: Sequence[str]) -> List[np.ndarray]:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
-    from captum_nave.models import WeightsUnavailableError, load_model, sample_images
-    from captum_nave.report import build_report
+def check(args: argparse.Namespace) -> None:
+    """Every check that needs no model (run before torch is imported)."""
+    from captum_nave.cli.common import check_out_file, collect_images
 
-    from captum_nave.cli.compare import parse_target
-    from captum_nave.cli.explain import parse_layers
-
-    methods = _methods(args.methods)
-    target = parse_target(args.target)
     if args.n_clusters < 2:
         _fail(f"-k/--n-clusters: expected an integer >= 2, got {args.n_clusters}")
     if args.size is not None and args.size < 8:
@@ -173,9 +175,8 @@ def run(args: argparse.Namespace) -> int:
     seeds = list(args.seeds) if args.seeds is not None else [args.seed, args.seed + 1, args.seed + 2]
     if len(set(seeds)) != len(seeds):
         _fail(f"--seeds: expected distinct seeds, got {' '.join(map(str, seeds))}")
-    for path in args.images:
-        if not os.path.isfile(path):
-            _fail(f"image file {path!r} does not exist")
+    collect_images(args.images, option="IMAGE_OR_DIR")
+    check_out_file(args.out)
     model_names = list(args.model) if args.model else ["efficientnet_lite0"]
     if len(set(model_names)) != len(model_names):
         _fail(f"--model: each model once, got {' '.join(model_names)}")
@@ -187,10 +188,34 @@ def run(args: argparse.Namespace) -> int:
             _fail("--register-pair: expected two different models")
     if args.boxes is not None and not args.images:
         _fail("--boxes: give the IMAGE files the boxes belong to")
-    boxes = read_boxes(args.boxes, args.images) if args.boxes is not None else None
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir):
-        _fail(f"--out: folder {out_dir!r} does not exist")
+    if args.boxes is not None and not os.path.isfile(args.boxes):
+        _fail(f"--boxes: file {args.boxes!r} does not exist")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from captum_nave.cli.common import ImageLoader, collect_images, image_names
+    from captum_nave.cli.compare import parse_target
+    from captum_nave.cli.explain import parse_layers
+    from captum_nave.models import WeightsUnavailableError, load_model, sample_images
+    from captum_nave.report import build_report
+
+    methods = _methods(args.methods)
+    target = parse_target(args.target)
+    seeds = list(args.seeds) if args.seeds is not None else [args.seed, args.seed + 1, args.seed + 2]
+    model_names = list(args.model) if args.model else ["efficientnet_lite0"]
+    paths: List[str] = []
+    skipped: List[str] = []
+    if args.images:
+        found = collect_images(args.images, option="IMAGE_OR_DIR")
+        loader = ImageLoader()
+        paths = [it.path for it in loader.usable(found)]
+        loader.summary(len(found))
+        skipped = [f"{p}: {why}" for p, why in loader.skipped]
+        if not paths:
+            _fail(f"no image could be read ({len(skipped)} skipped)")
+    boxes = read_boxes(args.boxes, paths) if args.boxes is not None else None
     protocol = None
     if args.min_area is not None or args.border is not None:
         from captum_nave.evaluation import CorLocProtocol
@@ -217,21 +242,22 @@ def run(args: argparse.Namespace) -> int:
             _fail(" ".join(str(exc).split()))
         models[name] = (model, info)
 
-    if args.images:
-        images: Any = list(args.images)
-    else:
-        images = sample_images()
+    images: Any = list(paths) if paths else sample_images()
     options = {"ig": {"n_steps": args.ig_steps, "internal_batch_size": args.internal_batch_size}}
-    cli_args = {k: v for k, v in vars(args).items() if k != "func"}
+    cli_args = {k: v for k, v in vars(args).items() if k not in ("func", "check")}
+    extra: Dict[str, Any] = {"command-line arguments": cli_args}
+    if skipped:
+        extra["skipped images"] = skipped
     try:
         path = build_report(
-            images, models, out_path=args.out, methods=methods, layers=parse_layers(args.layers),
+            images, models, out_path=args.out, image_names=image_names(paths) if paths else None,
+            methods=methods, layers=parse_layers(args.layers),
             n_clusters=args.n_clusters, seeds=seeds, size=args.size, target=target,
             method_options={k: v for k, v in options.items() if k in methods},
             register_pair=tuple(args.register_pair) if args.register_pair else None,
             boxes=boxes, corloc_protocol=protocol, title=args.title,
             on_error="record" if args.keep_going else "raise",
-            progress=sys.stderr.isatty(), extra_config={"command-line arguments": cli_args},
+            progress=sys.stderr.isatty(), extra_config=extra,
         )
     except (ValueError, TypeError) as exc:
         _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

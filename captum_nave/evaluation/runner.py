@@ -36,7 +36,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -46,6 +45,7 @@ import numpy as np
 
 from .. import distributed as dist_utils
 from ..data import IndexedDataset, iterate_items, loader_kwargs, shard_indices
+from ..files import save_figure, write_text
 from .corloc import STRATEGIES, CorLocProtocol, Selection, _check_strategies, as_protocol
 from .datasets import BoxDataset, ImageRecord, load_image
 from .records import RECORD_KEYS, check_resumable, combine_records, image_record
@@ -79,17 +79,22 @@ def _shard_tag(index: int, num: int) -> str:
 
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    write_text(path, text)
+
+
+def _read_meta(path: Path) -> Dict[str, Any]:
+    """A run's ``meta.*.json``; a damaged file raises ValueError naming it."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(
+            f"{path}: damaged run metadata, not valid JSON ({' '.join(str(exc).split())}); "
+            "remove the file to start this output folder afresh, or rerun with overwrite=True "
+            "(CLI: --overwrite)"
+        ) from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: damaged run metadata, expected a JSON object, got a {type(meta).__name__}")
+    return meta
 
 
 def read_records(path: PathLike, *, repair: bool = False) -> List[Dict[str, Any]]:
@@ -134,7 +139,8 @@ class _AppendLog:
     """Append complete lines with one ``os.write`` each, then ``fsync``."""
 
     def __init__(self, path: Path, fsync: bool = True) -> None:
-        self.fd = os.open(str(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        # 0o666: the user's umask decides the permissions, as for every output
+        self.fd = os.open(str(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         self.fsync = fsync
 
     def append(self, record: Mapping[str, Any]) -> None:
@@ -187,7 +193,7 @@ def _save_overlay(
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(str(path))
+    save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- runner
@@ -381,7 +387,7 @@ def _run_shard(
         for n in methods:
             (rec_dir / meta["files"][n]).unlink(missing_ok=True)
     elif meta_path.is_file():
-        old = json.loads(meta_path.read_text())
+        old = _read_meta(meta_path)
         check_resumable(out, old, meta)
         # keep methods of earlier runs in the meta so that merges still find them
         for n, cfg in old.get("methods", {}).items():
@@ -502,10 +508,7 @@ def merge_runs(
         if not found:
             raise FileNotFoundError(f"run_dirs: no CorLoc records in {d} (expected {rd}/meta.shard-*.json)")
         for mp in found:
-            try:
-                metas.append((mp.parent, json.loads(mp.read_text())))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{mp}: malformed JSON ({exc})") from None
+            metas.append((mp.parent, _read_meta(mp)))
 
     by_dataset: Dict[str, List[Tuple[Path, Dict[str, Any]]]] = {}
     for rd, meta in metas:

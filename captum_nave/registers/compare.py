@@ -219,8 +219,10 @@ class RegisterComparison:
         """
         if which not in ("per_image", "aggregated"):
             raise ValueError(f"which: expected 'per_image' or 'aggregated', got {which!r}")
+        from captum_nave.files import atomic_write
+
         p = os.fspath(path)
-        with open(p, "w", newline="") as fh:
+        with atomic_write(p, newline="") as fh:
             w = csv.writer(fh)
             if which == "per_image":
                 w.writerow(["image", "model", "measure", "value"])

@@ -884,7 +884,8 @@ def build_report(
         ``pretrained_cfg``'s or ImageNet's. Models are used as they are (call ``.eval()``
         first) and never modified.
     out_path : str or path-like
-        The HTML file to write (written atomically).
+        The HTML file to write (missing folders are created; written to a temporary file
+        in the same folder and renamed). A folder is refused before anything is computed.
     image_names : sequence of str, optional
         Default: mapping keys, file stems, or ``"image i"``.
     methods : sequence of str, default ("nave", "gradcam", "ig", "lrp")
@@ -946,6 +947,11 @@ def build_report(
     ...                     out_path="report.html", size=160,
     ...                     method_options={"ig": {"n_steps": 16}})
     """
+    from captum_nave.files import write_text
+
+    path = Path(os.fspath(out_path))
+    if path.is_dir():  # checked before hours of computing, not after
+        raise IsADirectoryError(f"out_path: {os.fspath(path)!r} is a folder, expected an HTML file name")
     data = collect_report(
         images, models, image_names=image_names, methods=methods, layers=layers,
         n_clusters=n_clusters, seeds=seeds, size=size, crop=crop, target=target,
@@ -954,15 +960,11 @@ def build_report(
         corloc_protocol=corloc_protocol, title=title, on_error=on_error, progress=progress,
         extra_config=extra_config,
     )
-    path = Path(os.fspath(out_path))
 
     def write() -> Path:  # once, by rank 0 under torchrun; every rank returns when it is written
         text = render_report(data, dpi=dpi)
-        if path.parent and not path.parent.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, text, param="out_path", newline=None)
         return path
 
     return dist_utils.run_on_main(write)
