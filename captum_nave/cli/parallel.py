@@ -47,16 +47,19 @@ def load_ahead(
     yield from iterate_items(IndexedDataset(sources, load=load), indices, workers=workers, device=device)
 
 
-def gather_in_order(indices: Sequence[int], values: Sequence[T], n: int) -> Optional[List[Optional[T]]]:
+def gather_in_order(
+    indices: Sequence[int], values: Sequence[T], n: int, *, to_all: bool = False
+) -> Optional[List[Optional[T]]]:
     """Every rank's ``values`` (one per index of its ``indices``) as one list of ``n`` on rank 0.
 
-    Images no rank produced a value for are ``None``. Returns ``None`` on the other ranks.
-    A collective: every rank calls it (with empty lists when it had no image).
+    Images no rank produced a value for are ``None``. Returns ``None`` on the other ranks
+    unless ``to_all``. A collective: every rank calls it (with empty lists when it had no
+    image). Keep the values small (names, flags, a few numbers per image).
     """
     if len(indices) != len(values):
         raise ValueError(f"values: expected one value per index ({len(indices)}), got {len(values)}")
     parts = dist_utils.all_gather_object((list(indices), list(values)))
-    if not is_main():
+    if not (to_all or is_main()):
         return None
     out: List[Optional[T]] = [None] * n
     for idx, vals in parts:
