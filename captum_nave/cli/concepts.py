@@ -21,6 +21,8 @@ Example:
   captum-nave concepts                                  # scikit-image photos, offline model
   captum-nave concepts photos/ -k 8 --out concepts
   captum-nave concepts a.jpg b.jpg photos/ -k 10 --model tv:resnet50 --layers layer3 layer4 --epochs 2
+  # 4 GPUs, one process each, images decoded by 4 workers per process (rank 0 writes the outputs)
+  torchrun --standalone --nproc-per-node 4 -m captum_nave.cli concepts photos/ --device cuda --workers 4
 
 Fits K concepts shared by all images (ConceptClusters: streaming mini-batch k-means on
 the NAVE features of the chosen layers; memory bounded by one batch) and writes to OUT:

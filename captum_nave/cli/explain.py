@@ -21,6 +21,7 @@ Example:
   captum-nave explain                       # the four scikit-image photos, offline model
   captum-nave explain cat.jpg dog.png -k 6 --resolution input --out maps
   captum-nave explain photos/ --model tv:resnet50 --layers layer3 layer4
+  torchrun --standalone --nproc-per-node 4 -m captum_nave.cli explain photos/ --device cuda --workers 4
 
 Writes OUT/<image name>_nave.png (the image | its NAVE segments with boundaries and a
 legend; the title gives the model's top-1 class for ImageNet models) and prints the paths.
