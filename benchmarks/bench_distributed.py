@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -179,22 +178,10 @@ def launch(kind: str, nproc: int, args: argparse.Namespace) -> Dict:
         return res
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    import torch
-
-    return f"{cpu}, {os.cpu_count()} cores; torch {torch.__version__}, Python {platform.python_version()}"
-
-
 def report(results: Dict[str, Dict[int, Dict]], args: argparse.Namespace, argv: List[str]) -> str:
+    sys.path.insert(0, HERE)
+    from bench_nave import machine  # the same machine line as the single-process benchmark
+
     lines = [
         "# Scaling out: 1 vs 2 processes",
         "",
