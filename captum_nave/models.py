@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from captum_nave._validation import check_int, check_int_pair
 from .activations import find_blocks
 
 __all__ = [
@@ -517,8 +518,7 @@ def _imagenet_info() -> Any:
 
 def imagenet_class_name(index: int) -> str:
     """Short English name of ImageNet-1k class ``index`` (0..999), e.g. 281 -> "tabby"."""
-    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 1000:
-        raise ValueError(f"index: expected an ImageNet-1k class index in 0..999, got {index!r}")
+    index = check_int(index, "index", low=0, high=999)
     return _imagenet_info().index_to_description(index).split(",")[0].strip()
 
 
@@ -558,16 +558,7 @@ def imagenet_class_index(name: str) -> int:
 def _parse_size(size: Any, param: str = "size") -> Optional[Tuple[int, int]]:
     if size is None:
         return None
-    if isinstance(size, bool):
-        raise TypeError(f"{param}: expected an int or (height, width), got {size!r}")
-    if isinstance(size, int):
-        size = (size, size)
-    if not isinstance(size, (tuple, list)) or len(size) != 2:
-        raise TypeError(f"{param}: expected an int or (height, width), got {size!r}")
-    h, w = size
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (h, w)):
-        raise ValueError(f"{param}: expected positive integers, got {size!r}")
-    return int(h), int(w)
+    return check_int_pair(size, param)
 
 
 def load_image(path: Union[str, "os.PathLike[str]"], size: Optional[Union[int, Tuple[int, int]]] = None) -> Tensor:

@@ -184,6 +184,13 @@ def run(args: argparse.Namespace) -> int:
     clusterer = str(args.clusterer).strip().lower()
     if clusterer not in _CLUSTERERS:
         _fail(f"--clusterer: expected one of {', '.join(_CLUSTERERS)}, got {args.clusterer!r}")
+    if not isinstance(resolution, str):
+        from captum_nave.clustering import KMEANS_MAX_PIXELS, check_grid_size
+
+        check_grid_size(
+            clusterer, resolution, param=f"--resolution {args.resolution}",
+            example=f"'layer' or HxW with H * W <= {KMEANS_MAX_PIXELS}",
+        )
     if args.size is not None and args.size < 8:
         _fail(f"--size: expected an image size of at least 8 pixels, got {args.size}")
     if args.batch_size < 1:
