@@ -36,15 +36,16 @@ import torch
 from torch import Tensor
 
 from . import distributed as dist_utils
+from ._concepts_io import FORMAT, LOAD_LIMIT_BYTES, VERSION, read_concepts_file
+from ._validation import InvalidParameterError, check_int, check_seed
+from .clustering import check_grid_size
 from .clustering.kmeans import implicit_kmeans, make_generator
-from .explainer import LayerClusterExplainer, Resolution
+from .explainer import LayerClusterExplainer, Resolution, check_resolution
 from .features import ImplicitFeatures, LayerFeatures, interpolation_matrix
-from .segments import resize_labels
 
-__all__ = ["ConceptClusters"]
+__all__ = ["ConceptClusters", "LOAD_LIMIT_BYTES"]
 
-_FORMAT = "captum-nave/concepts"
-_VERSION = 1
+_FORMAT, _VERSION = FORMAT, VERSION
 
 
 def _batches(data: Any) -> Iterator[Tensor]:
@@ -170,20 +171,16 @@ class ConceptClusters:
             raise TypeError(
                 f"explainer: expected a LayerClusterExplainer, got {type(self.explainer).__name__}"
             )
-        k = self.n_clusters
-        if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-            raise ValueError(f"n_clusters: expected an int >= 2, got {k!r}")
-        e = self.n_epochs
-        if isinstance(e, bool) or not isinstance(e, int) or e < 1:
-            raise ValueError(f"n_epochs: expected an int >= 1, got {e!r}")
-        n = self.n_init
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n_init: expected an int >= 1, got {n!r}")
-        m = self.init_max_iter
-        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-            raise ValueError(f"init_max_iter: expected an int >= 1, got {m!r}")
-        if not any(self.distributed is v for v in (True, False)) and self.distributed != "auto":
-            raise ValueError(f"distributed: expected 'auto', True or False, got {self.distributed!r}")
+        check_int(self.n_clusters, "n_clusters", low=2)
+        check_int(self.n_epochs, "n_epochs", low=1)
+        check_int(self.n_init, "n_init", low=1)
+        check_int(self.init_max_iter, "init_max_iter", low=1)
+        check_seed(self.random_state)
+        if self.progress is not None and not isinstance(self.progress, bool):
+            raise InvalidParameterError(f"progress: expected a bool or None, got {self.progress!r}")
+        check_resolution(self.resolution)
+        if not (isinstance(self.distributed, bool) or self.distributed == "auto"):
+            raise InvalidParameterError(f"distributed: expected 'auto', True or False, got {self.distributed!r}")
 
     def _world(self) -> int:
         """Processes taking part in the fit: the default process group's size, or 1."""
@@ -250,7 +247,7 @@ class ConceptClusters:
                 delattr(self, attr)
         self.n_steps_ = 0
         total = len(data) if hasattr(data, "__len__") and not isinstance(data, Tensor) else None
-        for _ in range(self.n_epochs):
+        for _ in range(int(self.n_epochs)):
             batches = iter(self._progress(_batches(data), total))
             while True:
                 try:
@@ -286,6 +283,8 @@ class ConceptClusters:
         feats: Optional[ImplicitFeatures] = None
         if images is not None and error is None:
             try:
+                if not hasattr(self, "cluster_centers_"):
+                    images = self._check_first_batch(images)
                 feats = self._features(images)
             except Exception as exc:
                 if world == 1:
@@ -307,15 +306,24 @@ class ConceptClusters:
         self.n_steps_ = getattr(self, "n_steps_", 0) + 1
         return True
 
+    def _check_first_batch(self, images: Tensor) -> Tensor:
+        """The seeding clusters the first batch's pixels together: refuse a grid too large for it early."""
+        images, x = self.explainer._check_inputs(images, finite=False)
+        res = check_resolution(self.resolution)
+        if res != "layer":
+            self._check_seeding_grid(self.explainer._grid(res, [], tuple(x.shape[-2:])), x.shape[0])
+        return images
+
     def _seed_state(self, feats: ImplicitFeatures) -> Dict[str, Any]:
         """k-means++ and a few Lloyd iterations on one batch: centroids, counts, inertia."""
-        K = self.n_clusters
+        self._check_seeding_grid(feats.grid, feats.n_images)  # distributed: the whole first global batch
+        K = int(self.n_clusters)
         n_pix = feats.n_images * feats.n_pixels
         if n_pix < K:
             raise ValueError(f"n_clusters: the first batch has {n_pix} grid pixels, fewer than n_clusters={K}")
         gen = make_generator(self.random_state, feats.device)
         km = implicit_kmeans(
-            feats, K, shared=True, random_state=gen, n_init=self.n_init, max_iter=self.init_max_iter
+            feats, K, shared=True, random_state=gen, n_init=int(self.n_init), max_iter=int(self.init_max_iter)
         )
         return {
             "centers": km.centers[0].clone(),
@@ -350,7 +358,7 @@ class ConceptClusters:
 
     def _update(self, feats: Optional[ImplicitFeatures], world: int) -> None:
         """Online-mean update with the (all-reduced) batch sums, counts and inertia."""
-        K = self.n_clusters
+        K = int(self.n_clusters)
         if feats is not None:
             centers = self.cluster_centers_.to(device=feats.device, dtype=feats.dtype)
             labels, mind = self._assign(feats, centers)
@@ -368,6 +376,12 @@ class ConceptClusters:
         self.cluster_centers_ = centers + step
         self.counts_ = counts
         self.inertia_ = float(inertia)
+
+    def _check_seeding_grid(self, grid: Tuple[int, int], n_images: int) -> None:
+        check_grid_size(
+            "kmeans", grid, n_images, shared=True, param=f"resolution={self.resolution!r}",
+            together="(the first batch, seeded together)", remedy="a smaller first batch",
+        )
 
     def _assign(self, feats: ImplicitFeatures, centers: Tensor) -> Tuple[Tensor, Tensor]:
         """Nearest concept per grid pixel: labels (N, h, w) and squared distances."""
@@ -395,10 +409,10 @@ class ConceptClusters:
             concept in every image (nearest resize from the grid).
         """
         self._check_fitted()
-        x = self.explainer._check_inputs(images)
+        images, x = self.explainer._check_inputs(images)
         feats = self._features(images)
         labels, _ = self._assign(feats, self.cluster_centers_.to(device=feats.device, dtype=feats.dtype))
-        return resize_labels(labels[:, None], tuple(x.shape[-2:])).to(x.device)
+        return self.explainer._segments(labels, check_resolution(self.resolution), tuple(x.shape[-2:])).to(x.device)
 
     def transform(self, images: Tensor) -> Tensor:
         """Distances of every grid pixel to every concept.
@@ -409,7 +423,7 @@ class ConceptClusters:
             Euclidean distances on the clustering grid (not resized to the input).
         """
         self._check_fitted()
-        self.explainer._check_inputs(images)
+        images, _ = self.explainer._check_inputs(images)
         feats = self._features(images)
         centers = self.cluster_centers_.to(device=feats.device, dtype=feats.dtype)
         return self._sq_distances(feats, centers).sqrt()
@@ -487,38 +501,41 @@ class ConceptClusters:
             )
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike], explainer: LayerClusterExplainer, **params: Any) -> "ConceptClusters":
+    def load(
+        cls,
+        path: Union[str, os.PathLike],
+        explainer: LayerClusterExplainer,
+        *,
+        max_bytes: int = LOAD_LIMIT_BYTES,
+        **params: Any,
+    ) -> "ConceptClusters":
         """Read concepts written by :meth:`save` and attach them to ``explainer``.
+
+        The file is not trusted: its zip directory and array headers are checked
+        (names, dtypes, shapes, sizes) before any data is inflated, object arrays
+        (pickles) are never loaded, and the metadata and the centres are validated.
+
+        Parameters
+        ----------
+        path : str or PathLike
+        explainer : LayerClusterExplainer
+            Must have the layers the concepts were fitted on.
+        max_bytes : int, default :data:`LOAD_LIMIT_BYTES` (256 MiB)
+            Largest centres array accepted.
+        **params
+            Other constructor parameters (``resolution`` defaults to the saved one).
 
         Raises
         ------
+        FileNotFoundError
+            If ``path`` does not exist.
         ValueError
-            If the file is not a captum-nave concepts file, its arrays are inconsistent,
-            or it was fitted on other layers than the explainer's.
+            If the file is damaged, not a captum-nave concepts file, holds objects,
+            inconsistent or non-finite arrays, exceeds ``max_bytes``, or was fitted
+            on other layers than the explainer's (the message names the file and the
+            problem).
         """
-        try:
-            with np.load(os.fspath(path), allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"path: {os.fspath(path)!r} is not a readable concepts file ({exc})") from None
-        if set(arrays) != {"cluster_centers", "counts", "metadata"}:
-            raise ValueError(f"path: {os.fspath(path)!r} is not a captum-nave concepts file (keys {sorted(arrays)})")
-        try:
-            meta = json.loads(arrays["metadata"].tobytes().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"path: corrupt metadata in {os.fspath(path)!r} ({exc})") from None
-        if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
-            raise ValueError(
-                f"path: expected format {_FORMAT} version {_VERSION}, got {meta.get('format')} "
-                f"version {meta.get('version')}"
-            )
-        centers, counts = arrays["cluster_centers"], arrays["counts"]
-        K, D = meta["n_clusters"], meta["n_features_in"]
-        if centers.shape != (K, D) or counts.shape != (K,) or sum(meta["layer_dims"]) != D:
-            raise ValueError(
-                f"path: inconsistent concepts file: centers {centers.shape}, counts {counts.shape}, "
-                f"metadata K={K}, D={D}"
-            )
+        meta, centers, counts = read_concepts_file(path, max_bytes)
         if list(explainer.layer_names) != meta["layer_names"]:
             raise ValueError(
                 f"explainer: the concepts were fitted on layers {meta['layer_names']}, "
@@ -526,11 +543,11 @@ class ConceptClusters:
             )
         res = meta["resolution"]
         params.setdefault("resolution", res if isinstance(res, str) else tuple(res))
-        obj = cls(explainer, n_clusters=K, **params)
+        obj = cls(explainer, n_clusters=meta["n_clusters"], **params)
         obj.cluster_centers_ = torch.as_tensor(centers, dtype=torch.float32)
         obj.counts_ = torch.as_tensor(counts, dtype=torch.float32)
         obj.layer_dims_ = list(meta["layer_dims"])
-        obj.n_features_in_ = D
+        obj.n_features_in_ = meta["n_features_in"]
         obj.n_steps_ = meta["n_steps"]
         return obj
 

@@ -20,7 +20,9 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Uni
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["IndexedDataset", "shard_indices", "iterate_items", "loader_kwargs"]
+from ._validation import check_int
+
+__all__ = ["IndexedDataset", "shard_indices", "check_shards", "iterate_items", "loader_kwargs"]
 
 
 class IndexedDataset(Dataset):
@@ -77,13 +79,18 @@ def shard_indices(n: int, num_shards: int = 1, shard_index: int = 0) -> List[int
     Raises
     ------
     ValueError
-        If ``num_shards`` is not a positive int or ``shard_index`` not in ``[0, num_shards)``.
+        If ``num_shards`` is not a positive int or ``shard_index`` not in ``[0, num_shards)``
+        (:class:`~captum_nave._validation.InvalidParameterError` when not an int at all).
     """
-    if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
-        raise ValueError(f"num_shards: expected a positive int, got {num_shards!r}")
-    if isinstance(shard_index, bool) or not isinstance(shard_index, int) or not 0 <= shard_index < num_shards:
-        raise ValueError(f"shard_index: expected an int in [0, {num_shards - 1}], got {shard_index!r}")
-    return list(range(shard_index, int(n), num_shards))
+    num, index = check_shards(num_shards, shard_index)
+    return list(range(index, int(n), num))
+
+
+def check_shards(num_shards: Any, shard_index: Any) -> Tuple[int, int]:
+    """``(num_shards, shard_index)`` as ints, ``num_shards >= 1`` and ``0 <= shard_index < num_shards``."""
+    num = check_int(num_shards, "num_shards", low=1)
+    index = check_int(shard_index, "shard_index", low=0, high=num - 1)  # type: ignore[operator]
+    return num, index  # type: ignore[return-value]
 
 
 def _keep(batch: List[Tuple[int, Any]]) -> List[Tuple[int, Any]]:
@@ -96,8 +103,7 @@ def loader_kwargs(workers: int, device: Union[str, torch.device, None]) -> dict:
 
     ``pin_memory`` on CUDA; with workers, two items prefetched per worker.
     """
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"workers: expected an int >= 0, got {workers!r}")
+    workers = check_int(workers, "workers", low=0)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     kw: dict = {"num_workers": workers, "pin_memory": dev.type == "cuda"}
     if workers > 0:

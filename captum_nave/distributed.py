@@ -265,12 +265,9 @@ def resolve_shards(num_shards: Optional[int] = None, shard_index: Optional[int] 
                 f"got num_shards={num_shards!r}, shard_index={shard_index!r}; leave them unset"
             )
         return world, get_rank(), True
-    n = 1 if num_shards is None else num_shards
-    i = 0 if shard_index is None else shard_index
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"num_shards: expected a positive int, got {num_shards!r}")
-    if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n:
-        raise ValueError(f"shard_index: expected an int in [0, {n - 1}], got {shard_index!r}")
+    from .data import check_shards
+
+    n, i = check_shards(1 if num_shards is None else num_shards, 0 if shard_index is None else shard_index)
     return n, i, False
 
 

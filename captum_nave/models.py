@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from captum_nave._validation import check_int, check_int_pair
 from .activations import find_blocks
 from .images import _parse_size, _resize, load_image
 
@@ -518,8 +519,7 @@ def _imagenet_info() -> Any:
 
 def imagenet_class_name(index: int) -> str:
     """Short English name of ImageNet-1k class ``index`` (0..999), e.g. 281 -> "tabby"."""
-    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 1000:
-        raise ValueError(f"index: expected an ImageNet-1k class index in 0..999, got {index!r}")
+    index = check_int(index, "index", low=0, high=999)
     return _imagenet_info().index_to_description(index).split(",")[0].strip()
 
 

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from captum_nave._validation import check_int
+
 __all__ = [
     "OKABE_ITO",
     "TOL_MUTED",
@@ -92,8 +94,7 @@ def segment_colors(n: int) -> np.ndarray:
     ndarray of shape (n, 3), float64 RGB in [0, 1]
         Row ``i`` is always the colour of id ``i``, whatever ``n`` is.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise ValueError(f"n: expected a non-negative int, got {n!r}")
+    n = check_int(n, "n", low=0)
     out = np.empty((int(n), 3))
     m = len(_BASE)
     for i in range(int(n)):
@@ -717,8 +718,7 @@ def concept_top_images(concept_maps: Any, n_top: int = 4) -> Dict[int, List[Tupl
         raise ValueError(f"concept_maps: expected shape (N, 1, H, W) with N >= 1, got {tuple(a.shape)}")
     if not np.issubdtype(a.dtype, np.integer):
         raise TypeError(f"concept_maps: expected integer ids, got dtype {a.dtype}")
-    if isinstance(n_top, bool) or not isinstance(n_top, (int, np.integer)) or n_top < 1:
-        raise ValueError(f"n_top: expected a positive int, got {n_top!r}")
+    n_top = check_int(n_top, "n_top", low=1)
     flat = a.reshape(a.shape[0], -1)
     out: Dict[int, List[Tuple[int, float]]] = {}
     for cid in np.unique(flat):

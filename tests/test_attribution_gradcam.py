@@ -293,5 +293,5 @@ def test_bad_layers_are_refused_with_clear_messages() -> None:
         attribute("gradcam", TokenNet().eval(), torch.randn(1, 3, 16, 16), 0, layer="mix")
     res = attribute("gradcam", TokenNet().eval(), torch.randn(1, 3, 16, 16), 0, layer="mix", num_prefix_tokens=0)
     assert res.raw.shape == (1, 1, 4, 4)
-    with pytest.raises(ValueError, match="num_prefix_tokens: expected a non-negative int"):
+    with pytest.raises(ValueError, match="num_prefix_tokens: expected an int >= 0 or None, got -1"):
         attribute("gradcam", TokenNet().eval(), torch.randn(1, 3, 16, 16), 0, layer="mix", num_prefix_tokens=-1)

@@ -688,9 +688,9 @@ def small_cnn() -> nn.Module:
 @pytest.mark.parametrize(
     "inputs, match",
     [
-        (torch.randn(3, 8, 8), r"inputs must be a 4D tensor.*\(3, 8, 8\)"),
-        (torch.randn(1, 1, 3, 8, 8), r"inputs must be a 4D tensor.*\(1, 1, 3, 8, 8\)"),
-        (torch.zeros(0, 3, 8, 8), "at least one image"),
+        (torch.randn(3, 8, 8), r"inputs: expected a 4-D tensor \(N, C, H, W\), got shape \(3, 8, 8\)"),
+        (torch.randn(1, 1, 3, 8, 8), r"inputs: expected a 4-D tensor.*\(1, 1, 3, 8, 8\)"),
+        (torch.zeros(0, 3, 8, 8), "inputs: expected a non-empty batch, got N = 0"),
     ],
 )
 def test_bad_inputs_shape(small_cnn, inputs, match) -> None:
@@ -699,9 +699,9 @@ def test_bad_inputs_shape(small_cnn, inputs, match) -> None:
 
 
 def test_bad_inputs_type(small_cnn) -> None:
-    with pytest.raises(TypeError, match="inputs must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"inputs: expected a Tensor of shape \(N, C, H, W\), got ndarray"):
         lrp_attribute(small_cnn, np.zeros((1, 3, 8, 8)), 0)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="floating point"):
+    with pytest.raises(TypeError, match="inputs: expected a floating point tensor"):
         lrp_attribute(small_cnn, torch.zeros(1, 3, 8, 8, dtype=torch.long), 0)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         lrp_attribute(lambda t: t, torch.zeros(1, 3, 8, 8), 0)  # type: ignore[arg-type]
@@ -735,7 +735,7 @@ def test_bad_options(small_cnn) -> None:
     x = torch.randn(1, 3, 8, 8)
     with pytest.raises(ValueError, match="rule must be one of"):
         lrp_attribute(small_cnn, x, 0, rule="alpha-beta")
-    with pytest.raises(ValueError, match="epsilon must be a finite number >= 0"):
+    with pytest.raises(ValueError, match="epsilon: expected a finite number >= 0, got nan"):
         lrp_attribute(small_cnn, x, 0, epsilon=float("nan"))
     with pytest.raises(TypeError, match="unexpected keyword.*'baseline'"):
         lrp_attribute(small_cnn, x, 0, baseline=0)

@@ -62,9 +62,27 @@ def test_explain_without_images_uses_the_sample_photos(cached_model, tmp_path, c
     rc = main(["explain", "--out", str(out), "--size", "64", "-k", "4", "--resolution", "input"])
     assert rc == 0
     printed = capsys.readouterr().out.strip().splitlines()
-    assert printed == [str(out / f"{n}_nave.png") for n in ("chelsea", "coffee", "astronaut", "rocket")]
-    for path in printed:
-        assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    names = ("chelsea", "coffee", "astronaut", "rocket")
+    assert printed == [str(out / f"{n}_nave.png") for n in names]
+    # each figure is the public API's result on that photo, pixel for pixel
+    model, info = cached_model
+    samples = models_mod.sample_images()
+    x01 = torch.cat([models_mod.resize_images(samples[n], 64) for n in names])
+    x = models_mod.normalize(x01, info)
+    seg = LayerClusterExplainer(model, info["default_layers"]).attribute(
+        x, n_clusters=4, resolution="input", random_state=0
+    )
+    with torch.no_grad():
+        prob, cls = model(x).softmax(-1).max(1)
+    for i, (name, path) in enumerate(zip(names, printed)):
+        assert sorted(seg[i].unique().tolist()) == [0, 1, 2, 3]
+        fig, _ = explain_figure(
+            x01[i], seg[i],
+            title=f"{name} - efficientnet_lite0, layers blocks.4, blocks.5, K=4, kmeans, resolution input",
+            subtitle=f"prediction: {models_mod.imagenet_class_name(int(cls[i]))} ({100 * float(prob[i]):.0f}%)",
+        )
+        fig.savefig(tmp_path / "expected.png", dpi=100)
+        np.testing.assert_array_equal(imread(tmp_path / "expected.png"), imread(path), err_msg=name)
 
 
 def test_explain_figure_structure():

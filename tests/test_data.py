@@ -23,10 +23,11 @@ def test_shard_indices_partition_the_dataset():
     assert sorted(i for s in shards for i in s) == list(range(11))
     assert shard_indices(5) == [0, 1, 2, 3, 4]
     assert shard_indices(1, 4, 3) == []
-    with pytest.raises(ValueError, match=r"num_shards: expected a positive int, got 0"):
+    with pytest.raises(ValueError, match=r"num_shards: expected an int >= 1, got 0"):
         shard_indices(5, 0, 0)
     with pytest.raises(ValueError, match=r"shard_index: expected an int in \[0, 2\], got 3"):
         shard_indices(5, 3, 3)
+    assert shard_indices(5, np.int64(2), np.int64(1)) == [1, 3]  # numpy integers, as elsewhere
 
 
 @pytest.mark.parametrize("workers", [0, 2])

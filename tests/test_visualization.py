@@ -76,7 +76,7 @@ def test_palette_is_okabe_ito_then_tol_and_stable():
     assert min(dists) > 0.05  # all distinct
     assert min(np.linalg.norm(c[i] - c[j]) for i, j in combinations(range(17), 2)) > 0.15
     assert ((big >= 0) & (big <= 1)).all()
-    with pytest.raises(ValueError, match="n: expected a non-negative int"):
+    with pytest.raises(ValueError, match="n: expected an int >= 0, got -1"):
         segment_colors(-1)
 
 

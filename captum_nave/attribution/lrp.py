@@ -70,7 +70,6 @@ target logit; the returned convergence delta measures the difference.
 
 from __future__ import annotations
 
-import math
 from numbers import Integral
 from typing import Union
 
@@ -78,6 +77,7 @@ import torch
 from captum.attr import LRP
 from torch import Tensor, nn
 
+from captum_nave._validation import check_images, check_real, model_float_dtype
 from captum_nave.attribution._lrp_canonize import (
     RULES,
     attach_rules,
@@ -90,22 +90,6 @@ from captum_nave.attribution._lrp_modules import Add
 __all__ = ["Add", "canonize", "fuse_conv_bn", "lrp_attribute"]
 
 TargetLike = Union[int, Tensor, list]
-
-
-def _check_inputs(inputs: object) -> Tensor:
-    if not isinstance(inputs, Tensor):
-        raise TypeError(
-            f"inputs must be a torch.Tensor of shape (N, C, H, W), got {type(inputs).__name__}"
-        )
-    if inputs.dim() != 4:
-        raise ValueError(
-            f"inputs must be a 4D tensor of shape (N, C, H, W), got shape {tuple(inputs.shape)}"
-        )
-    if not inputs.is_floating_point():
-        raise TypeError(f"inputs must have a floating point dtype, got {inputs.dtype}")
-    if inputs.shape[0] == 0:
-        raise ValueError("inputs must contain at least one image, got N = 0")
-    return inputs
 
 
 def _check_target(target: object, n: int, n_classes: int) -> Tensor:
@@ -209,11 +193,8 @@ def lrp_attribute(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    x = _check_inputs(inputs)
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
-        raise TypeError(f"epsilon must be a float, got {type(epsilon).__name__}")
-    if not math.isfinite(epsilon) or epsilon < 0:
-        raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
+    x = check_images(inputs, "inputs", dtype=model_float_dtype(model))
+    epsilon = check_real(epsilon, "epsilon", low=0.0)
     if rule not in RULES:
         raise ValueError(f"rule must be one of {list(RULES)}, got {rule!r}")
     gamma_given = "gamma" in kwargs
@@ -225,8 +206,7 @@ def lrp_attribute(
         )
     if gamma_given and rule != "gamma":
         raise ValueError(f"gamma is used only with rule='gamma', got rule={rule!r}")
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma >= 0:
-        raise ValueError(f"gamma must be a number >= 0, got {gamma!r}")
+    gamma = check_real(gamma, "gamma", low=0.0)
 
     work = canonize(model)
     x = x.detach().clone()

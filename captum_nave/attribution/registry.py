@@ -30,6 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from captum_nave._validation import check_images, model_float_dtype
 from captum_nave.activations import preserve_model_state
 
 __all__ = [
@@ -127,18 +128,6 @@ def available_methods() -> List[str]:
 
 
 # --------------------------------------------------------------------------- checks
-def _check_inputs(inputs: Any) -> Tensor:
-    if not isinstance(inputs, Tensor):
-        raise TypeError(f"inputs: expected a Tensor of shape (N, C, H, W), got {type(inputs).__name__}")
-    if inputs.dim() != 4:
-        raise ValueError(f"inputs: expected a 4-D tensor (N, C, H, W), got shape {tuple(inputs.shape)}")
-    if not inputs.is_floating_point():
-        raise TypeError(f"inputs: expected a floating point tensor, got dtype {inputs.dtype}")
-    if inputs.shape[0] == 0:
-        raise ValueError("inputs: expected a non-empty batch, got N = 0")
-    return inputs
-
-
 def _forward_args(additional_forward_args: Any) -> Tuple[Any, ...]:
     if additional_forward_args is None:
         return ()
@@ -287,7 +276,7 @@ def attribute(
         raise ValueError(f"method: expected one of {', '.join(map(repr, available_methods()))}, got {method!r}")
     if not callable(model):
         raise TypeError(f"model: expected an nn.Module or a callable, got {type(model).__name__}")
-    x = _check_inputs(inputs)
+    x = check_images(inputs, "inputs", dtype=model_float_dtype(model))
     module = model if isinstance(model, nn.Module) else None
     if module is not None and module.training:
         warnings.warn(

@@ -295,6 +295,13 @@ def run(args: argparse.Namespace) -> int:
     n_clusters = parse_n_clusters(args.n_clusters)
     clusterer = str(args.clusterer).strip().lower()
     inputs = collect_images(args.images)
+    if not isinstance(resolution, str):
+        from captum_nave.clustering import KMEANS_MAX_PIXELS, check_grid_size
+
+        check_grid_size(
+            clusterer, resolution, param=f"--resolution {args.resolution}",
+            example=f"'layer' or HxW with H * W <= {KMEANS_MAX_PIXELS}",
+        )
     layers = parse_layers(args.layers)
     device = torch.device(args.device or "cpu")
     # --no-pretrained weights are reproducible with --seed, and the same on every rank under torchrun

@@ -15,12 +15,15 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from captum_nave._validation import InvalidParameterError, check_bool, check_int, check_int_pair, check_seed
 
 from .. import distributed as dist_utils
 from ..data import shard_indices
@@ -313,14 +316,7 @@ def _parse_models(models: Any) -> List[Tuple[str, nn.Module, Dict[str, Any]]]:
 def _parse_size(size: Any) -> Optional[Tuple[int, int]]:
     if size is None:
         return None
-    if isinstance(size, bool):
-        raise TypeError(f"size: expected an int or (height, width), got {size!r}")
-    if isinstance(size, int):
-        size = (size, size)
-    if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in size)):
-        raise TypeError(f"size: expected an int or (height, width), got {size!r}")
-    if min(size) < 8:
-        raise ValueError(f"size: expected at least 8 pixels per side, got {tuple(size)}")
+    size = check_int_pair(size, "size", low=8)
     return int(size[0]), int(size[1])
 
 
@@ -405,10 +401,11 @@ def _check_choice_list(values: Any, param: str) -> List[str]:
 
 
 def _check_seeds(seeds: Any) -> List[int]:
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
+    if isinstance(seeds, Integral) and not isinstance(seeds, bool):
         seeds = [seeds]
-    if not isinstance(seeds, (list, tuple)) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise TypeError(f"seeds: expected a non-empty sequence of ints, got {seeds!r}")
+    if not isinstance(seeds, (list, tuple)) or not seeds or not all(isinstance(s, Integral) and not isinstance(s, bool) for s in seeds):
+        raise InvalidParameterError(f"seeds: expected a non-empty sequence of ints, got {seeds!r}")
+    seeds = [check_seed(s, "seeds", allow_generator=False) for s in seeds]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds: expected distinct seeds, got {list(seeds)!r}")
     return [int(s) for s in seeds]
@@ -585,8 +582,7 @@ def collect_report(
     if unknown:
         raise ValueError(f"methods: expected names from {sorted(known)}, got unknown {unknown!r}")
     seed_list = _check_seeds(seeds)
-    if isinstance(n_clusters, bool) or not isinstance(n_clusters, int) or n_clusters < 2:
-        raise ValueError(f"n_clusters: expected an int >= 2, got {n_clusters!r}")
+    n_clusters = check_int(n_clusters, "n_clusters", low=2)
     opts: Dict[str, Dict[str, Any]] = {}
     if method_options is not None:
         if not isinstance(method_options, Mapping):
@@ -598,8 +594,7 @@ def collect_report(
             if not isinstance(v, Mapping):
                 raise TypeError(f"method_options[{k!r}]: expected a mapping of options, got {type(v).__name__}")
             opts[key] = dict(v)
-    if not isinstance(crop, bool):
-        raise TypeError(f"crop: expected a bool, got {crop!r}")
+    check_bool(crop, "crop")
 
     raw_images, names = _parse_images(images, image_names)
     specs = _parse_models(models)
