@@ -287,7 +287,7 @@ def test_seed_range_is_torch_generator_range():
 def _np_vs_py():
     """(name, call with NumPy scalars, call with Python scalars): results must be equal."""
     from captum_nave.evaluation import CorLocProtocol, SlicSegmenter, extract_components, grid_labels, slic_labels
-    from captum_nave.evaluation.runner import _check_shards
+    from captum_nave.data import check_shards as _check_shards  # the one shard rule (runner, CLI, torchrun)
     from captum_nave.models import imagenet_class_name, resize_images
     from captum_nave.registers import ViTLayout
     from captum_nave.registers.norms import detect_outliers
@@ -344,7 +344,7 @@ def test_numpy_scalars_are_accepted_by_every_public_function(case):
 
 def test_the_same_mistake_gets_the_same_message_everywhere():
     from captum_nave.evaluation import SlicSegmenter, extract_components, grid_labels
-    from captum_nave.evaluation.runner import _check_shards
+    from captum_nave.data import check_shards as _check_shards  # the one shard rule (runner, CLI, torchrun)
     from captum_nave.models import imagenet_class_name, resize_images
     from captum_nave.registers import ViTLayout
     from captum_nave.registers.norms import detect_outliers

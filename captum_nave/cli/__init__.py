@@ -146,7 +146,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if check is not None:
                 check(args)  # cheap argument checks: no torch, no model
             check_device(args.device)
-            code = int(args.func(args) or 0)
+            from captum_nave.distributed import device_for_rank, distributed_session
+
+            # under torchrun / srun: one process group for the command ("cuda" -> cuda:LOCAL_RANK)
+            with distributed_session(device=args.device) as launched:
+                if launched:
+                    args.device = str(device_for_rank(args.device))
+                code = int(args.func(args) or 0)
         except KeyboardInterrupt:
             _error("interrupted")
             return 130

@@ -189,8 +189,14 @@ class ImageLoader:
 
     def summary(self, total: int) -> None:
         """Print how many images were skipped (nothing when none was)."""
-        if self.skipped:
-            warn(f"skipped {len(self.skipped)} of {total} images found in folders (see above)")
+        self.summary_of(len(self.skipped), total)
+
+    @staticmethod
+    def summary_of(n_skipped: int, total: int) -> None:
+        """Print that ``n_skipped`` of ``total`` images were skipped (loads counted elsewhere:
+        DataLoader workers, other ranks)."""
+        if n_skipped:
+            warn(f"skipped {n_skipped} of {total} images found in folders (see above)")
 
 
 # --------------------------------------------------------------------------- messages

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import sys
@@ -20,6 +21,7 @@ Example:
   captum-nave explain                       # the four scikit-image photos, offline model
   captum-nave explain cat.jpg dog.png -k 6 --resolution input --out maps
   captum-nave explain photos/ --model tv:resnet50 --layers layer3 layer4
+  torchrun --standalone --nproc-per-node 4 -m captum_nave.cli explain photos/ --device cuda --workers 4
 
 Writes OUT/<image name>_nave.png (the image | its NAVE segments with boundaries and a
 legend; the title gives the model's top-1 class for ImageNet models) and prints the paths.
@@ -79,6 +81,8 @@ def register(subparsers: Any) -> None:
                    help="explain the centre --size x --size square instead of the whole image")
     p.add_argument("--alpha", type=float, default=0.45, help="opacity of the segment colours (default: 0.45)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="processes decoding images ahead of the model (default: 0, decode in-process)")
     p.add_argument("--out", default="nave-explanations", metavar="DIR", help="output folder (default: ./nave-explanations)")
     p.set_defaults(func=run, check=check)
 
@@ -137,6 +141,8 @@ def check(args: argparse.Namespace) -> None:
         _fail(f"--size: expected an image size of at least 8 pixels, got {args.size}")
     if args.batch_size < 1:
         _fail(f"--batch-size: expected a positive integer, got {args.batch_size}")
+    if args.workers < 0:
+        _fail(f"--workers: expected an integer >= 0, got {args.workers}")
     if not 0.0 <= args.alpha <= 1.0:
         _fail(f"--alpha: expected a value in [0, 1], got {args.alpha}")
     collect_images(args.images)
@@ -280,6 +286,8 @@ def run(args: argparse.Namespace) -> int:
 
     from captum_nave import LayerClusterExplainer
     from captum_nave.cli.common import ImageInput, ImageLoader, collect_images, image_names, layers_error, output_stems
+    from captum_nave.cli.parallel import gather_in_order, is_main, load_ahead, my_indices
+    from captum_nave.distributed import all_reduce, check_all_ok, get_world_size
     from captum_nave.files import save_figure
     from captum_nave.models import WeightsUnavailableError, imagenet_class_name, load_model, normalize, sample_images
 
@@ -296,7 +304,8 @@ def run(args: argparse.Namespace) -> int:
     inputs = collect_images(args.images)
     layers = parse_layers(args.layers)
     device = torch.device(args.device or "cpu")
-
+    # --no-pretrained weights are reproducible with --seed, and the same on every rank under torchrun
+    torch.manual_seed(args.seed)
     try:
         model, info = load_model(args.model, pretrained=not args.no_pretrained, device=device)
     except ValueError as exc:
@@ -325,61 +334,96 @@ def run(args: argparse.Namespace) -> int:
     stems = output_stems(names)
     clash = len({os.path.splitext(os.path.basename(n))[0] for n in names}) < len(names)
     imagenet = info.get("num_classes") == 1000 and not args.no_pretrained
-    loader = ImageLoader()
+    # this process's images (all of them, or i % world == rank under torchrun), decoded ahead
+    mine = my_indices(len(sources))
+    load = functools.partial(explain_view, size=args.size, info=info, crop=args.crop, fixed=fixed)
+    skipped = 0
 
     def views():
-        for name, stem, src in zip(names, stems, sources):
-            image01 = loader.load(src) if isinstance(src, ImageInput) else src
-            if image01 is None:
+        nonlocal skipped
+        items = list(zip(range(len(sources)), names, stems, sources))
+        for _, item in load_ahead(items, load, mine, workers=args.workers, device=device):
+            if item is None:
+                skipped += 1
                 continue
-            view, words = image_view(image01, args.size, info, crop=args.crop, fixed=fixed)
-            yield name, stem, src, view, words
+            yield item
 
     from tqdm import tqdm
 
-    written = 0
-    with tqdm(total=len(sources), desc="explain", unit="image", disable=not sys.stderr.isatty()) as bar:
-        for chunk in _batches(views(), lambda item: tuple(item[3].shape[-2:]), max(1, int(args.batch_size))):
-            x01 = torch.cat([item[3] for item in chunk])
-            x = normalize(x01, info).to(device)
-            try:
-                res = explainer.explain(
-                    x, n_clusters=n_clusters, resolution=resolution, clusterer=clusterer,
-                    random_state=args.seed,
-                )
-            except ValueError as exc:
-                _fail(str(exc).splitlines()[0])
-            except AssertionError as exc:  # models that check their input size with assert
-                _fail(f"model {args.model!r} rejected a {x.shape[-2]}x{x.shape[-1]} input: "
-                      f"{str(exc).splitlines()[0]}; --crop explains a --size square instead")
-            seg = res.segments.cpu()
-            subtitles: List[Optional[str]] = [None] * len(chunk)
-            if imagenet:
-                with torch.no_grad():
-                    prob = model(x).softmax(-1).cpu()
-                p, c = prob.max(1)
-                subtitles = [
-                    f"prediction: {imagenet_class_name(int(ci))} ({100 * float(pi):.0f}%)"
-                    for pi, ci in zip(p, c)
-                ]
-            for i, (name, stem, src, _, words) in enumerate(chunk):
-                k_used = int(res.n_clusters[i if len(res.n_clusters) > 1 else 0])
-                title = (
-                    f"{name} - {info['name']}{' (random weights)' if args.no_pretrained else ''}, "
-                    f"layers {', '.join(str(l) for l in layers)}, K={k_used}"
-                    f"{' (auto)' if n_clusters == 'auto' or clusterer == 'auto' else ''}, {clusterer}\n"
-                    f"{words}; {resolution_words(resolution, res.grid, layers[0])}"
-                )
-                fig, _ = explain_figure(x01[i], seg[i], title=title, subtitle=subtitles[i], alpha=args.alpha)
-                os.makedirs(args.out, exist_ok=True)  # only once there is something to write
-                path = save_figure(fig, os.path.join(args.out, f"{stem}_nave.png"), dpi=100)
-                written += 1
-                if clash:
-                    print(f"{src.path if isinstance(src, ImageInput) else name} -> {path}")
-                else:
-                    print(path)
-            bar.update(len(chunk))
-    loader.summary(len(sources))
-    if written == 0:
-        _fail(f"no image could be read ({len(loader.skipped)} skipped)")
+    written: List[Tuple[int, str]] = []  # (image index, line printed)
+    error: Optional[BaseException] = None
+    try:  # an error on one rank must reach the others (they would wait in the gather below)
+        with tqdm(total=len(mine), desc="explain", unit="image", disable=not (sys.stderr.isatty() and is_main())) as bar:
+            for chunk in _batches(views(), lambda item: tuple(item[4].shape[-2:]), max(1, int(args.batch_size))):
+                x01 = torch.cat([item[4] for item in chunk])  # (B, 3, H, W) on the CPU, for the figures
+                # pinned views (DataLoader on CUDA) are copied asynchronously
+                x = normalize(torch.cat([item[4].to(device, non_blocking=True) for item in chunk]), info)
+                try:
+                    res = explainer.explain(
+                        x, n_clusters=n_clusters, resolution=resolution, clusterer=clusterer,
+                        random_state=args.seed,
+                    )
+                except ValueError as exc:
+                    _fail(str(exc).splitlines()[0])
+                except AssertionError as exc:  # models that check their input size with assert
+                    _fail(f"model {args.model!r} rejected a {x.shape[-2]}x{x.shape[-1]} input: "
+                          f"{str(exc).splitlines()[0]}; --crop explains a --size square instead")
+                seg = res.segments.cpu()
+                subtitles: List[Optional[str]] = [None] * len(chunk)
+                if imagenet:
+                    with torch.no_grad():
+                        prob = model(x).softmax(-1).cpu()
+                    p, c = prob.max(1)
+                    subtitles = [
+                        f"prediction: {imagenet_class_name(int(ci))} ({100 * float(pi):.0f}%)"
+                        for pi, ci in zip(p, c)
+                    ]
+                for i, (index, name, stem, src, _, words) in enumerate(chunk):
+                    k_used = int(res.n_clusters[i if len(res.n_clusters) > 1 else 0])
+                    title = (
+                        f"{name} - {info['name']}{' (random weights)' if args.no_pretrained else ''}, "
+                        f"layers {', '.join(str(l) for l in layers)}, K={k_used}"
+                        f"{' (auto)' if n_clusters == 'auto' or clusterer == 'auto' else ''}, {clusterer}\n"
+                        f"{words}; {resolution_words(resolution, res.grid, layers[0])}"
+                    )
+                    fig, _ = explain_figure(x01[i], seg[i], title=title, subtitle=subtitles[i], alpha=args.alpha)
+                    os.makedirs(args.out, exist_ok=True)  # only once there is something to write
+                    path = save_figure(fig, os.path.join(args.out, f"{stem}_nave.png"), dpi=100)
+                    line = f"{src.path if isinstance(src, ImageInput) else name} -> {path}" if clash else str(path)
+                    written.append((index, line))
+                    if get_world_size() == 1:
+                        print(line)
+                bar.update(len(chunk))
+    except Exception as exc:
+        error = exc
+    check_all_ok(error)
+    # under torchrun: every rank's outputs (in image order) and skips reach rank 0, which reports them
+    lines = gather_in_order([i for i, _ in written], [line for _, line in written], len(sources))
+    n_skipped = int(all_reduce(torch.tensor([skipped])).item())
+    if lines is not None:
+        if get_world_size() > 1:
+            for line in lines:
+                if line is not None:
+                    print(line)
+        ImageLoader.summary_of(n_skipped, len(sources))
+    if int(all_reduce(torch.tensor([len(written)])).item()) == 0:
+        _fail(f"no image could be read ({n_skipped} skipped)")
     return 0
+
+
+def explain_view(
+    item: Tuple[int, str, str, Any], *, size: Optional[int], info: Dict[str, Any], crop: bool,
+    fixed: Optional[Tuple[int, int]],
+) -> Optional[Tuple[int, str, str, Any, "Tensor", str]]:
+    """``(index, name, stem, source, view (1, 3, H, W), words)`` of one image, or None when skipped.
+
+    Runs in the DataLoader's worker processes with ``--workers``: it decodes and resizes.
+    """
+    from captum_nave.cli.common import ImageInput, ImageLoader
+
+    index, name, stem, src = item
+    image01 = ImageLoader().load(src) if isinstance(src, ImageInput) else src
+    if image01 is None:
+        return None
+    view, words = image_view(image01, size, info, crop=crop, fixed=fixed)
+    return index, name, stem, src, view, words

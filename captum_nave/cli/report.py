@@ -288,5 +288,8 @@ def run(args: argparse.Namespace) -> int:
         _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     except AssertionError as exc:  # models that check their input size with assert
         _fail(f"a model rejected the input: {str(exc).splitlines()[0] if str(exc) else 'assertion failed'}")
-    print(str(path))
+    from captum_nave.distributed import is_main_process
+
+    if is_main_process():  # under torchrun rank 0 wrote the file
+        print(str(path))
     return 0

@@ -24,7 +24,11 @@ import torch
 from torch import Tensor, nn
 
 from captum_nave._validation import InvalidParameterError, check_bool, check_int, check_int_pair, check_seed
+
+from .. import distributed as dist_utils
+from ..data import shard_indices
 from .environment import package_versions, platform_info, tensor_sha256
+from .shards import gather_model_run, shard_target
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -431,6 +435,160 @@ def _one_line(exc: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- collect
+def _add_faithfulness(
+    run: ModelRun,
+    model: nn.Module,
+    info: Dict[str, Any],
+    x01: Tensor,
+    names: List[str],
+    *,
+    n_clusters: int,
+    seed: int,
+    opts: Dict[str, Dict[str, Any]],
+    boxes: Optional[List[np.ndarray]],
+    faith_opts: Dict[str, Any],
+    on_error: str,
+    warnings_out: List[str],
+) -> None:
+    """The faithfulness audit and randomisation check of ``run``'s maps (in place, all images)."""
+    from captum_nave.models import normalize
+
+    from .faithfulness import collect_faithfulness
+
+    x = normalize(x01, info).to(_model_device(model))
+    try:
+        run.faithfulness, run.randomisation, faith_times = collect_faithfulness(
+            run, model, x, x01, image_names=names, n_clusters=n_clusters, seed=seed,
+            nave_options=dict(opts.get("nave", {})), method_options=opts, boxes=boxes, options=faith_opts,
+        )
+        run.timings.update(faith_times)
+    except (ValueError, TypeError, RuntimeError, NotImplementedError) as exc:
+        if on_error == "raise":
+            raise
+        msg = _one_line(exc)
+        run.errors["faithfulness"] = msg
+        text = f"report: the faithfulness measures failed on model {run.name!r}: {msg}"
+        warnings_out.append(text)
+        warnings.warn(text, RuntimeWarning, stacklevel=3)
+
+
+def _model_run(
+    name: str,
+    model: nn.Module,
+    info: Dict[str, Any],
+    x01: Tensor,
+    names: List[str],
+    target: Any,
+    *,
+    layers: Any,
+    methods: List[str],
+    opts: Dict[str, Dict[str, Any]],
+    seeds: List[int],
+    n_clusters: int,
+    class_names: Any,
+    importance: bool,
+    on_error: str,
+    bar: Any,
+    warnings_out: List[str],
+) -> ModelRun:
+    """Everything the report computes for one model on the images ``x01`` (N, 3, H, W) in [0, 1].
+
+    Each image's results depend on that image only (per-image NAVE seeds, per-image
+    attributions and ablations), so the images may be split over processes and the
+    parts merged (:func:`~captum_nave.report.shards.gather_model_run`).
+    """
+    from captum_nave import LayerClusterExplainer
+    from captum_nave.attribution import attribute, segment_importance, segment_relevance
+    from captum_nave.attribution.registry import resolve_target
+    from captum_nave.models import normalize, state_dict_sha256
+    from captum_nave.visualization import stability_ari
+
+    timings: Dict[str, float] = {}
+    device = _model_device(model)
+    sha_before = state_dict_sha256(model)
+    x = normalize(x01, info).to(device)
+    explainer = LayerClusterExplainer(model, layers)
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        logits = model(x)
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        raise ValueError(f"models[{name!r}]: expected class scores of shape (N, K), got {getattr(logits, 'shape', type(logits))}")
+    targets = resolve_target(target, logits)
+    probs = logits.float().softmax(-1).gather(1, targets[:, None])[:, 0].cpu()
+    namer = _class_namer(class_names, int(logits.shape[1]), info.get("pretrained"))
+    target_names = [namer(int(k)) for k in targets.cpu()]
+    timings["prediction"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    nave_opts = dict(opts.get("nave", {}))
+    results = [
+        explainer.explain(x, n_clusters, random_state=s, **nave_opts) for s in seeds
+    ]
+    seed_maps = torch.stack([r.segments.cpu() for r in results])  # (R, N, 1, H, W)
+    timings["nave"] = time.perf_counter() - t0
+    stability = (
+        [stability_ari(seed_maps[:, i]) for i in range(len(names))] if len(seeds) >= 2 else None
+    )
+    bar.update(1)
+    run = ModelRun(
+        name=name,
+        info={k: info.get(k) for k in ("mean", "std", "source", "pretrained", "num_classes", "input_size")},
+        layers=list(explainer.layer_names),
+        weights_sha256=sha_before,
+        weights_unchanged=True,
+        targets=targets.cpu(),
+        target_names=target_names,
+        target_probs=probs,
+        nave=results[0],
+        seed_maps=seed_maps,
+        stability=stability,
+        timings=timings,
+    )
+    seg = results[0].segments
+    for method in methods:
+        if method == "nave":
+            continue
+        t0 = time.perf_counter()
+        method_opts = dict(opts.get(method, {}))
+        if method == "lrp" and "input_bounds" not in method_opts:
+            # the z^B rule (epsilon-gamma-box) needs the range of the normalised pixels
+            from captum_nave.attribution.lrp import normalisation_bounds
+
+            method_opts["input_bounds"] = normalisation_bounds(info["mean"], info["std"])
+        try:
+            res = attribute(method, model, x, target=targets, **method_opts)
+        except (ValueError, TypeError, RuntimeError, NotImplementedError) as exc:
+            if on_error == "raise":
+                raise
+            msg = _one_line(exc)
+            run.errors[method] = msg
+            text = f"report: method {method!r} failed on model {name!r}: {msg}"
+            warnings_out.append(text)
+            warnings.warn(text, RuntimeWarning, stacklevel=3)
+            bar.update(1)
+            continue
+        timings[method] = time.perf_counter() - t0
+        run.attributions[method] = res
+        t0 = time.perf_counter()
+        run.relevance[method] = segment_relevance(
+            seg.cpu(), res.maps.cpu(), method=method, image_names=names
+        )
+        timings["relevance"] = timings.get("relevance", 0.0) + time.perf_counter() - t0
+        bar.update(1)
+    if importance:
+        t0 = time.perf_counter()
+        run.importance = segment_importance(model, x, seg, target=targets).cpu()
+        timings["importance"] = time.perf_counter() - t0
+        bar.update(1)
+    run.weights_unchanged = state_dict_sha256(model) == sha_before
+    if not run.weights_unchanged:  # pragma: no cover - a bug in a method
+        text = f"report: the weights of model {name!r} changed during the run"
+        warnings_out.append(text)
+        warnings.warn(text, RuntimeWarning, stacklevel=3)
+    return run
+
+
 def collect_report(
     images: Any,
     models: Any,
@@ -458,14 +616,19 @@ def collect_report(
     progress: Optional[bool] = None,
     extra_config: Optional[Mapping[str, Any]] = None,
 ) -> ReportData:
-    """Compute everything the report shows (see :func:`build_report` for the parameters)."""
-    from captum_nave import LayerClusterExplainer
-    from captum_nave.attribution import attribute, available_methods, segment_importance, segment_relevance
-    from captum_nave.attribution.registry import resolve_target
-    from captum_nave.models import default_layers, normalize, resize_images, state_dict_sha256
+    """Compute everything the report shows (see :func:`build_report` for the parameters).
+
+    Under ``torchrun`` every rank computes the per-image results of its images
+    (``i % world == rank``) for every model; the parts are merged in image order on
+    every rank, and the set-level sections (faithfulness, lens, register comparison,
+    CorLoc) follow on the merged results, so every rank returns the same data (the
+    faithfulness measures and the lens are not split over the ranks yet: every rank
+    computes them for all images).
+    """
+    from captum_nave.attribution import available_methods
     from captum_nave.lens import class_lens
     from captum_nave.lens.summary import lens_available
-    from captum_nave.visualization import stability_ari
+    from captum_nave.models import default_layers, normalize, resize_images
 
     t_start = time.perf_counter()
     if not isinstance(title, str):
@@ -495,7 +658,7 @@ def collect_report(
     check_bool(crop, "crop")
     check_bool(faithfulness, "faithfulness")
     check_bool(lens, "lens")
-    from .faithfulness import check_faithfulness_options, collect_faithfulness
+    from .faithfulness import check_faithfulness_options
 
     faith_opts = check_faithfulness_options(faithfulness_options)
 
@@ -549,7 +712,7 @@ def collect_report(
                     f"{target_size[0]}x{target_size[1]}; pass size={fixed[0]}"
                 )
 
-    show = progress if progress is not None else False
+    show = (progress if progress is not None else False) and dist_utils.is_main_process()
     collected_warnings: List[str] = []
     runs: List[ModelRun] = []
     inputs_of: Dict[str, Tensor] = {}
@@ -559,116 +722,46 @@ def collect_report(
              + int(report_boxes is not None))
     bar = tqdm(total=steps, desc="report", unit="step", disable=not show)
     try:
+        world = dist_utils.get_world_size()
         for name, model, info in specs:
-            timings: Dict[str, float] = {}
-            device = _model_device(model)
-            sha_before = state_dict_sha256(model)
-            x = normalize(x01, info).to(device)
-            inputs_of[name] = x
             spec_layers = layers_of.get(name, layers if not isinstance(layers, Mapping) else None)
             if spec_layers is None:
                 spec_layers = info.get("default_layers") or default_layers(model)
             if not spec_layers:
                 raise ValueError(f"layers: model {name!r} has no default layers; name them with layers=")
-            explainer = LayerClusterExplainer(model, spec_layers)
-
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                logits = model(x)
-            if not isinstance(logits, Tensor) or logits.dim() != 2:
-                raise ValueError(f"models[{name!r}]: expected class scores of shape (N, K), got {getattr(logits, 'shape', type(logits))}")
-            targets = resolve_target(target, logits)
-            probs = logits.float().softmax(-1).gather(1, targets[:, None])[:, 0].cpu()
-            namer = _class_namer(class_names, int(logits.shape[1]), info.get("pretrained"))
-            target_names = [namer(int(k)) for k in targets.cpu()]
-            timings["prediction"] = time.perf_counter() - t0
-
-            t0 = time.perf_counter()
-            nave_opts = dict(opts.get("nave", {}))
-            results = [
-                explainer.explain(x, n_clusters, random_state=s, **nave_opts) for s in seed_list
-            ]
-            seed_maps = torch.stack([r.segments.cpu() for r in results])  # (R, N, 1, H, W)
-            timings["nave"] = time.perf_counter() - t0
-            stability = (
-                [stability_ari(seed_maps[:, i]) for i in range(n)] if len(seed_list) >= 2 else None
+            common = dict(
+                layers=spec_layers, methods=method_list, opts=opts, seeds=seed_list, n_clusters=n_clusters,
+                class_names=class_names, importance=importance, on_error=on_error, bar=bar,
+                warnings_out=collected_warnings,
             )
-            bar.update(1)
-            run = ModelRun(
-                name=name,
-                info={k: info.get(k) for k in ("mean", "std", "source", "pretrained", "num_classes", "input_size")},
-                layers=list(explainer.layer_names),
-                weights_sha256=sha_before,
-                weights_unchanged=True,
-                targets=targets.cpu(),
-                target_names=target_names,
-                target_probs=probs,
-                nave=results[0],
-                seed_maps=seed_maps,
-                stability=stability,
-                timings=timings,
-            )
-            seg = results[0].segments
-            for method in method_list:
-                if method == "nave":
-                    continue
-                t0 = time.perf_counter()
-                method_opts = dict(opts.get(method, {}))
-                if method == "lrp" and "input_bounds" not in method_opts:
-                    # the z^B rule (epsilon-gamma-box) needs the range of the normalised pixels
-                    from captum_nave.attribution.lrp import normalisation_bounds
-
-                    method_opts["input_bounds"] = normalisation_bounds(info["mean"], info["std"])
+            if world == 1:
+                run = _model_run(name, model, info, x01, names, target, **common)
+            else:  # torchrun: every rank explains its images; the parts are merged in image order
+                idx = shard_indices(n, world, dist_utils.get_rank())
+                mine: List[str] = []
+                part, error = None, None
                 try:
-                    res = attribute(method, model, x, target=targets, **method_opts)
-                except (ValueError, TypeError, RuntimeError, NotImplementedError) as exc:
-                    if on_error == "raise":
-                        raise
-                    msg = _one_line(exc)
-                    run.errors[method] = msg
-                    text = f"report: method {method!r} failed on model {name!r}: {msg}"
-                    collected_warnings.append(text)
-                    warnings.warn(text, RuntimeWarning, stacklevel=2)
-                    bar.update(1)
-                    continue
-                timings[method] = time.perf_counter() - t0
-                run.attributions[method] = res
-                t0 = time.perf_counter()
-                run.relevance[method] = segment_relevance(
-                    seg.cpu(), res.maps.cpu(), method=method, image_names=names
-                )
-                timings["relevance"] = timings.get("relevance", 0.0) + time.perf_counter() - t0
-                bar.update(1)
-            if importance:
-                t0 = time.perf_counter()
-                run.importance = segment_importance(model, x, seg, target=targets).cpu()
-                timings["importance"] = time.perf_counter() - t0
-                bar.update(1)
+                    if idx:
+                        common["warnings_out"] = mine
+                        part = _model_run(name, model, info, x01[idx], [names[i] for i in idx],
+                                          shard_target(target, idx, n), **common)
+                except Exception as exc:  # raised on every rank by check_all_ok
+                    error = exc
+                dist_utils.check_all_ok(error)
+                run, texts = gather_model_run(part, idx, n, mine)
+                collected_warnings.extend(t for t in texts if t not in collected_warnings)
+            if register_pair is not None and name in register_pair:
+                inputs_of[name] = normalize(x01, info).to(_model_device(model))
             if faithfulness:
-                try:
-                    run.faithfulness, run.randomisation, faith_times = collect_faithfulness(
-                        run, model, x, x01, image_names=names, n_clusters=n_clusters, seed=seed_list[0],
-                        nave_options=nave_opts, method_options=opts, boxes=report_boxes, options=faith_opts,
-                    )
-                    timings.update(faith_times)
-                except (ValueError, TypeError, RuntimeError, NotImplementedError) as exc:
-                    if on_error == "raise":
-                        raise
-                    msg = _one_line(exc)
-                    run.errors["faithfulness"] = msg
-                    text = f"report: the faithfulness measures failed on model {name!r}: {msg}"
-                    collected_warnings.append(text)
-                    warnings.warn(text, RuntimeWarning, stacklevel=2)
+                _add_faithfulness(run, model, info, x01, names, n_clusters=n_clusters, seed=seed_list[0], opts=opts,
+                                  boxes=report_boxes, faith_opts=faith_opts, on_error=on_error,
+                                  warnings_out=collected_warnings)
                 bar.update(1)
             if lens and lens_available(model):
                 t0 = time.perf_counter()
-                run.lens = class_lens(model, x, run.targets.to(device))
-                timings["lens"] = time.perf_counter() - t0
-            run.weights_unchanged = state_dict_sha256(model) == sha_before
-            if not run.weights_unchanged:  # pragma: no cover - a bug in a method
-                text = f"report: the weights of model {name!r} changed during the run"
-                collected_warnings.append(text)
-                warnings.warn(text, RuntimeWarning, stacklevel=2)
+                run.lens = class_lens(model, normalize(x01, info).to(_model_device(model)),
+                                      run.targets.to(_model_device(model)))
+                run.timings["lens"] = time.perf_counter() - t0
             runs.append(run)
 
         register = None
@@ -723,6 +816,8 @@ def collect_report(
         "on_error": on_error,
         "nave config": {r.name: {k: _plain(v) for k, v in r.nave.config.items()} for r in runs},
     }
+    if dist_utils.get_world_size() > 1:
+        config["processes"] = f"{dist_utils.get_world_size()} (torchrun; images split by index modulo the rank)"
     if extra_config:
         config.update({str(k): _plain(v) for k, v in extra_config.items()})
     return ReportData(
@@ -962,7 +1057,11 @@ def build_report(
         corloc_protocol=corloc_protocol, title=title, on_error=on_error, progress=progress,
         extra_config=extra_config,
     )
-    text = render_report(data, dpi=dpi)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text(path, text, param="out_path", newline=None)
-    return path
+
+    def write() -> Path:  # once, by rank 0 under torchrun; every rank returns when it is written
+        text = render_report(data, dpi=dpi)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, text, param="out_path", newline=None)
+        return path
+
+    return dist_utils.run_on_main(write)
