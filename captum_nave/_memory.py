@@ -1,41 +1,63 @@
-"""Working memory of a clustering grid, and the check made before a large one is built.
+"""Working memory of a clustering grid, and the one check made before a large one is built.
 
-Clustering at a fine grid (``resolution="input"`` on a large photo) keeps a few maps of
-the grid's size: one scale per layer and the squared norms (the feature dtype), the
-labels of the Lloyd iterations, the segment ids and their renumbering (int64), and
-the k-means++ sampling weights (float64). Every other temporary is a tile of rows of
-bounded size (:data:`captum_nave.layer_features.CHUNK_ELEMENTS`), whatever K and the grid.
+Clustering at a fine grid (``resolution="input"`` on a large photo, or an explicit
+``(h, w)``) keeps a few maps of the grid's size: one scale per layer and the squared
+norms (the feature dtype), the k-means++ distances to the chosen centres (feature
+dtype) and their float64 cumulative sum, the labels of the Lloyd iterations, the
+labels of the images still iterating, the segment ids and their renumbering (int64);
+and, when the grid is not the input's, the int64 segment map at input resolution.
+Every other temporary is a tile of rows of bounded size
+(:data:`captum_nave.layer_features.CHUNK_ELEMENTS`), whatever K and the grid, so
+there is no limit on the number of pixels beyond this memory (k-means++ draws by a
+cumulative sum, not with ``torch.multinomial`` and its 2**24 categories).
+
 :func:`check_grid_memory` refuses a grid whose maps would not fit in the memory
-available, before the forward pass, with the amount it would need.
+available now, before the forward pass when the grid is known (before the features for
+``resolution="layer"``), naming the parameter, the memory it needs and the memory
+available. It is the only grid check of NAVE's implicit clusterers; an estimator with
+``fit_predict`` is also limited by the size of its explicit matrix
+(:func:`captum_nave.clustering.check_grid_size`).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import os
+from typing import Any, Optional, Tuple
 
 import torch
 
-__all__ = ["grid_bytes_per_pixel", "available_bytes", "check_grid_memory"]
+__all__ = ["GridMemoryError", "grid_bytes_per_pixel", "available_bytes", "check_grid_memory"]
 
 
-def grid_bytes_per_pixel(n_layers: int, dtype: torch.dtype = torch.float32) -> int:
+class GridMemoryError(ValueError, MemoryError):
+    """A clustering grid needs more memory than is available.
+
+    A ``ValueError`` (a parameter the user chose: the CLI reports it in one line, exit
+    code 2) and a ``MemoryError`` (what it is about).
+    """
+
+
+def grid_bytes_per_pixel(n_layers: int, itemsize: int = 4) -> int:
     """Bytes of working memory per grid pixel (and image) of NAVE's k-means path.
 
-    ``n_layers + 2`` maps of ``dtype`` (scales, squared norms, k-means++ distances),
-    five int64 maps (labels, labels of the images still iterating, segment ids, their
-    renumbering, one temporary) and the float64 cumulative weights of the k-means++
-    draws: 60 bytes for one float32 layer (measured: about 60).
+    ``n_layers + 2`` maps of the feature dtype (scales, squared norms, k-means++
+    distances), five int64 maps (labels, labels of the images still iterating, segment
+    ids, their renumbering, one temporary) and the float64 cumulative weights of the
+    k-means++ draws: 60 bytes for one float32 layer (measured: about 60, see
+    ``tests/test_memory.py``).
     """
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    return itemsize * (n_layers + 2) + 8 * 5 + 8
+    return int(itemsize) * (int(n_layers) + 2) + 8 * 5 + 8
 
 
-def available_bytes(device: torch.device) -> Optional[int]:
-    """Free memory on ``device``: CUDA's free memory, or Linux ``MemAvailable``; None if unknown."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    if device.type != "cpu":
+def available_bytes(device: Any = None) -> Optional[int]:
+    """Free memory of ``device`` in bytes (CUDA's free memory, Linux ``MemAvailable``), or None if unknown."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(dev)[0])
+        except RuntimeError:
+            return None
+    if dev.type != "cpu":
         return None
     try:
         with open("/proc/meminfo") as fh:
@@ -44,31 +66,72 @@ def available_bytes(device: torch.device) -> Optional[int]:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return None
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def check_grid_memory(
-    n_images: int,
     grid: Tuple[int, int],
-    n_layers: int,
-    dtype: torch.dtype,
-    device: torch.device,
+    n_images: int,
     *,
+    n_layers: int,
+    itemsize: int = 4,
+    input_hw: Optional[Tuple[int, int]] = None,
+    device: Any = None,
+    param: str = "resolution",
     limit: Optional[int] = None,
 ) -> int:
-    """Raise ``MemoryError`` if clustering ``n_images`` on ``grid`` needs more than ``limit`` bytes.
+    """Refuse a clustering whose per-pixel maps cannot fit in the memory available.
 
-    ``limit`` defaults to :func:`available_bytes` (no check when unknown). Returns the
-    estimated bytes.
+    Parameters
+    ----------
+    grid : (int, int)
+        Clustering grid ``(h, w)``.
+    n_images : int
+        Images clustered in one call (or seeded together).
+    n_layers : int
+        Layers whose scales are kept per pixel.
+    itemsize : int
+        Bytes per feature value.
+    input_hw : (int, int), optional
+        Input size: an int64 segment map per input pixel is added when it differs from
+        ``grid``.
+    device : torch.device or str, optional
+        Where the maps live (default: the CPU).
+    param : str
+        The parameter (and value) to name in the message.
+    limit : int, optional
+        Bytes available; default :func:`available_bytes` (nothing is refused when it is
+        unknown).
+
+    Returns
+    -------
+    int
+        The estimated bytes.
+
+    Raises
+    ------
+    GridMemoryError
+        (a ``ValueError`` and a ``MemoryError``) naming ``param``, the grid, the memory
+        needed and the memory available.
     """
-    need = int(n_images) * int(grid[0]) * int(grid[1]) * grid_bytes_per_pixel(n_layers, dtype)
+    h, w = int(grid[0]), int(grid[1])
+    n = int(n_images)
+    per_pixel = grid_bytes_per_pixel(n_layers, itemsize)
+    need = n * h * w * per_pixel
+    if input_hw is not None and (int(input_hw[0]), int(input_hw[1])) != (h, w):
+        need += n * int(input_hw[0]) * int(input_hw[1]) * 8
     if limit is None:
         limit = available_bytes(device)
     if limit is not None and need > limit:
-        raise MemoryError(
-            f"resolution: clustering {n_images} image(s) on a {grid[0]}x{grid[1]} grid needs about "
-            f"{need / 1e9:.1f} GB of working memory ({grid_bytes_per_pixel(n_layers, dtype)} bytes per "
-            f"grid pixel and image), more than the {limit / 1e9:.1f} GB available on {device}; use "
-            "resolution='layer', a smaller grid (h, w), fewer images per call, or a smaller image"
+        batch = f"{n} images x " if n > 1 else ""
+        where = torch.device(device) if device is not None else "cpu"
+        raise GridMemoryError(
+            f"{param}: a clustering grid of {batch}{h}x{w} = {n * h * w} pixels needs about {need / 1e9:.1f} GB "
+            f"of working memory ({per_pixel} bytes per grid pixel: labels, per-layer scales, norms, "
+            f"k-means++ weights, segments), more than the {limit / 1e9:.1f} GB available on {where}; use "
+            "resolution='layer', a coarser grid, fewer images per call or a smaller image"
         )
     return need

@@ -181,3 +181,19 @@ def test_tiled_and_single_pixel_operations_equal_reference(resnet_acts, grid, ta
             ref_c = torch.zeros(N, 4, dtype=torch.float64).index_put_((n, lab), w, accumulate=True)
             assert torch.allclose(s, ref_s if per_image else ref_s.sum(0), atol=1e-10)
             assert torch.allclose(c, ref_c if per_image else ref_c.sum(0), atol=1e-12)
+
+
+def test_concat_and_from_layers_equal_the_features_of_the_whole_batch():
+    """Parts of a batch (as the distributed fit gathers them) rebuild the batch's features
+    exactly: same explicit matrix and squared norms as the features of the whole batch."""
+    g = torch.Generator().manual_seed(0)
+    acts = [torch.rand(5, 3, 4, 6, generator=g, dtype=torch.float64),
+            torch.rand(5, 7, 2, 3, generator=g, dtype=torch.float64)]
+    acts[0][1, :, 0, 0] = 0  # a zero-norm pixel: scale 0, squared norm 0
+    whole = ImplicitFeatures(acts, (8, 12))
+    parts = [ImplicitFeatures([a[:2] for a in acts], (8, 12)), ImplicitFeatures([a[2:] for a in acts], (8, 12))]
+    both = ImplicitFeatures.concat(parts)
+    assert torch.equal(both.materialize(), whole.materialize())
+    assert torch.equal(both.sq_norms(), whole.sq_norms())
+    with pytest.raises(ValueError, match="parts: expected features with the same grid"):
+        ImplicitFeatures.concat([parts[0], ImplicitFeatures([a[2:] for a in acts], (8, 11))])

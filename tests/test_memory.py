@@ -83,21 +83,24 @@ def test_input_resolution_memory_grows_only_by_the_per_pixel_maps():
 
 
 def test_a_grid_too_large_for_the_memory_is_refused_before_the_forward_pass(monkeypatch):
+    """The estimate is compared with the memory available, exactly at the boundary."""
     calls = []
     net = _patch_net()
     net.register_forward_pre_hook(lambda m, a: calls.append(1))
     ex = LayerClusterExplainer(net, ["1"])
     need = 2 * 640 * 480 * _memory.grid_bytes_per_pixel(1)
-    monkeypatch.setattr(_memory, "available_bytes", lambda device: need - 1)
+    monkeypatch.setattr(_memory, "available_bytes", lambda device=None: need - 1)
     x = torch.rand(2, 3, 640, 480)
-    with pytest.raises(MemoryError, match=r"640x480 grid needs about 0\.0 GB.*60 bytes per grid pixel.*resolution='layer'"):
+    with pytest.raises(MemoryError, match=r"2 images x 640x480 = 614400 pixels needs about 0\.0 GB.*60 bytes per grid pixel"):
         ex.attribute(x, n_clusters=3, resolution="input")
-    with pytest.raises(MemoryError, match="2 image.*1000x900 grid"):
+    with pytest.raises(ValueError, match=r"2 images x 1000x900 = 1800000 pixels"):
         ex.attribute(x, n_clusters=3, resolution=(1000, 900))
     assert calls == []  # refused before the model ran
-    monkeypatch.setattr(_memory, "available_bytes", lambda device: need)
+    monkeypatch.setattr(_memory, "available_bytes", lambda device=None: need)
     assert ex.attribute(x, n_clusters=3, resolution="input", max_iter=1).shape == (2, 1, 640, 480)
     assert calls == [1]
-    # the default grid (the layer's) is not checked: it is no larger than the activation
-    monkeypatch.setattr(_memory, "available_bytes", lambda device: 0)
-    assert ex.attribute(x, n_clusters=3).shape == (2, 1, 640, 480)
+    # the layer's grid (80x60) is checked after the forward pass, before the features
+    monkeypatch.setattr(_memory, "available_bytes", lambda device=None: 0)
+    with pytest.raises(MemoryError, match=r"resolution='layer': a clustering grid of 2 images x 80x60"):
+        ex.attribute(x, n_clusters=3)
+    assert calls == [1, 1]

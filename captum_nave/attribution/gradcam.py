@@ -63,6 +63,7 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from torch import Tensor, nn
 
+from captum_nave._validation import check_bool, check_int, check_int_pair
 from captum_nave.activations import (
     find_blocks,
     LayerSpec,
@@ -192,9 +193,7 @@ def _layer_name(model: nn.Module, layer: nn.Module) -> str:
 
 def _prefix_count(model: nn.Module, given: Optional[int]) -> Optional[int]:
     if given is not None:
-        if isinstance(given, bool) or not isinstance(given, int) or given < 0:
-            raise ValueError(f"num_prefix_tokens: expected a non-negative int, got {given!r}")
-        return given
+        return check_int(given, "num_prefix_tokens", low=0, allow_none=True)
     n = _read_num_prefix(model)
     if n is None and _is_torchvision_vit(model):
         return 1
@@ -257,10 +256,8 @@ def gradcam(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: Grad-CAM needs an nn.Module (to hook a layer), got {type(model).__name__}")
-    if not isinstance(relu_attributions, bool):
-        raise TypeError(f"relu_attributions: expected a bool, got {relu_attributions!r}")
-    if not isinstance(attribute_to_layer_input, bool):
-        raise TypeError(f"attribute_to_layer_input: expected a bool, got {attribute_to_layer_input!r}")
+    check_bool(relu_attributions, "relu_attributions")
+    check_bool(attribute_to_layer_input, "attribute_to_layer_input")
     if interpolate_mode not in _INTERPOLATION:
         raise ValueError(f"interpolate_mode: expected one of {', '.join(_INTERPOLATION)}, got {interpolate_mode!r}")
     if layer is None:
@@ -270,14 +267,7 @@ def gradcam(
         module = resolve_layers(model, [layer])[0]
         name = layer if isinstance(layer, str) else _layer_name(model, module)
     prefix = _prefix_count(model, num_prefix_tokens)
-    if isinstance(patch_size, int) and not isinstance(patch_size, bool):
-        patch = (patch_size, patch_size)
-    elif patch_size is None:
-        patch = patch_size_of(model)
-    elif isinstance(patch_size, (tuple, list)) and len(patch_size) == 2:
-        patch = (int(patch_size[0]), int(patch_size[1]))
-    else:
-        raise ValueError(f"patch_size: expected an int or a pair of ints, got {patch_size!r}")
+    patch = patch_size_of(model) if patch_size is None else check_int_pair(patch_size, "patch_size")
 
     hw = (int(inputs.shape[-2]), int(inputs.shape[-1]))
     view = _GridView()

@@ -20,18 +20,19 @@ any object with ``fit_predict(X)``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from ..features import ImplicitFeatures
+from .._memory import check_grid_memory
+from ..features import MATERIALIZE_LIMIT_BYTES, ImplicitFeatures
 from .auto_k import auto_kmeans
 from .hierarchical import ward
 from .kmeans import implicit_kmeans
 from .pca import pca_argmax
 
-__all__ = ["ClusterOutcome", "cluster", "BUILTIN_CLUSTERERS"]
+__all__ = ["ClusterOutcome", "cluster", "check_grid_memory", "check_grid_size", "BUILTIN_CLUSTERERS"]
 
 BUILTIN_CLUSTERERS = ("kmeans", "ward", "pca", "auto")
 
@@ -89,6 +90,58 @@ def cluster(
             f"got {type(clusterer).__name__}"
         )
     return ClusterOutcome(_run_estimator(feats, clusterer, shared), ks)
+
+
+def check_grid_size(
+    clusterer: Union[str, Any],
+    grid: Tuple[int, int],
+    n_images: int = 1,
+    *,
+    shared: bool = False,
+    n_features: Optional[int] = None,
+    itemsize: int = 4,
+) -> None:
+    """Refuse, before any work, an estimator's explicit feature matrix that is too large.
+
+    An estimator with ``fit_predict`` gets the explicit feature matrix of one clustering
+    (an image, or the batch when ``shared``), at most
+    :data:`~captum_nave.features.MATERIALIZE_LIMIT_BYTES` (checked when ``n_features``
+    is known). The implicit clusterers (``"kmeans"``, ``"auto"``, ``"ward"``, ``"pca"``)
+    have no limit on the number of pixels: their per-pixel memory is checked by
+    :func:`check_grid_memory`.
+
+    Parameters
+    ----------
+    clusterer : str or estimator
+    grid : (int, int)
+        Clustering grid ``(h, w)``.
+    n_images : int
+        Images in the batch (they form one clustering when ``shared``).
+    shared : bool
+    n_features : int, optional
+        Feature dimension ``D`` (known after the forward pass).
+    itemsize : int
+        Bytes per feature value.
+
+    Raises
+    ------
+    ValueError
+        Naming the estimator, the grid, the matrix size and the limit.
+    """
+    if isinstance(clusterer, str) or n_features is None:
+        return
+    h, w = int(grid[0]), int(grid[1])
+    n = int(n_images) if shared else 1
+    pixels = h * w * n
+    where = f"{n} images x {h}x{w} = {pixels} pixels (shared=True)" if n > 1 else f"{h}x{w} = {pixels} pixels"
+    size = pixels * int(n_features) * int(itemsize)
+    if size > MATERIALIZE_LIMIT_BYTES:
+        raise ValueError(
+            f"clusterer: {type(clusterer).__name__} runs on the explicit feature matrix, which for a "
+            f"grid of {where} x {n_features} features takes {size / 1e9:.1f} GB, more than the "
+            f"{MATERIALIZE_LIMIT_BYTES / 1e9:.1f} GB limit (captum_nave.features.MATERIALIZE_LIMIT_BYTES); "
+            "choose a coarser resolution or an implicit clusterer ('kmeans', 'ward', 'pca')"
+        )
 
 
 def _run_estimator(feats: ImplicitFeatures, estimator: Any, shared: bool) -> Tensor:

@@ -104,6 +104,8 @@ class LloydState:
         self.sums = torch.empty(self.G, self.K, feats.dim, dtype=torch.float64, device=dev)
         self.counts = torch.empty(self.G, self.K, dtype=torch.float64, device=dev)
         self._recount(None)
+        # pixels moved to empty clusters since the last assignment: (pixels, old, new labels)
+        self._relocated: Optional[Tuple[Tensor, Tensor, Tensor]] = None
 
     # ------------------------------------------------------------------ helpers
     def _select(self, groups: Tensor) -> Optional[Tensor]:
@@ -149,8 +151,37 @@ class LloydState:
         Returns
         -------
         LongTensor of shape (G,)
-            Pixels that changed label, per group.
+            Pixels whose label differs from the previous assignment's, per group (a pixel
+            moved by :meth:`relocate` in between is compared with its label before the
+            move, as scikit-learn's strict convergence test does).
         """
+        relocated, self._relocated = self._relocated, None
+        changed = self._assign(centers, groups)
+        if relocated is not None:
+            pix, old, moved_to = relocated
+            self.sync()
+            n, y, x = pix.unbind(1)
+            now = self.labels[n, y, x]
+            fix = (now != old).long() - (now != moved_to).long()
+            changed += torch.zeros_like(changed).index_add_(0, self.gidx.index_select(0, n), fix)
+        return changed
+
+    def relocate(self, pix: Tensor, new: Tensor) -> None:
+        """Move the pixels ``pix`` (M, 3: image, row, column) to the labels ``new`` (M,).
+
+        The relocation of empty clusters: each pixel leaves its old label's sum and
+        count and becomes a member of ``new`` (scikit-learn's ``_relocate_empty_clusters``).
+        """
+        self.sync()
+        n, y, x = pix.unbind(1)
+        old = self.labels[n, y, x]
+        self.labels[n, y, x] = new
+        if self._images is not None:  # the compacted copy of the images still iterating
+            self._labels_sub[torch.searchsorted(self._images, n), y, x] = new
+        self._update_sums(pix, old, new)
+        self._relocated = (pix, old, new)
+
+    def _assign(self, centers: Tensor, groups: Tensor) -> Tensor:
         images = self._select(groups)
         fs, labels = self._feats_sub, self._labels_sub
         c = centers.to(fs.dtype)

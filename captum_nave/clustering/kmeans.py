@@ -27,6 +27,7 @@ from typing import List, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from .._validation import check_seed
 from ..features import ImplicitFeatures
 from .assignment import LloydState, nearest_tiles
 
@@ -56,15 +57,14 @@ class KMeansResult:
 
 def make_generator(random_state, device: torch.device) -> torch.Generator:
     """A ``torch.Generator`` on ``device`` seeded from an int, a Generator or None."""
+    random_state = check_seed(random_state)
     if isinstance(random_state, torch.Generator):
         return random_state
     g = torch.Generator(device=device)
     if random_state is None:
         g.seed()
     else:
-        if isinstance(random_state, bool) or not isinstance(random_state, int):
-            raise TypeError(f"random_state: expected an int, a torch.Generator or None, got {random_state!r}")
-        g.manual_seed(int(random_state))
+        g.manual_seed(random_state)
     return g
 
 
@@ -226,8 +226,9 @@ def lloyd(
     changes (strict convergence) or when its squared centre shift is at most ``tol``
     times its mean feature variance (scikit-learn's criterion); converged images drop
     out of the batch, so the work is the sum, not the maximum, of the iterations.
-    Empty clusters are moved to the pixel farthest from its centre. After the last
-    iteration, every pixel is assigned to its nearest final centre (as scikit-learn does).
+    Empty clusters are moved to the pixel farthest from its centre, which leaves its old
+    cluster (as in scikit-learn). After the last iteration, every pixel is assigned to
+    its nearest final centre (as scikit-learn does).
 
     The assignment works in tiles of rows of the grid and the label sums follow the
     pixels that changed label (:class:`~captum_nave.clustering.assignment.LloydState`).
@@ -257,13 +258,13 @@ def lloyd(
         n_iter += 1
         if n_iter > 1:
             changed = state.assign(centers, active)
-        new = (state.sums / state.counts.clamp_min(1).unsqueeze(-1)).to(feats.dtype)
         empty = (state.counts == 0) & active[:, None]
         if bool(empty.any()):
             idx = torch.nonzero(active).flatten()
             fa = feats if shared else feats.select(idx)
             mind = _min_sq_dist(fa, centers[idx], shared)
-            new[idx] = _relocate_empty(fa, new[idx], empty[idx], mind, shared)
+            state.relocate(*_farthest_pixels(fa, empty[idx], mind, idx, shared))
+        new = (state.sums / state.counts.clamp_min(1).unsqueeze(-1)).to(feats.dtype)
         shift = (new - centers).pow(2).sum((1, 2))
         done = active & ((changed == 0) | (shift <= tol_abs))
         centers = torch.where(active[:, None, None], new, centers)
@@ -284,18 +285,27 @@ def _mean_variance(feats: ImplicitFeatures, shared: bool) -> Tensor:
     return (msq - mu.pow(2).sum(-1)).clamp_min(0) / feats.dim
 
 
-def _relocate_empty(feats, centers, empty, mind, shared):
-    """Give each empty cluster the pixel currently farthest from its centre."""
-    centers = centers.clone()
-    for g in range(centers.shape[0]):
+def _farthest_pixels(feats: ImplicitFeatures, empty: Tensor, mind: Tensor, images: Tensor, shared: bool):
+    """The pixels that empty clusters move to, as scikit-learn relocates them.
+
+    For each group, the pixels farthest from their centre (one per empty cluster, the
+    farthest for the first empty one). ``feats`` holds the images ``images`` (or all,
+    when ``shared``), ``empty`` (G', K) and ``mind`` (G', P) the squared distance of
+    each pixel to its centre. Returns pixels (M, 3) as (image of the batch, row,
+    column) and the empty cluster each one moves to (M,).
+    """
+    pix, to = [], []
+    for g in range(empty.shape[0]):
         ks = torch.nonzero(empty[g]).flatten()
         if ks.numel() == 0:
             continue
         far = torch.topk(mind[g], int(ks.numel())).indices
-        gid = torch.full_like(far, g)
-        rows = feats.rows(*_pixel_coords(far, gid, feats, shared))
-        centers[g, ks] = rows
-    return centers
+        n, y, x = _pixel_coords(far, torch.full_like(far, g), feats, shared)
+        if not shared:
+            n = images[n]
+        pix.append(torch.stack([n, y, x], 1))
+        to.append(ks)
+    return torch.cat(pix), torch.cat(to)
 
 
 def implicit_kmeans(
