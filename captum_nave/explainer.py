@@ -11,13 +11,8 @@ from captum.attr._utils.attribution import LayerAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from .activations import (
-    LayerSpec,
-    capture_activations,
-    num_prefix_tokens as _read_num_prefix,
-    patch_size_of,
-    resolve_layers,
-)
+from .activations import LayerSpec, capture_activations, resolve_layers
+from .adapters import get_adapter
 from .clustering import BUILTIN_CLUSTERERS, cluster
 from .features import ImplicitFeatures
 from .segments import relabel_by_area, resize_labels
@@ -95,12 +90,11 @@ class LayerClusterExplainer(LayerAttribution):
         Captum's argument for DataParallel models (accepted for API compatibility).
     num_prefix_tokens : int, optional
         Number of non-patch tokens (CLS, distillation, registers) before the patch
-        tokens of transformer layers. Default: read from the model (timm
-        ``num_prefix_tokens``, torch-hub ``num_register_tokens`` + CLS, Hugging Face
-        ``config.num_register_tokens`` + CLS).
+        tokens of transformer layers. Default: read from the model's adapter
+        (:func:`captum_nave.adapters.get_adapter`: timm ``num_prefix_tokens``, torch-hub
+        ``num_register_tokens`` + CLS, Hugging Face configs, ...).
     patch_size : int or (int, int), optional
-        Patch size of a ViT; default: read from ``model.patch_embed.patch_size`` /
-        ``config.patch_size``. Inputs that are not a multiple of it: the grid is
+        Patch size of a ViT; default: read from the model's adapter. Inputs that are not a multiple of it: the grid is
         ``floor(H / p)`` if the model crops the remainder (timm's default strict
         patch embedding rejects such inputs; convolution-style embeddings crop) or
         ``ceil(H / p)`` if it pads (timm ``dynamic_img_pad=True``); the token count
@@ -146,14 +140,15 @@ class LayerClusterExplainer(LayerAttribution):
         self.layer_names: List[str] = [self._name_of(s, m) for s, m in zip(specs, modules)]
         if num_prefix_tokens is not None and (isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int) or num_prefix_tokens < 0):
             raise ValueError(f"num_prefix_tokens: expected a non-negative int, got {num_prefix_tokens!r}")
+        adapter = get_adapter(model) if model is not None else None
         self.num_prefix_tokens = (
             num_prefix_tokens if num_prefix_tokens is not None
-            else (_read_num_prefix(model) if model is not None else None)
+            else (adapter.num_prefix_tokens if adapter is not None else None)
         )
         if isinstance(patch_size, int):
             patch_size = (patch_size, patch_size)
         self.patch_size = patch_size if patch_size is not None else (
-            patch_size_of(model) if model is not None else None
+            adapter.patch_size if adapter is not None else None
         )
 
     def _name_of(self, spec: LayerSpec, module: nn.Module) -> str:

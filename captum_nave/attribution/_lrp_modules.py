@@ -30,6 +30,7 @@ __all__ = [
     "DetachedLayerNorm",
     "PassThroughRule",
     "TokenMean",
+    "TokenSelect",
 ]
 
 
@@ -47,8 +48,10 @@ class AddConstant(nn.Module):
 
     Parameters
     ----------
-    constant : Tensor
-        Broadcastable to the input, e.g. of shape (1, T, D).
+    constant : Tensor, optional
+        Broadcastable to the input, e.g. of shape (1, T, D). ``None``: the constant is
+        passed to each call as the keyword argument ``constant`` (e.g. a ViT's embedding
+        constant, which depends on the input size); Captum's hooks see only ``x``.
 
     Notes
     -----
@@ -56,12 +59,15 @@ class AddConstant(nn.Module):
     of the relevance is absorbed by the constant, exactly like a bias.
     """
 
-    def __init__(self, constant: Tensor) -> None:
+    def __init__(self, constant: Optional[Tensor] = None) -> None:
         super().__init__()
-        self.constant = nn.Parameter(constant.detach().clone(), requires_grad=False)
+        self.constant = None if constant is None else nn.Parameter(constant.detach().clone(), requires_grad=False)
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
-        return x + self.constant
+    def forward(self, x: Tensor, *, constant: Optional[Tensor] = None) -> Tensor:  # noqa: D102
+        c = self.constant if constant is None else constant.detach()
+        if c is None:
+            raise ValueError("AddConstant: no constant given")
+        return x + c
 
 
 class DetachedLayerNorm(nn.Module):
@@ -194,6 +200,32 @@ class TokenMean(nn.Module):
 
     def extra_repr(self) -> str:  # noqa: D102
         return f"start={self.start}"
+
+
+class TokenSelect(nn.Module):
+    """One token ``x[:, index]``, as a leaf with a rule.
+
+    Used where a tensor feeds several poolings (DINOv2 classifiers read the CLS token and
+    the patch mean of the same tokens): Captum multiplies the *total* gradient arriving at
+    a tensor by that tensor in the input hook of the first rule-carrying consumer, so
+    every consumer must carry a rule; with the epsilon rule the selected token receives
+    ``x R / (x + eps)``, i.e. ``R``.
+
+    Parameters
+    ----------
+    index : int
+        Position of the token.
+    """
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = int(index)
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        return x[:, self.index]
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return f"index={self.index}"
 
 
 class PassThroughRule(PropagationRule):

@@ -39,6 +39,8 @@ import torch.nn.functional as F
 from captum.attr import IntegratedGradients
 from torch import Tensor
 
+from captum_nave.adapters import logits_function
+
 from .registry import register_method
 
 __all__ = ["integrated_gradients", "make_baseline", "gaussian_blur"]
@@ -203,7 +205,7 @@ def integrated_gradients(
     if not isinstance(multiply_by_inputs, bool):
         raise TypeError(f"multiply_by_inputs: expected a bool, got {multiply_by_inputs!r}")
     base = make_baseline(inputs, baselines, blur_sigma=blur_sigma, random_state=random_state)
-    ig = IntegratedGradients(model, multiply_by_inputs=multiply_by_inputs)
+    ig = IntegratedGradients(logits_function(model), multiply_by_inputs=multiply_by_inputs)
     raw, delta = ig.attribute(
         inputs.detach(),
         baselines=base,

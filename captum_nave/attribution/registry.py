@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_nave.activations import preserve_model_state
+from captum_nave.adapters import logits_function
 
 __all__ = [
     "AttributionResult",
@@ -241,7 +242,8 @@ def attribute(
         A name from :func:`available_methods`: ``"gradcam"``, ``"ig"``, ``"lrp"`` or one
         added with :func:`register_method`.
     model : nn.Module (or callable for methods that only need a forward function)
-        Classifier returning scores of shape (N, K). Never modified: its train/eval
+        Classifier returning scores of shape (N, K); a Hugging Face ``ModelOutput`` is
+        unwrapped to its logits by the model's adapter (:mod:`captum_nave.adapters`). Never modified: its train/eval
         mode, ``requires_grad`` flags, buffers and ``.grad`` are restored and every hook
         is removed, also when the call fails.
     inputs : Tensor of shape (N, C, H, W)
@@ -299,9 +301,7 @@ def attribute(
     fn = _METHODS[key]
     with _Guard(module):
         with torch.no_grad():
-            logits = model(x.detach(), *_forward_args(options.get("additional_forward_args")))
-        if not isinstance(logits, Tensor):
-            raise TypeError(f"model: expected the forward pass to return a Tensor (N, K), got {type(logits).__name__}")
+            logits = logits_function(model)(x.detach(), *_forward_args(options.get("additional_forward_args")))
         t = resolve_target(target, logits)
         out = fn(model, x, t, **options)
     if not isinstance(out, tuple) or len(out) not in (3, 4):
