@@ -133,6 +133,9 @@ def test_unknown_model_name_lists_close_names():
 def test_offline_timm_download_failure_is_explained(monkeypatch):
     import timm
 
+    from captum_nave.models import network
+
+    monkeypatch.setattr(network, "unreachable", lambda *a, **k: None)  # the host answers, the download fails
     real = timm.create_model
 
     def fake_create(name, pretrained=False, **kw):
@@ -157,6 +160,10 @@ def test_offline_torchvision_download_failure_is_explained(monkeypatch):
     import urllib.error
 
     import torchvision
+
+    from captum_nave.models import network
+
+    monkeypatch.setattr(network, "unreachable", lambda *a, **k: None)
 
     real = torchvision.models.get_model
 

@@ -523,6 +523,14 @@ class ModelAdapter:
         """The only input size the model accepts, or None when it takes other sizes."""
         return None
 
+    def allow_any_input_size(self) -> bool:
+        """Switch a fixed-size model to any (patch-multiple) input size, if its family can.
+
+        This *changes the model* (for models a caller loaded itself, e.g. the CLI's CorLoc
+        runs at each image's own resolution). Returns True when the model was changed.
+        """
+        return False
+
     # ------------------------------------------------------------------ blocks
     def blocks(self) -> List[Tuple[str, nn.Module]]:
         """The model's blocks in execution order: ``[(dotted name, module), ...]``.

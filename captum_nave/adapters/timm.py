@@ -125,6 +125,24 @@ class TimmViTAdapter(ModelAdapter):
             return size
         return None
 
+    def allow_any_input_size(self) -> bool:
+        """timm builds ViTs for one size unless ``dynamic_img_size=True``; switch a built
+        ``VisionTransformer`` to that mode (position embeddings are then interpolated per
+        input, as DINO does)."""
+        model = self.model
+        embed = getattr(model, "patch_embed", None)
+        if embed is None or not hasattr(model, "dynamic_img_size") or model.dynamic_img_size:
+            return False
+        if not hasattr(embed, "strict_img_size") or not hasattr(embed, "output_fmt"):
+            return False
+        from timm.layers import Format
+
+        model.dynamic_img_size = True
+        embed.strict_img_size = False
+        embed.flatten = False
+        embed.output_fmt = Format.NHWC
+        return True
+
     def _attention_semantics(self, attn: nn.Module) -> Dict[str, Any]:
         from timm.layers import Attention
 

@@ -11,6 +11,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
+from ._models import MODEL_HELP
+
 NAME = "compare-registers"
 
 _EPILOG = """\
@@ -41,8 +43,8 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    p.add_argument("--model-a", required=True, help="model name (usually without registers)")
-    p.add_argument("--model-b", required=True, help="model name (usually with registers)")
+    p.add_argument("--model-a", required=True, help="model without registers: " + MODEL_HELP)
+    p.add_argument("--model-b", required=True, help="model with registers (same forms as --model-a)")
     p.add_argument("--name-a", default=None, help="display name of model A (default: its name)")
     p.add_argument("--name-b", default=None, help="display name of model B (default: its name)")
     p.add_argument("--out", default="compare-registers", help="output folder (default: ./compare-registers)")
@@ -109,9 +111,10 @@ def _read_boxes(path: str, images: Sequence[str]) -> Dict[str, List[List[float]]
 
 def run(args: argparse.Namespace) -> int:
     """Run the comparison and write the summary, tables and figure."""
-    from captum_nave.models import load_image, load_model, normalize, resize_images
+    from captum_nave.cli._models import check_input_size, load_model_cli
+    from captum_nave.models import load_image, normalize, resize_images
     from captum_nave.registers.compare import compare_registers
-    from captum_nave.registers.layout import vit_layout
+    from captum_nave.registers.layout import vit_adapter
 
     if args.n_clusters < 2:
         _fail(f"--n-clusters: expected an int >= 2, got {args.n_clusters}")
@@ -123,12 +126,12 @@ def run(args: argparse.Namespace) -> int:
     device = args.device or "cpu"
     torch.manual_seed(args.seed)
     pretrained = not args.no_pretrained
-    model_a, info_a = load_model(args.model_a, pretrained=pretrained, device=device)
-    model_b, info_b = load_model(args.model_b, pretrained=pretrained, device=device)
+    model_a, info_a = load_model_cli(args.model_a, pretrained=pretrained, device=device, flag="--model-a")
+    model_b, info_b = load_model_cli(args.model_b, pretrained=pretrained, device=device, flag="--model-b")
     layouts = []
     for flag, name, m in (("--model-a", args.model_a, model_a), ("--model-b", args.model_b, model_b)):
         try:
-            layouts.append(vit_layout(m))
+            layouts.append(vit_adapter(m).layout)
         except ValueError:
             _fail(f"{flag}: {name!r} is not a ViT with a readable token layout")
     sizes = []

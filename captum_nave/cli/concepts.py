@@ -12,6 +12,8 @@ from typing import Any, Dict, Iterator, List, NoReturn, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from ._models import MODEL_HELP
+
 NAME = "concepts"
 
 #: File extensions read from folders.
@@ -55,7 +57,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("-k", "--n-clusters", type=int, default=10, metavar="K", help="number of concepts (default: 10)")
     p.add_argument(
         "--model", default="efficientnet_lite0",
-        help="timm name, 'tv:NAME' for torchvision, or efficientnet_lite0 (default, offline)",
+        help=MODEL_HELP,
     )
     p.add_argument("--no-pretrained", action="store_true", help="random weights of the same architecture")
     p.add_argument(
@@ -144,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
 
     from captum_nave import ConceptClusters, LayerClusterExplainer
     from captum_nave.cli.explain import parse_layers
-    from captum_nave.models import WeightsUnavailableError, load_model, sample_images
+    from captum_nave.cli._models import check_input_size, load_model_cli
+    from captum_nave.models import sample_images
     from captum_nave.visualization import concept_top_images, plot_concept_gallery
 
     if args.n_clusters < 2:
@@ -165,12 +168,7 @@ def run(args: argparse.Namespace) -> int:
     layers = parse_layers(args.layers)
     device = torch.device(args.device or "cpu")  # checked by cli.main
     torch.manual_seed(args.seed)  # --no-pretrained weights are reproducible with --seed
-    try:
-        model, info = load_model(args.model, pretrained=not args.no_pretrained, device=device)
-    except ValueError as exc:
-        _fail(f"--model: {' '.join(str(exc).split())}")
-    except WeightsUnavailableError as exc:
-        _fail(" ".join(str(exc).split()))
+    model, info = load_model_cli(args.model, pretrained=not args.no_pretrained, device=device)
     if layers is None:
         layers = list(info["default_layers"])
         if not layers:
@@ -180,9 +178,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as exc:
         _fail(f"--layers: {str(exc).splitlines()[0]}")
     size = (args.size, args.size) if args.size is not None else tuple(info["input_size"])
-    embed = getattr(model, "patch_embed", None)
-    if getattr(embed, "strict_img_size", False) and tuple(getattr(embed, "img_size", size)) != size:
-        _fail(f"--size: model {args.model!r} only accepts {embed.img_size[0]}x{embed.img_size[1]} inputs, got {size[0]}x{size[1]}")
+    check_input_size(model, size, args.model)  # type: ignore[arg-type]
     data = _Batches(sources, size, info, args.batch_size, device)  # type: ignore[arg-type]
     os.makedirs(args.out, exist_ok=True)
 

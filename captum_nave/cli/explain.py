@@ -11,6 +11,8 @@ from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from ._models import MODEL_HELP
+
 NAME = "explain"
 
 _CLUSTERERS = ("kmeans", "ward", "pca", "auto")
@@ -46,7 +48,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (default: scikit-image sample photos)")
     p.add_argument(
         "--model", default="efficientnet_lite0",
-        help="timm name, 'tv:NAME' for torchvision, or efficientnet_lite0 (default, offline)",
+        help=MODEL_HELP,
     )
     p.add_argument("--no-pretrained", action="store_true", help="random weights of the same architecture")
     p.add_argument(
@@ -168,15 +170,8 @@ def explain_figure(
 # --------------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> int:
     from captum_nave import LayerClusterExplainer
-    from captum_nave.models import (
-        WeightsUnavailableError,
-        imagenet_class_name,
-        load_image,
-        load_model,
-        normalize,
-        resize_images,
-        sample_images,
-    )
+    from captum_nave.cli._models import check_input_size, class_scores, load_model_cli
+    from captum_nave.models import imagenet_class_name, load_image, normalize, resize_images, sample_images
 
     # validate everything that needs no model first, so mistakes fail fast
     resolution = parse_resolution(args.resolution)
@@ -196,12 +191,7 @@ def run(args: argparse.Namespace) -> int:
     layers = parse_layers(args.layers)
     device = torch.device(args.device or "cpu")
 
-    try:
-        model, info = load_model(args.model, pretrained=not args.no_pretrained, device=device)
-    except ValueError as exc:
-        _fail(f"--model: {' '.join(str(exc).split())}")
-    except WeightsUnavailableError as exc:
-        _fail(" ".join(str(exc).split()))
+    model, info = load_model_cli(args.model, pretrained=not args.no_pretrained, device=device)
     if layers is None:
         layers = list(info["default_layers"])
         if not layers:
@@ -219,12 +209,7 @@ def run(args: argparse.Namespace) -> int:
         names = list(samples)
         sources = list(samples.values())
     size = (args.size, args.size) if args.size is not None else tuple(info["input_size"])
-    embed = getattr(model, "patch_embed", None)
-    if getattr(embed, "strict_img_size", False) and tuple(getattr(embed, "img_size", size)) != size:
-        _fail(
-            f"--size: model {args.model!r} only accepts {embed.img_size[0]}x{embed.img_size[1]} "
-            f"inputs, got {size[0]}x{size[1]}"
-        )
+    check_input_size(model, size, args.model)
     os.makedirs(args.out, exist_ok=True)
     stems = _output_names(names)
     imagenet = info.get("num_classes") == 1000 and not args.no_pretrained
@@ -260,8 +245,7 @@ def run(args: argparse.Namespace) -> int:
             seg = seg.cpu()
             subtitles: List[Optional[str]] = [None] * len(chunk)
             if imagenet:
-                with torch.no_grad():
-                    prob = model(x).softmax(-1).cpu()
+                prob = class_scores(model, x).softmax(-1).cpu()
                 p, c = prob.max(1)
                 subtitles = [
                     f"prediction: {imagenet_class_name(int(ci))} ({100 * float(pi):.0f}%)"

@@ -11,6 +11,8 @@ from typing import Any, Dict, List, NoReturn, Sequence
 import numpy as np
 import torch
 
+from ._models import MODEL_HELP
+
 NAME = "report"
 
 _EPILOG = """\
@@ -57,8 +59,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (default: scikit-image sample photos)")
     p.add_argument(
         "--model", action="append", default=None, metavar="NAME",
-        help="model to explain; repeat for several (default: efficientnet_lite0, offline). timm names, "
-        "'tv:NAME' for torchvision",
+        help="model to explain; repeat for several (default: efficientnet_lite0, offline): " + MODEL_HELP,
     )
     p.add_argument("--no-pretrained", action="store_true", help="random weights of the same architectures")
     p.add_argument(
@@ -154,7 +155,8 @@ def read_boxes(path: str, image_paths: Sequence[str]) -> List[np.ndarray]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from captum_nave.models import WeightsUnavailableError, load_model, sample_images
+    from captum_nave.cli._models import load_model_cli
+    from captum_nave.models import sample_images
     from captum_nave.report import build_report
 
     from captum_nave.cli.compare import parse_target
@@ -209,12 +211,7 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)  # --no-pretrained weights are reproducible with --seed
     models: Dict[str, Any] = {}
     for name in model_names:
-        try:
-            model, info = load_model(name, pretrained=not args.no_pretrained, device=device)
-        except ValueError as exc:
-            _fail(f"--model: {' '.join(str(exc).split())}")
-        except WeightsUnavailableError as exc:
-            _fail(" ".join(str(exc).split()))
+        model, info = load_model_cli(name, pretrained=not args.no_pretrained, device=device)
         models[name] = (model, info)
 
     if args.images:

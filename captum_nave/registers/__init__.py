@@ -23,7 +23,7 @@ measures both effects on any pair of ViTs and on the same images:
 
 from .agreement import label_agreement, nave_grid_labels, outlier_cluster_share
 from .attention import attention_entropy, attention_map, attention_masses
-from .capture import TokenStatistics, collect_token_statistics
+from .capture import TokenStatistics, collect_token_statistics, vit_adapter
 from .compare import AggregateRow, CorLocComparison, RegisterComparison, compare_registers
 from .decomposition import ClsDecomposition, cosine, decompose_cls, linear_cka
 from .layout import ViTLayout, vit_layout

@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .layout import ViTLayout, resolve_blocks
+from captum_nave.adapters import ViTLayout
+
+from .layout import resolve_blocks
 
 __all__ = [
     "nave_grid_labels",

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from .agreement import label_agreement, nave_grid_labels, outlier_cluster_share
 from .attention import attention_entropy, attention_map, attention_masses
 from .capture import TokenStatistics, collect_token_statistics
-from .layout import ViTLayout, vit_layout
+from .layout import ViTLayout, vit_adapter
 from .norms import OutlierReport, detect_outliers, norm_map, outlier_report
 from .stats import BootstrapCI, McNemarResult, mcnemar_test, paired_bootstrap_ci
 
@@ -383,7 +383,8 @@ def compare_registers(
     images_b : Tensor of shape (N, 3, H', W'), optional
         Input of model B when it needs other preprocessing or size.
     layout_a, layout_b : ViTLayout, optional
-        Token layouts; read from the models when omitted (:func:`vit_layout`).
+        Token layouts; read from the models by their adapters when omitted
+        (:mod:`captum_nave.adapters`).
     names : (str, str)
         Display names.
     layer : int, default -1
@@ -453,7 +454,8 @@ def compare_registers(
     if boxes is not None and len(boxes) != n:
         raise ValueError(f"boxes: expected one array of boxes per image ({n}), got {len(boxes)}")
 
-    layouts = [layout_a or vit_layout(model_a), layout_b or vit_layout(model_b)]
+    adapters = [vit_adapter(model_a, layout_a), vit_adapter(model_b, layout_b)]
+    layouts = [a.layout for a in adapters]
     inputs = [images, xb]
     models = [model_a, model_b]
     okw = dict(method=outlier_method, k=outlier_k, threshold=outlier_threshold, min_ratio=outlier_min_ratio)
@@ -471,7 +473,7 @@ def compare_registers(
     for k in range(2):
         model, x, lay = models[k], inputs[k], layouts[k]
         st = collect_token_statistics(
-            model, x, lay, attention_layers="all", decompose_layers=(layer,),
+            model, x, adapters[k], attention_layers="all", decompose_layers=(layer,),
             method=attention_method, batch_size=batch_size,
         )
         bl = st.block_index(layer)

@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .layout import ViTLayout
+from captum_nave.adapters import ViTLayout
 
 __all__ = [
     "MAD_TO_STD",

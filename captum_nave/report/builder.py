@@ -452,6 +452,7 @@ def collect_report(
     from captum_nave import LayerClusterExplainer
     from captum_nave.attribution import attribute, available_methods, segment_importance, segment_relevance
     from captum_nave.attribution.registry import resolve_target
+    from captum_nave.adapters import get_adapter, logits_function
     from captum_nave.models import default_layers, normalize, resize_images, state_dict_sha256
     from captum_nave.visualization import stability_ari
 
@@ -525,14 +526,12 @@ def collect_report(
         layers_of = dict(layers)
 
     for name, module, _ in specs:
-        embed = getattr(module, "patch_embed", None)
-        if getattr(embed, "strict_img_size", False):
-            fixed = tuple(getattr(embed, "img_size", target_size))
-            if fixed != tuple(target_size):
-                raise ValueError(
-                    f"size: model {name!r} only accepts {fixed[0]}x{fixed[1]} inputs, got "
-                    f"{target_size[0]}x{target_size[1]}; pass size={fixed[0]}"
-                )
+        fixed = get_adapter(module).input_size() if isinstance(module, nn.Module) else None
+        if fixed is not None and tuple(fixed) != tuple(target_size):
+            raise ValueError(
+                f"size: model {name!r} only accepts {fixed[0]}x{fixed[1]} inputs, got "
+                f"{target_size[0]}x{target_size[1]}; pass size={fixed[0]}"
+            )
 
     show = progress if progress is not None else False
     collected_warnings: List[str] = []
@@ -558,7 +557,7 @@ def collect_report(
 
             t0 = time.perf_counter()
             with torch.no_grad():
-                logits = model(x)
+                logits = logits_function(model)(x)
             if not isinstance(logits, Tensor) or logits.dim() != 2:
                 raise ValueError(f"models[{name!r}]: expected class scores of shape (N, K), got {getattr(logits, 'shape', type(logits))}")
             targets = resolve_target(target, logits)
