@@ -203,7 +203,7 @@ def test_compare_registers_with_a_register_model(name):
     a = build(name)
     b = build("Dinov2WithRegistersModel", seed=1, attn_implementation="eager")
     before = (_state(a), _state(b))
-    res = compare_registers(a, b, _x(n=3), names=("a", "b"), n_clusters=3, n_boot=100)
+    res = compare_registers(a, b, _x(n=3), names=("a", "b"), n_clusters=3, n_boot=50)
     _assert_same_state(a, before[0])
     _assert_same_state(b, before[1])
     # the measures that exist for both are finite; register masses are zero without registers
@@ -294,9 +294,9 @@ def test_gradcam_and_ig_unwrap_the_model_output(name):
     torch.testing.assert_close(res.raw, ref, rtol=1e-10, atol=1e-13)
     assert (res.raw > 0).sum() >= 4
     assert torch.equal(attribute("gradcam", model, x, "auto").target, _scores(model, name, x).argmax(1))
-    ig = attribute("ig", model, x, target, n_steps=8)
+    ig = attribute("ig", model, x, target, n_steps=4)
     ref_ig, delta = IntegratedGradients(lambda t: _scores(model, name, t)).attribute(
-        x, target=target, n_steps=8, return_convergence_delta=True
+        x, target=target, n_steps=4, return_convergence_delta=True
     )
     torch.testing.assert_close(ig.raw, ref_ig, rtol=1e-10, atol=1e-13)
     torch.testing.assert_close(ig.delta, delta.to(ig.delta.dtype), rtol=1e-8, atol=1e-12)
