@@ -457,10 +457,9 @@ class ModelAdapter:
         """A copy whose token layout has some :class:`ViTLayout` fields replaced.
 
         ``num_prefix_tokens=``, ``patch_size=``, ``cls_index=``, ... override what was read
-        from the model; module paths (``blocks=``, ``qkv=``, ...) override where blocks and
-        projections are found. ``None`` values are ignored.
+        from the model (``cls_index=None``: no CLS token); module paths (``blocks=``,
+        ``qkv=``, ...) override where blocks and projections are found.
         """
-        changes = {k: v for k, v in changes.items() if v is not None}
         unknown = sorted(set(changes) - _LAYOUT_FIELDS)
         if unknown:
             raise TypeError(
@@ -521,6 +520,10 @@ class ModelAdapter:
 
     def input_size(self) -> Optional[Tuple[int, int]]:
         """The only input size the model accepts, or None when it takes other sizes."""
+        return None
+
+    def normalization(self) -> Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]]:
+        """``(mean, std)`` of the inputs the model was trained on, if the model says (else None)."""
         return None
 
     def allow_any_input_size(self) -> bool:

@@ -103,9 +103,8 @@ def get_adapter(
         if candidate.matches(model):
             cls = candidate
             break
-    adapter = cls(model)
-    if layout is not None:
-        adapter = cls(model, layout)
+    adapter = cls(model, layout)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     return adapter.with_overrides(**overrides) if overrides else adapter
 
 

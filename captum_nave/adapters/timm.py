@@ -57,6 +57,13 @@ def _is_timm_vit(model: nn.Module) -> bool:
     )
 
 
+def _timm_normalization(model: nn.Module) -> Optional[tuple]:
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    if "mean" in cfg and "std" in cfg:
+        return tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
+    return None
+
+
 def _timm_common_lrp(module: nn.Module, kit: LRPKit) -> Optional[nn.Module]:
     """timm leaves every family shares: BatchNormAct2d, DropPath, in-place LayerScale."""
     from timm.layers import DropPath, LayerScale
@@ -117,6 +124,10 @@ class TimmViTAdapter(ModelAdapter):
             source=self.family,
             **paths,
         )
+
+    def normalization(self) -> Optional[tuple]:
+        """timm's ``pretrained_cfg`` mean and std."""
+        return _timm_normalization(self.model)
 
     def input_size(self) -> Optional[tuple]:  # noqa: D102
         embed = getattr(self.model, "patch_embed", None)
@@ -265,6 +276,10 @@ class TimmCNNAdapter(GenericAdapter):
 
     def _read_layout(self) -> Optional[ViTLayout]:
         return None
+
+    def normalization(self) -> Optional[tuple]:
+        """timm's ``pretrained_cfg`` mean and std."""
+        return _timm_normalization(self.model)
 
     def _stem_blocks(self) -> Optional[nn.Sequential]:
         children = dict(self.model.named_children())

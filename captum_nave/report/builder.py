@@ -245,10 +245,12 @@ def _parse_images(images: Any, image_names: Optional[Sequence[str]]) -> Tuple[Li
 
 
 def _model_defaults(model: nn.Module) -> Dict[str, Any]:
-    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    from captum_nave.adapters import get_adapter
+
+    mean, std = get_adapter(model).normalization() or (_IMAGENET_MEAN, _IMAGENET_STD)
     return {
-        "mean": tuple(float(v) for v in cfg.get("mean", _IMAGENET_MEAN)),
-        "std": tuple(float(v) for v in cfg.get("std", _IMAGENET_STD)),
+        "mean": tuple(float(v) for v in mean),
+        "std": tuple(float(v) for v in std),
         "source": "user model",
         "pretrained": None,
     }
