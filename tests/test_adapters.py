@@ -18,7 +18,6 @@ from captum_nave.adapters import (
     TimmViTAdapter,
     TorchvisionCNNAdapter,
     TorchvisionViTAdapter,
-    ViTLayout,
     get_adapter,
     logits_function,
     register_adapter,

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from captum_nave import models
 from captum_nave.cli import main
 from captum_nave.models import WeightsUnavailableError, load_model, network, state_dict_sha256
 

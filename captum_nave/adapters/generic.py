@@ -21,7 +21,7 @@ from typing import Any, List, Optional, Tuple
 
 from torch import nn
 
-from .base import ModelAdapter, discover_attention_paths, optional_submodule
+from .base import ModelAdapter, discover_attention_paths
 from .layout import ViTLayout
 
 __all__ = ["GenericAdapter", "cnn_default_layers", "patch_size_pair"]

@@ -135,11 +135,13 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:
             _fail(f"{flag}: {name!r} is not a ViT with a readable token layout")
     sizes = []
-    for flag, info, lay in (("--model-a", info_a, layouts[0]), ("--model-b", info_b, layouts[1])):
+    for flag, name, m, info, lay in (("--model-a", args.model_a, model_a, info_a, layouts[0]),
+                                     ("--model-b", args.model_b, model_b, info_b, layouts[1])):
         size = (args.size, args.size) if args.size is not None else tuple(info["input_size"])
         ph, pw = lay.patch_size or (1, 1)
         if size[0] % ph or size[1] % pw:
             _fail(f"--size: {size[0]}x{size[1]} is not a multiple of the patch size {ph}x{pw} of {flag}")
+        check_input_size(m, size, name)
         sizes.append(size)
 
     raw = [load_image(p) for p in args.images]

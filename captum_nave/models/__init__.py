@@ -13,10 +13,6 @@ from .images import SAMPLE_IMAGE_NAMES, load_image, normalize, preprocess, resiz
 from .imagenet import imagenet_class_index, imagenet_class_name
 from .loading import (
     DEFAULT_MODEL,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    LITE_MEAN,
-    LITE_STD,
     available_model_names,
     default_layers,
     load_model,

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from captum_nave.adapters import AttentionAccess, ModelAdapter, ViTLayout
+from captum_nave.adapters import AttentionAccess, ViTLayout
 
 from .attention import mean_query_attention, query_attention, split_heads
 from .decomposition import ClsDecomposition, cosine, decompose_cls
