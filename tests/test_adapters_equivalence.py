@@ -259,7 +259,8 @@ def test_same_register_measures(dinov2_trio):
 def test_same_attributions(dinov2_trio, classifier_pair, method):
     x = _x(2)
     target = torch.tensor([1, 3])
-    opts = {"ig": dict(n_steps=4), "lrp": dict(epsilon=1e-6)}.get(method, {})
+    # Grad-CAM without the ReLU: the signed map, never all zero whatever the weights
+    opts = {"gradcam": dict(relu_attributions=False), "ig": dict(n_steps=4), "lrp": dict(epsilon=1e-6)}[method]
     pairs = [dinov2_trio[4], dinov2_trio[0], dict(zip(("timm", "hf"), classifier_pair))]
     for trio in pairs:
         res = {k: attribute(method, m, x, target, **opts) for k, m in trio.items()}

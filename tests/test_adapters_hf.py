@@ -60,6 +60,17 @@ def _state(model: nn.Module) -> dict:
     }
 
 
+def _on_tokens(fn):
+    """A forward hook applying ``fn`` to a block's output tokens (a tuple's first item in transformers 4.x)."""
+
+    def hook(module, args, out):
+        if isinstance(out, tuple):
+            return (fn(out[0]),) + tuple(out[1:])
+        return fn(out)
+
+    return hook
+
+
 def _assert_same_state(model: nn.Module, before: dict) -> None:
     after = _state(model)
     assert after["attn"] == before["attn"] and after["training"] == before["training"]
@@ -136,27 +147,30 @@ def test_planted_prefix_tokens_leave_nave_segments_unchanged(name):
     x = _x(seed=2)
     before = ex.attribute(x, n_clusters=3, random_state=0)
     block = ex.layers[0]
+    direction = torch.randn(32, generator=torch.Generator().manual_seed(9))
 
     def planter(positions):
-        def hook(module, args, out):
-            t = out[0] if isinstance(out, tuple) else out
+        def plant(t):
             t = t.clone()
-            t[:, positions] = 1e4 * torch.randn_like(t[:, positions])
-            return (t,) + tuple(out[1:]) if isinstance(out, tuple) else t
-        return hook
+            t[:, positions] = 1e4 * direction
+            return t
+        return _on_tokens(plant)
 
     h = block.register_forward_hook(planter(list(range(npfx))))
     try:
         after = ex.attribute(x, n_clusters=3, random_state=0)
     finally:
         h.remove()
-    h = block.register_forward_hook(planter([npfx + 5]))  # a patch token: the map must change
+    assert torch.equal(before, after)
+    # the same planting in the patch tokens of the first two grid rows does reach NAVE: those
+    # eight cells get one label (the check above can fail)
+    h = block.register_forward_hook(planter([npfx + i for i in range(8)]))
     try:
-        changed = ex.attribute(x, n_clusters=3, random_state=0)
+        labels = ex.explain(x, n_clusters=3, random_state=0).grid_labels
     finally:
         h.remove()
-    assert torch.equal(before, after)
-    assert not torch.equal(before, changed)
+    assert all(len(set(g[:2].flatten().tolist())) == 1 for g in labels)
+    assert not torch.equal(labels, LayerClusterExplainer(model, [-1]).explain(x, n_clusters=3, random_state=0).grid_labels)
 
 
 # ----------------------------------------------------------------------------- row 3
@@ -164,8 +178,10 @@ def test_planted_prefix_tokens_leave_nave_segments_unchanged(name):
 def test_register_measures_read_attention_in_sdpa_and_eager_mode(name):
     x = _x(dtype=torch.float64)
     rows, hidden = {}, {}
+    weights = build(name).state_dict()
     for impl in ("sdpa", "eager"):
         model = build(name, attn_implementation=impl).double()
+        model.load_state_dict(weights)  # transformers 4.x draws other weights per implementation
         before = _state(model)
         st = collect_token_statistics(model, x, decompose_layers=(-1,))
         _assert_same_state(model, before)  # attention implementation left as it was
@@ -226,12 +242,12 @@ def test_planted_high_norm_token_in_a_register_model_is_found_exactly():
     planted = (3, 17, 30)  # patch indices on the 6x6 grid
     block = 2
 
-    def plant(module, args, output):
-        out = output.clone()
-        out[:, [npfx + p for p in planted]] *= 20.0
-        return out
+    def plant(t):
+        t = t.clone()
+        t[:, [npfx + p for p in planted]] *= 20.0
+        return t
 
-    h = model.encoder.layer[block].register_forward_hook(plant)
+    h = model.encoder.layer[block].register_forward_hook(_on_tokens(plant))
     try:
         st = collect_token_statistics(model, _x(n=4, size=48), attention_layers=None)
     finally:
@@ -245,7 +261,7 @@ def test_planted_high_norm_token_in_a_register_model_is_found_exactly():
     np.testing.assert_allclose(rep.fraction[:, block].numpy(), 3 / 36)
     assert (rep.max_median_ratio[:, block] > 10).all() and (rep.max_median_ratio[:, 0] < 3).all()
     # and a planted high-norm *register* (r2, sequence position 3) is reported as one
-    h = model.encoder.layer[1].register_forward_hook(lambda m, a, o: o.index_fill(1, torch.tensor([3]), 50.0))
+    h = model.encoder.layer[1].register_forward_hook(_on_tokens(lambda t: t.index_fill(1, torch.tensor([3]), 50.0)))
     try:
         st = collect_token_statistics(model, _x(n=3, size=48), attention_layers=None)
     finally:
@@ -261,8 +277,9 @@ def _reference_gradcam(model, name, x, target, module):
     store = {}
 
     def hook(mod, args, out):
-        out.retain_grad()
-        store["t"] = out
+        t = out[0] if isinstance(out, tuple) else out  # transformers 4.x layers return tuples
+        t.retain_grad()
+        store["t"] = t
 
     h = module.register_forward_hook(hook)
     try:
