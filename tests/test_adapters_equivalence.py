@@ -60,6 +60,20 @@ def _hf_block(sd: dict, prefix: str) -> dict:
     return out
 
 
+def _copy_block(new: dict, t: str, b: dict) -> None:
+    """timm / torch-hub block ``t`` (fused qkv, ``ls1`` / ``ls2``) from HF roles ``b``."""
+    for part in ("weight", "bias"):
+        new[f"{t}.norm1.{part}"] = b[f"n1.{part}"]
+        new[f"{t}.norm2.{part}"] = b[f"n2.{part}"]
+        new[f"{t}.attn.qkv.{part}"] = torch.cat([b[f"q.{part}"], b[f"k.{part}"], b[f"v.{part}"]])
+        new[f"{t}.attn.proj.{part}"] = b[f"o.{part}"]
+        new[f"{t}.mlp.fc1.{part}"] = b[f"fc1.{part}"]
+        new[f"{t}.mlp.fc2.{part}"] = b[f"fc2.{part}"]
+    if "layer_scale1" in b:
+        new[f"{t}.ls1.gamma"] = b["layer_scale1"]
+        new[f"{t}.ls2.gamma"] = b["layer_scale2"]
+
+
 def _block_container(sd: dict, root: str) -> str:
     for c in (f"{root}encoder.layer", f"{root}layers", f"{root}encoder.layers"):
         if any(k.startswith(c + ".0.") for k in sd):
@@ -81,18 +95,7 @@ def _timm_from_hf(hf: nn.Module, tm: nn.Module, root: str, n_reg: int) -> None:
     new["patch_embed.proj.bias"] = sd[f"{emb}.patch_embeddings.projection.bias"]
     blocks = _block_container(sd, root)
     for i in range(DEPTH):
-        b = _hf_block(sd, f"{blocks}.{i}")
-        t = f"blocks.{i}"
-        for part in ("weight", "bias"):
-            new[f"{t}.norm1.{part}"] = b[f"n1.{part}"]
-            new[f"{t}.norm2.{part}"] = b[f"n2.{part}"]
-            new[f"{t}.attn.qkv.{part}"] = torch.cat([b[f"q.{part}"], b[f"k.{part}"], b[f"v.{part}"]])
-            new[f"{t}.attn.proj.{part}"] = b[f"o.{part}"]
-            new[f"{t}.mlp.fc1.{part}"] = b[f"fc1.{part}"]
-            new[f"{t}.mlp.fc2.{part}"] = b[f"fc2.{part}"]
-        if "layer_scale1" in b:
-            new[f"{t}.ls1.gamma"] = b["layer_scale1"]
-            new[f"{t}.ls2.gamma"] = b["layer_scale2"]
+        _copy_block(new, f"blocks.{i}", _hf_block(sd, f"{blocks}.{i}"))
     new["norm.weight"] = sd[f"{root}layernorm.weight"]
     new["norm.bias"] = sd[f"{root}layernorm.bias"]
     if "classifier.weight" in sd:
@@ -116,16 +119,7 @@ def _hub_from_hf(hf: nn.Module, hub: nn.Module, n_reg: int) -> None:
         new["register_tokens"] = sd["embeddings.register_tokens"]
     names = [n for n, _ in get_adapter(hub).blocks()]  # chunked: blocks.0.0, blocks.1.1, ...
     for i, t in enumerate(names):
-        b = _hf_block(sd, f"encoder.layer.{i}")
-        for part in ("weight", "bias"):
-            new[f"{t}.norm1.{part}"] = b[f"n1.{part}"]
-            new[f"{t}.norm2.{part}"] = b[f"n2.{part}"]
-            new[f"{t}.attn.qkv.{part}"] = torch.cat([b[f"q.{part}"], b[f"k.{part}"], b[f"v.{part}"]])
-            new[f"{t}.attn.proj.{part}"] = b[f"o.{part}"]
-            new[f"{t}.mlp.fc1.{part}"] = b[f"fc1.{part}"]
-            new[f"{t}.mlp.fc2.{part}"] = b[f"fc2.{part}"]
-        new[f"{t}.ls1.gamma"] = b["layer_scale1"]
-        new[f"{t}.ls2.gamma"] = b["layer_scale2"]
+        _copy_block(new, t, _hf_block(sd, f"encoder.layer.{i}"))
     hub.load_state_dict(new, strict=True)
 
 

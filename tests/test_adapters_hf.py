@@ -26,6 +26,7 @@ from captum_nave.attribution import attribute  # noqa: E402
 from captum_nave.attribution.lrp import canonize, lrp_attribute  # noqa: E402
 from captum_nave.registers import collect_token_statistics, compare_registers, outlier_report  # noqa: E402
 from hf_models import CLASSES, LAYOUT, SIZE, build  # noqa: E402
+from test_registers_norms import assert_planted_outliers_found  # noqa: E402
 
 #: Where each class's scores are in its output (independent of the adapter).
 OUTPUT_KEY = {
@@ -252,14 +253,7 @@ def test_planted_high_norm_token_in_a_register_model_is_found_exactly():
         st = collect_token_statistics(model, _x(n=4, size=48), attention_layers=None)
     finally:
         h.remove()
-    rep = outlier_report(st.block_norms, st.layout)
-    for i in range(4):
-        assert rep.outlier_indices(i, block) == planted
-        assert rep.outlier_indices(i, block + 1) == planted  # the residual stream keeps them
-    assert rep.first_layer.tolist() == [block] * 4
-    assert not rep.mask[:, :block].any()
-    np.testing.assert_allclose(rep.fraction[:, block].numpy(), 3 / 36)
-    assert (rep.max_median_ratio[:, block] > 10).all() and (rep.max_median_ratio[:, 0] < 3).all()
+    assert_planted_outliers_found(st, planted, block)  # the same assertions as for timm
     # and a planted high-norm *register* (r2, sequence position 3) is reported as one
     h = model.encoder.layer[1].register_forward_hook(_on_tokens(lambda t: t.index_fill(1, torch.tensor([3]), 50.0)))
     try:

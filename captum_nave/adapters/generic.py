@@ -24,7 +24,7 @@ from torch import nn
 from .base import ModelAdapter, discover_attention_paths
 from .layout import ViTLayout
 
-__all__ = ["GenericAdapter", "cnn_default_layers", "patch_size_pair"]
+__all__ = ["GenericAdapter", "cnn_default_layers", "patch_size_pair", "timm_style_tokens"]
 
 
 def patch_size_pair(value: Any) -> Optional[Tuple[int, int]]:
@@ -36,6 +36,25 @@ def patch_size_pair(value: Any) -> Optional[Tuple[int, int]]:
     if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
         return (int(value[0]), int(value[1]))
     return None
+
+
+def timm_style_tokens(model: nn.Module) -> Tuple[Optional[int], Tuple[int, ...]]:
+    """CLS index and register positions of a model with timm's ``num_prefix_tokens``.
+
+    timm concatenates ``[CLS?, registers..., others...]``: the CLS token (``cls_token`` /
+    ``has_class_token``) first, then ``num_reg_tokens`` (or ``reg_token.shape[1]``) registers.
+    """
+    npt = int(model.num_prefix_tokens)
+    n_reg = getattr(model, "num_reg_tokens", None)
+    if not isinstance(n_reg, int):
+        reg = getattr(model, "reg_token", None)
+        n_reg = int(reg.shape[1]) if reg is not None and hasattr(reg, "shape") else 0
+    has_cls = getattr(model, "has_class_token", None)
+    if has_cls is None:
+        has_cls = getattr(model, "cls_token", None) is not None
+    has_cls = bool(has_cls) and npt > 0
+    start = 1 if has_cls else 0
+    return (0 if has_cls else None), tuple(range(start, min(start + n_reg, npt)))
 
 
 def cnn_default_layers(model: nn.Module) -> List[str]:
@@ -68,19 +87,12 @@ class GenericAdapter(ModelAdapter):
         m = self.model
         npt = getattr(m, "num_prefix_tokens", None)
         if isinstance(npt, int) and not isinstance(npt, bool):
-            n_reg = getattr(m, "num_reg_tokens", None)
-            if not isinstance(n_reg, int):
-                reg = getattr(m, "reg_token", None)
-                n_reg = int(reg.shape[1]) if reg is not None and hasattr(reg, "shape") else 0
-            has_cls = getattr(m, "has_class_token", None)
-            if has_cls is None:
-                has_cls = getattr(m, "cls_token", None) is not None
-            start = 1 if has_cls and npt > 0 else 0
+            cls_index, registers = timm_style_tokens(m)
             found = self._find_block_container()
             return ViTLayout(
                 num_prefix_tokens=npt,
-                cls_index=0 if has_cls and npt > 0 else None,
-                register_indices=tuple(range(start, min(start + n_reg, npt))),
+                cls_index=cls_index,
+                register_indices=registers,
                 patch_size=patch_size_pair(getattr(getattr(m, "patch_embed", None), "patch_size", None))
                 or patch_size_pair(getattr(m, "patch_size", None)),
                 blocks=found[0] if found else "blocks",

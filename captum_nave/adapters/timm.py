@@ -32,7 +32,7 @@ from .base import (
     discover_attention_paths,
     optional_submodule,
 )
-from .generic import GenericAdapter, cnn_default_layers, patch_size_pair
+from .generic import GenericAdapter, cnn_default_layers, patch_size_pair, timm_style_tokens
 from .layout import ViTLayout
 
 __all__ = ["TimmViTAdapter", "TimmCNNAdapter"]
@@ -98,24 +98,15 @@ class TimmViTAdapter(ModelAdapter):
 
     def _read_layout(self) -> Optional[ViTLayout]:
         m = self.model
-        npt = int(m.num_prefix_tokens)
-        n_reg = getattr(m, "num_reg_tokens", None)
-        if not isinstance(n_reg, int):
-            reg = getattr(m, "reg_token", None)
-            n_reg = int(reg.shape[1]) if reg is not None and hasattr(reg, "shape") else 0
-        has_cls = getattr(m, "has_class_token", None)
-        if has_cls is None:
-            has_cls = getattr(m, "cls_token", None) is not None
-        has_cls = bool(has_cls) and npt > 0
-        start = 1 if has_cls else 0
+        cls_index, registers = timm_style_tokens(m)
         paths: Dict[str, Any] = dict(attn="attn", qkv="attn.qkv", proj="attn.proj")
         first = m.blocks[0] if len(m.blocks) else None
         if first is not None and optional_submodule(first, "attn.qkv") is None:
             paths = discover_attention_paths(first) or paths
         return ViTLayout(
-            num_prefix_tokens=npt,
-            cls_index=0 if has_cls else None,
-            register_indices=tuple(range(start, start + n_reg)),
+            num_prefix_tokens=int(m.num_prefix_tokens),
+            cls_index=cls_index,
+            register_indices=registers,
             patch_size=patch_size_pair(getattr(getattr(m, "patch_embed", None), "patch_size", None)),
             blocks="blocks",
             q_norm="attn.q_norm",

@@ -39,7 +39,8 @@ from captum_nave.attribution._lrp_modules import (
     TokenMean,
     TokenSelect,
 )
-from captum_nave.attribution._lrp_transformer import LRPTransformer, fresh_activation as _fresh_activation
+from captum_nave.attribution._lrp_transformer import HOOK_DICTS, LRPTransformer
+from captum_nave.attribution._lrp_transformer import fresh_activation as _fresh_activation
 
 __all__ = ["attach_rules", "audit_graph", "canonize", "fuse_conv_bn"]
 
@@ -271,15 +272,7 @@ def _rewrite(module: nn.Module, prefix: str, kit: LRPKit) -> None:
 
 def _clear_hooks(model: nn.Module) -> None:
     for m in model.modules():
-        for attr in (
-            "_forward_hooks",
-            "_forward_pre_hooks",
-            "_backward_hooks",
-            "_backward_pre_hooks",
-            "_forward_hooks_with_kwargs",
-            "_forward_pre_hooks_with_kwargs",
-            "_forward_hooks_always_called",
-        ):
+        for attr in HOOK_DICTS:
             d = getattr(m, attr, None)
             if d is not None:
                 d.clear()

@@ -50,9 +50,10 @@ from captum_nave.attribution._lrp_modules import (
     TokenSelect,
 )
 
-__all__ = ["LRPTransformer", "LRPMapPool", "fresh_activation", "hooks_suspended"]
+__all__ = ["HOOK_DICTS", "LRPTransformer", "LRPMapPool", "fresh_activation", "hooks_suspended"]
 
-_HOOK_DICTS = (
+#: The per-module hook dictionaries of ``nn.Module``.
+HOOK_DICTS = (
     "_forward_hooks",
     "_forward_pre_hooks",
     "_backward_hooks",
@@ -68,7 +69,7 @@ def hooks_suspended(modules: Sequence[nn.Module]) -> Iterator[None]:
     """Run code on ``modules`` with none of their hooks (LRP's, the audit's) firing."""
     saved = []
     for m in modules:
-        state = {k: getattr(m, k) for k in _HOOK_DICTS if getattr(m, k, None) is not None}
+        state = {k: getattr(m, k) for k in HOOK_DICTS if getattr(m, k, None) is not None}
         saved.append((m, state))
         for k, v in state.items():
             setattr(m, k, type(v)())
