@@ -396,3 +396,29 @@ def test_report_with_a_hugging_face_model(tmp_path):
     # the same Grad-CAM as a direct call on the model
     direct = attribute("gradcam", model, x, run.targets)
     torch.testing.assert_close(run.attributions["gradcam"].maps, direct.maps)
+
+
+def test_model_left_as_it_was_when_a_call_fails_mid_forward():
+    model = build("Dinov2WithRegistersModel", attn_implementation="sdpa")
+    before = _state(model)
+    x = _x()
+
+    class Boom(Exception):
+        pass
+
+    def boom(module, args, out):
+        raise Boom
+
+    h = model.encoder.layer[1].mlp.register_forward_hook(boom)
+    try:
+        for call in (
+            lambda: collect_token_statistics(model, x),
+            lambda: attribute("gradcam", model, x, 0),
+            lambda: attribute("ig", model, x, 0, n_steps=2),
+            lambda: LayerClusterExplainer(model, [-1]).attribute(x, n_clusters=2),
+        ):
+            with pytest.raises(Boom):
+                call()
+    finally:
+        h.remove()
+    _assert_same_state(model, before)  # weights, mode, attention implementation, no hooks left

@@ -87,7 +87,8 @@ class ViTLayout:
         Softmax temperature; read from the attention module (``scale``) or
         ``head_dim ** -0.5`` when omitted.
     source : str, default "hand"
-        Where the description came from (``"timm"``, ``"torch-hub"``, ``"hf"``, ``"hand"``).
+        Where the description came from: the adapter family (``"timm-vit"``,
+        ``"torch-hub-dinov2"``, ``"hf-dinov2_with_registers"``, ...) or ``"hand"``.
 
     Examples
     --------
