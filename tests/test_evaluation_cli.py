@@ -175,3 +175,85 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys, extra, message):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+# --------------------------------------------------------------------------- protocol defaults (issue 16, point 19)
+def _grid_folder(root: Path) -> Path:
+    """Images on which the paper's constants decide the outcome of a 3x3 grid:
+    120x150 (cells of 40x50 px, cut by the 14-px border) and 84x84 (cells of exactly 784 px)."""
+    rng = np.random.default_rng(4)
+    root.mkdir(parents=True)
+    boxes = {}
+    for i, (h, w) in enumerate([(120, 150), (84, 84), (126, 141)]):
+        Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(root / f"g{i}.png")
+        # g0: the top-left cell, whose boxes the border cuts; g2: the centre cell
+        boxes[f"g{i}.png"] = [[0, 0, w // 3 + 2, h // 3]] if i == 0 else [[w // 3, h // 3 - 2, 2 * w // 3 + 3, 2 * h // 3]]
+    (root / "boxes.json").write_text(json.dumps(boxes))
+    return root
+
+
+def test_cli_without_protocol_flags_records_and_uses_the_papers_values(tmp_path, capsys):
+    from captum_nave.evaluation import GridSegmenter
+
+    root = _grid_folder(tmp_path / "data")
+    out = tmp_path / "out"
+    assert cli.main(["corloc", "--format", "folder", "--root", str(root), "--model", "--baseline", "grid",
+                     "--out", str(out)]) == 0
+    meta = json.loads((out / "records" / "meta.shard-0-of-1.json").read_text())
+    assert meta["protocol"] == {"min_area": 784, "border": 14, "iou_threshold": 0.5, "connectivity": 4,
+                                "conventions": "authors"}
+    md = (out / "summary.md").read_text()
+    assert "protocol 'authors'" in md and "(min_area=784, border=14, connectivity=4)" in md
+    assert "| grid 3x3 |" in md and md.count("| 3 | 1 |") == 1  # the 84x84 image keeps no component
+    got = _strip(read_records(out / "records" / "grid_3x3.shard-0-of-1.jsonl"))
+    data = read_folder(root)
+
+    def records(protocol):
+        d = tmp_path / f"lib{len(list(tmp_path.iterdir()))}"
+        run_corloc(data, {"grid 3x3": GridSegmenter(3, 3)}, d, protocol=protocol, fsync=False)
+        return _strip(read_records(d / "records" / "grid_3x3.shard-0-of-1.jsonl"))
+
+    assert got == records(CorLocProtocol())
+    # and the values matter on these images: other constants give other records
+    assert got != records(CorLocProtocol(border=13))
+    assert got != records(CorLocProtocol(min_area=783))
+    assert got != records(CorLocProtocol(conventions="clean"))
+
+
+def test_cli_protocol_clean_is_recorded_and_resuming_needs_the_same_protocol(tmp_path, capsys):
+    root = _grid_folder(tmp_path / "data")
+    base = ["corloc", "--format", "folder", "--root", str(root), "--model", "--baseline", "grid",
+            "--out", str(tmp_path / "out")]
+    assert cli.main([*base, "--protocol", "clean"]) == 0
+    meta = json.loads((tmp_path / "out" / "records" / "meta.shard-0-of-1.json").read_text())
+    assert meta["protocol"]["conventions"] == "clean"
+    assert "protocol 'clean'" in (tmp_path / "out" / "summary.md").read_text()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary[0]["protocol"]["conventions"] == "clean"
+    capsys.readouterr()
+    assert cli.main(base) == 2
+    err = capsys.readouterr().err
+    assert "different protocol" in err and "--protocol clean" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_boxes_outside_the_image_and_paths_outside_the_root(tmp_path, capsys):
+    root = _grid_folder(tmp_path / "data")
+    boxes = json.loads((root / "boxes.json").read_text())
+    boxes["g0.png"] = [[-3, 10, 60, 130]]  # leaves the 150x120 image at the left and bottom
+    (root / "boxes.json").write_text(json.dumps(boxes))
+    base = ["corloc", "--format", "folder", "--root", str(root), "--model", "--baseline", "grid"]
+    assert cli.main([*base, "--out", str(tmp_path / "o1")]) == 2  # the folder format refuses by default
+    assert "--invalid-boxes" in capsys.readouterr().err
+    with pytest.warns(RuntimeWarning, match="leave their image"):
+        assert cli.main([*base, "--invalid-boxes", "keep", "--out", str(tmp_path / "o2")]) == 0
+    assert "1 ground-truth box(es) leave their image" in (tmp_path / "o2" / "summary.md").read_text()
+    Image.fromarray(np.zeros((90, 90, 3), dtype=np.uint8)).save(tmp_path / "outside.png")
+    boxes["../outside.png"] = [[10, 10, 50, 50]]
+    (root / "boxes.json").write_text(json.dumps(boxes))
+    capsys.readouterr()
+    assert cli.main([*base, "--invalid-boxes", "clip", "--out", str(tmp_path / "o3")]) == 2
+    err = capsys.readouterr().err
+    assert "'../outside.png' points outside" in err and "--allow-outside-root" in err
+    assert len(err.strip().splitlines()) == 1
+    assert cli.main([*base, "--invalid-boxes", "clip", "--allow-outside-root", "--out", str(tmp_path / "o4")]) == 0
+    assert len(read_records(tmp_path / "o4" / "records" / "grid_3x3.shard-0-of-1.jsonl")) == 4

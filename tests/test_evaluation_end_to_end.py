@@ -6,6 +6,8 @@ distractor patches. A 5-layer CNN is trained for a few seconds (80 Adam steps) t
 segment the shape. NAVE (K = 5, paper protocol with min_area / border scaled to the small
 images) on its features must localise the shape far more often than the same
 network at its random initialisation and than SLIC with the same selection.
+The same label maps are scored with the authors' conventions (default) and the
+clean ones; every authors' selection equals a plain port of the authors' script.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from corloc_authors import authors_reference
+
 from captum_nave.evaluation import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -24,6 +28,8 @@ from captum_nave.evaluation import (
     GridSegmenter,
     NaveSegmenter,
     SlicSegmenter,
+    load_image,
+    read_records,
     read_voc,
     run_corloc,
 )
@@ -127,6 +133,23 @@ def train_segmenter(net: nn.Module, steps: int, seed: int) -> float:
     return float(np.mean(losses[-10:]))
 
 
+class Cached:
+    """A segmenter whose label maps are computed once and kept (to score them twice)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.labels = {}
+
+    def __call__(self, image):
+        key = image.tobytes()
+        if key not in self.labels:
+            self.labels[key] = np.asarray(self.inner(image))
+        return self.labels[key]
+
+    def config(self):
+        return self.inner.config()
+
+
 def test_trained_cnn_beats_random_init_and_slic(tmp_path):
     torch.manual_seed(0)
     write_voc(tmp_path, n=32, seed=1)
@@ -143,16 +166,32 @@ def test_trained_cnn_beats_random_init_and_slic(tmp_path):
     # the paper's constants, scaled to ~10x smaller images (784 px -> 16 px, 14 px -> 2 px)
     protocol = CorLocProtocol(min_area=16, border=2)
     methods = {
-        "trained CNN": NaveSegmenter(trained, ["b3"], n_clusters=5, random_state=0),
-        "random-init CNN": NaveSegmenter(random_init, ["b3"], n_clusters=5, random_state=0),
-        "SLIC": SlicSegmenter(n_segments=5),
-        "grid 3x3": GridSegmenter(3, 3),
+        "trained CNN": Cached(NaveSegmenter(trained, ["b3"], n_clusters=5, random_state=0)),
+        "random-init CNN": Cached(NaveSegmenter(random_init, ["b3"], n_clusters=5, random_state=0)),
+        "SLIC": Cached(SlicSegmenter(n_segments=5)),
+        "grid 3x3": Cached(GridSegmenter(3, 3)),
     }
     summary = run_corloc(data, methods, tmp_path / "out", protocol=protocol, fsync=False)
-    print("\n" + summary.to_markdown())
+    clean = run_corloc(data, methods, tmp_path / "clean", fsync=False,
+                       protocol=CorLocProtocol(min_area=16, border=2, conventions="clean"))
+    print("\n" + summary.to_markdown() + "\n" + clean.to_markdown())
     for s in ("inner", "outer"):
         t = summary.corloc("trained CNN", s)
         assert t >= 0.6, summary.to_markdown()
         assert t - summary.corloc("random-init CNN", s) >= 0.3, summary.to_markdown()
         assert t - summary.corloc("SLIC", s) >= 0.3, summary.to_markdown()
-    assert "| trained CNN |" in (tmp_path / "out" / "summary.md").read_text()
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert "| trained CNN |" in md and "protocol 'authors'" in md
+    assert "protocol 'clean'" in (tmp_path / "clean" / "summary.md").read_text()
+
+    # every image's selection with the default protocol is the authors' script's
+    images = {r.image_id: load_image(r) for r in data}
+    for name, seg in methods.items():
+        recs = read_records(tmp_path / "out" / "records" / f"{name.replace(' ', '_')}.shard-0-of-1.jsonl")
+        assert len(recs) == len(data)
+        for r, rec in zip(recs, data):
+            ref = authors_reference(seg(images[rec.image_id]), rec.boxes.astype(np.int64), 16, 2)
+            for st in ("inner", "outer"):
+                got = (r[st]["component"], r[st]["gt_index"], r[st]["iou"], r[st]["correct"])
+                want = (ref[st]["component"], ref[st]["gt_index"], ref[st]["iou"], ref[st]["correct"])
+                assert got == want, (name, rec.image_id, st)

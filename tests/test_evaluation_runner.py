@@ -331,3 +331,157 @@ def test_models_run_one_after_another_accumulate_in_one_table(data, tmp_path):
     assert counted.n == len(ds) and later.methods == ["painter", "grid3"]
     assert later.scores == both.scores
     assert (tmp_path / "out" / "summary.md").read_text() == (tmp_path / "ref" / "summary.md").read_text()
+
+
+# --------------------------------------------------------------------------- protocol (issue 12)
+def test_protocol_is_recorded_in_the_metadata_and_the_summary(data, tmp_path):
+    ds, painter = data
+    s = run_corloc(ds, {"grid3": GridSegmenter(3, 3)}, tmp_path / "a", fsync=False,
+                   protocol=CorLocProtocol(min_area=4, border=1))
+    meta = json.loads((tmp_path / "a" / "records" / "meta.shard-0-of-1.json").read_text())
+    assert meta["protocol"] == {"min_area": 4, "border": 1, "iou_threshold": 0.5, "connectivity": 4,
+                                "conventions": "authors"}
+    assert s.protocol == meta["protocol"]
+    md = (tmp_path / "a" / "summary.md").read_text()
+    assert "protocol 'authors': a hit is IoU > 0.5 (inner strategy, strict) or >= 0.5 (outer" in md
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())[0]["protocol"]["conventions"] == "authors"
+    c = run_corloc(ds, {"grid3": GridSegmenter(3, 3)}, tmp_path / "c", protocol="clean", fsync=False)
+    assert c.protocol == {**CorLocProtocol().to_dict(), "conventions": "clean"}
+    assert "protocol 'clean': a hit is IoU >= 0.5" in (tmp_path / "c" / "summary.md").read_text()
+    # the same label maps scored both ways: per image, each equals the protocol applied directly
+    for name, summary in (("authors", s), ("clean", c)):
+        proto = CorLocProtocol(min_area=4, border=1) if name == "authors" else CorLocProtocol(conventions="clean")
+        want = [proto.evaluate(GridSegmenter(3, 3)(load_image(r)), r.boxes)["inner"].correct for r in ds]
+        assert summary.corloc("grid3", "inner") == pytest.approx(np.mean(want))
+
+
+def test_images_without_a_surviving_component_are_counted_misses(data, tmp_path):
+    ds, painter = data
+    # the paper's min_area (784 px) removes every component of these 30-50 px images
+    s = run_corloc(ds, {"grid3": GridSegmenter(3, 3)}, tmp_path / "out", fsync=False)
+    sc = s.score("grid3", "inner")
+    assert sc.n_no_component == len(ds) and sc.corloc == 0.0 and sc.n_images == len(ds)
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert f"| grid3 | 0.0 | 0.0 | 0.000 | 0.000 | {len(ds)} | {len(ds)} |" in md
+    assert "images where no component survives the filters count as misses (column 'no component')" in md
+
+
+def test_boxes_leaving_the_image_are_kept_and_counted_in_the_summary(tmp_path):
+    root = make_folder(tmp_path / "data", n=3)
+    boxes = json.loads((root / "boxes.json").read_text())
+    boxes["im0.png"] = [[-1, 0, 10, 12]]  # leaves the image on the left
+    (root / "boxes.json").write_text(json.dumps(boxes))
+    with pytest.warns(RuntimeWarning, match="leave their image"):
+        ds = read_folder(root, invalid_boxes="keep")
+    s = run_corloc(ds, {"g": GridSegmenter(3, 3)}, tmp_path / "out", protocol=PROTOCOL, fsync=False)
+    assert s.n_outside_boxes == 1
+    np.testing.assert_array_equal(ds[0].boxes, [[-1, 0, 10, 12]])
+    rec = _records(tmp_path / "out", "g")[0]
+    want = PROTOCOL.evaluate(GridSegmenter(3, 3)(load_image(ds[0])), [[-1, 0, 10, 12]])["outer"]
+    assert rec["outer"]["iou"] == want.iou
+    assert "1 ground-truth box(es) leave their image and are used as annotated" in (
+        tmp_path / "out" / "summary.md").read_text()
+
+
+# --------------------------------------------------------------------------- keys (issue 16, point 1)
+def _coco_same_stem(root: Path) -> Path:
+    images, anns = [], []
+    for i, name in enumerate(["a/000000.jpg", "b/000000.jpg", "000000.png"]):
+        arr = np.full((40, 48, 3), 30 * i, dtype=np.uint8)
+        arr[5:25, 8:30] = (200, 50, 50)
+        (root / "imgs" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(root / "imgs" / name)
+        images.append({"id": 100 + i, "file_name": name, "width": 48, "height": 40})
+        anns.append({"image_id": 100 + i, "bbox": [8, 5, 22, 20], "iscrowd": 0})
+    (root / "instances.json").write_text(json.dumps({"images": images, "annotations": anns}))
+    return root / "instances.json"
+
+
+def test_coco_images_sharing_a_stem_are_all_evaluated_and_resumed(tmp_path):
+    from captum_nave.evaluation import read_coco
+
+    ds = read_coco(_coco_same_stem(tmp_path), tmp_path / "imgs")
+    counted = Counting(GridSegmenter(3, 3))
+    s = run_corloc(ds, {"g": counted}, tmp_path / "out", protocol=PROTOCOL, fsync=False)
+    assert counted.n == 3 and s.complete and s.score("g", "outer").n_images == 3
+    assert [r["image_id"] for r in _records(tmp_path / "out", "g")] == ["100", "101", "102"]
+    again = Counting(GridSegmenter(3, 3))
+    assert run_corloc(ds, {"g": again}, tmp_path / "out", protocol=PROTOCOL, fsync=False).complete
+    assert again.n == 0
+
+
+def test_overlay_files_of_similar_ids_do_not_collide(tmp_path):
+    root = tmp_path / "data"
+    for key in ("a/x.png", "a_x.png"):
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((30, 30, 3), 90, dtype=np.uint8)).save(root / key)
+    (root / "boxes.json").write_text(json.dumps({"a/x.png": [[2, 2, 20, 20]], "a_x.png": [[2, 2, 20, 20]]}))
+    run_corloc(read_folder(root), {"g": GridSegmenter(2, 2)}, tmp_path / "out", protocol=PROTOCOL,
+               overlays=True, fsync=False)
+    names = sorted(p.name for p in (tmp_path / "out" / "overlays" / "g").glob("*.png"))
+    assert len(names) == 2 and "a_x.png.png" in names
+
+
+def _as_version_0_1(out: Path) -> None:
+    """Rewrite a run's meta as captum-nave 0.1 wrote it (no record_keys, format, conventions)."""
+    path = out / "records" / "meta.shard-0-of-1.json"
+    meta = json.loads(path.read_text())
+    for key in ("record_keys", "format", "n_outside_boxes"):
+        meta.pop(key)
+    meta["protocol"].pop("conventions")
+    path.write_text(json.dumps(meta))
+
+
+def test_folders_written_by_version_0_1_resume_with_the_clean_protocol(data, tmp_path):
+    ds, painter = data
+    clean = CorLocProtocol(min_area=4, border=1, conventions="clean")
+    ref = run_corloc(ds, {"g": GridSegmenter(3, 3)}, tmp_path / "ref", protocol=clean, fsync=False)
+    run_corloc(ds[:4], {"g": GridSegmenter(3, 3)}, tmp_path / "old", protocol=clean, fsync=False)
+    _as_version_0_1(tmp_path / "old")
+    with pytest.raises(ValueError, match=r"different protocol.*conventions 'clean': pass protocol='clean'"):
+        run_corloc(ds, {"g": GridSegmenter(3, 3)}, tmp_path / "old", protocol=PROTOCOL, fsync=False)
+    counted = Counting(GridSegmenter(3, 3))
+    got = run_corloc(ds, {"g": counted}, tmp_path / "old", protocol=clean, fsync=False)
+    assert counted.n == len(ds) - 4 and got.scores == ref.scores
+    # a 0.1 shard merges with a new one (folder keys did not change)
+    for i in range(2):
+        run_corloc(ds, {"g": GridSegmenter(3, 3)}, tmp_path / f"s{i}", protocol=clean, num_shards=2,
+                   shard_index=i, fsync=False)
+    meta = tmp_path / "s0" / "records" / "meta.shard-0-of-2.json"
+    m = json.loads(meta.read_text())
+    m.pop("record_keys"), m.pop("format"), m["protocol"].pop("conventions")
+    meta.write_text(json.dumps(m))
+    (merged,) = merge_runs([tmp_path / "s0", tmp_path / "s1"], tmp_path / "m")
+    assert merged.scores == ref.scores and merged.complete
+
+
+def test_coco_folders_written_by_version_0_1_are_refused(tmp_path):
+    from captum_nave.evaluation import read_coco
+
+    ds = read_coco(_coco_same_stem(tmp_path), tmp_path / "imgs")
+    clean = CorLocProtocol(min_area=4, border=1, conventions="clean")
+    run_corloc(ds, {"g": GridSegmenter(3, 3)}, tmp_path / "out", protocol=clean, fsync=False)
+    _as_version_0_1(tmp_path / "out")
+    path = tmp_path / "out" / "records" / "g.shard-0-of-1.jsonl"  # 0.1 keyed these by file stem
+    recs = [json.loads(x) for x in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps({**r, "image_id": "000000"}) + "\n" for r in recs[:1]))
+    with pytest.raises(ValueError, match="COCO results of captum-nave 0.1, keyed by file-name stems.*overwrite"):
+        run_corloc(ds, {"g": GridSegmenter(3, 3)}, tmp_path / "out", protocol=clean, fsync=False)
+    s = run_corloc(ds, {"g": GridSegmenter(3, 3)}, tmp_path / "out", protocol=clean, overwrite=True, fsync=False)
+    assert s.complete and s.score("g", "inner").n_images == 3
+
+
+def test_merge_refuses_conflicting_records_of_one_image(data, tmp_path):
+    ds, painter = data
+    for i, seg in enumerate([GridSegmenter(3, 3), GridSegmenter(3, 3)]):
+        run_corloc(ds, {"g": seg}, tmp_path / f"r{i}", protocol=PROTOCOL, fsync=False)
+    path = tmp_path / "r1" / "records" / "g.shard-0-of-1.jsonl"
+    lines = path.read_text().splitlines()
+    rec = json.loads(lines[2])
+    rec["outer"]["iou"] = 0.123
+    lines[2] = json.dumps(rec)
+    path.write_text("\n".join(lines) + "\n")
+    (merged,) = merge_runs([tmp_path / "r0", tmp_path / "r0"], tmp_path / "m")  # identical copies: once
+    assert merged.score("g", "outer").n_images == len(ds)
+    with pytest.raises(ValueError, match=rf"conflicting records for image '{ds[2].image_id}'.*r1"):
+        merge_runs([tmp_path / "r0", tmp_path / "r1"], tmp_path / "m")

@@ -420,6 +420,8 @@ def test_register_and_corloc_sections(vit_pair, vit_report):
         assert float(row[4]) == pytest.approx(np.mean(ious["outer"]), abs=1e-3)
         assert row[5] == "2"
     assert data.corloc.n_without_boxes == 1
+    assert data.corloc.protocol["conventions"] == "authors"
+    assert "protocol &#x27;authors&#x27;: a hit is IoU &gt; 0.5 (inner strategy, strict)" in vit_report["text"]
     assert len(_section_images(vit_report["text"], "registers")) == 1
     assert len(_section_images(vit_report["text"], "corloc")) == 1
 

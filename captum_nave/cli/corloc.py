@@ -30,11 +30,18 @@ with the model's mean/std and zero-padded at the bottom/right to a multiple of t
 size; the NAVE map is split into 4-connected components, those with area <= --min-area
 are dropped, a --border frame is zeroed, and the component whose inner or outer box best
 overlaps a ground-truth box is selected (an oracle: a proxy task). CorLoc counts the images
-whose selected component's outer box has IoU >= --iou-threshold with the matched box.
+whose selected component's outer box reaches --iou-threshold with the matched box. With
+--protocol authors (default) every detail is the authors' evaluation script's, so numbers
+are comparable with the paper's: inner boxes centred on the int-truncated median, float32
+IoU with eps 1e-7, IoU > 0.5 for the inner and >= 0.5 for the outer strategy, ties to the
+first ground-truth box; --protocol clean uses float conventions (captum-nave 0.1). Images
+where no component survives count as misses ("no component" in the table).
 
 Formats: voc = VOCdevkit/VOC20xx with ImageSets/Main/<split>.txt; coco = --root is the image
 folder, --annotations the instances JSON (iscrowd dropped), --file-list optional (COCO20k);
 folder = --root holds the images and boxes.json {"img.jpg": [[x_min, y_min, x_max, y_max]]}.
+Results are keyed by the dataset's ids (VOC id, COCO image id, folder-relative path);
+duplicates and image paths leaving --root are refused.
 A model name ending in @random is evaluated with random weights drawn from --seed
 (trained vs random; the same weights on every rerun and shard).
 Results are appended per image as they are computed: rerunning the same command resumes.
@@ -71,8 +78,13 @@ def register(subparsers: Any) -> None:
     d.add_argument("--name", default=None, help="dataset name in tables (default: from the files)")
     d.add_argument("--drop-difficult", action="store_true", help="VOC: drop 'difficult' objects")
     d.add_argument("--drop-truncated", action="store_true", help="VOC: drop 'truncated' objects")
-    d.add_argument("--invalid-boxes", choices=("raise", "clip", "drop"), default="raise",
-                   help="boxes leaving the image: stop with an error (default), clip or drop them")
+    d.add_argument("--invalid-boxes", choices=("keep", "raise", "clip", "drop"), default=None,
+                   help="boxes leaving the image: keep them as annotated (default for voc and coco, "
+                   "as the authors' script), stop with an error (default for folder), clip or drop "
+                   "them; boxes with NaN/inf coordinates are refused unless drop or clip")
+    d.add_argument("--allow-outside-root", action="store_true",
+                   help="accept image paths in the annotations that point outside --root "
+                   "(absolute, or with ..)")
     d.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N images")
 
     m = p.add_argument_group("methods")
@@ -103,10 +115,15 @@ def register(subparsers: Any) -> None:
     q = p.add_argument_group("protocol")
     q.add_argument("--strategy", choices=("inner", "outer", "both"), default="both",
                    help="segment selection by inner box, outer box, or both (default)")
-    q.add_argument("--min-area", type=int, default=784, metavar="PX",
-                   help="drop components with area <= this many pixels (default: 784 = 14*14*4)")
-    q.add_argument("--border", type=int, default=14, metavar="PX", help="pixels zeroed on each side (default: 14)")
-    q.add_argument("--iou-threshold", type=float, default=0.5, metavar="T", help="CorLoc IoU threshold (default: 0.5)")
+    q.add_argument("--protocol", choices=("authors", "clean"), default="authors",
+                   help="authors: the authors' evaluation script exactly (default; comparable with "
+                   "the paper); clean: float conventions of captum-nave 0.1")
+    q.add_argument("--min-area", type=int, default=None, metavar="PX",
+                   help="drop components with area <= this many pixels (default: the paper's 784 = 14*14*4)")
+    q.add_argument("--border", type=int, default=None, metavar="PX",
+                   help="pixels zeroed on each side (default: the paper's 14)")
+    q.add_argument("--iou-threshold", type=float, default=None, metavar="T",
+                   help="CorLoc IoU threshold (default: the paper's 0.5)")
 
     r = p.add_argument_group("run")
     r.add_argument("--out", default=None, metavar="DIR", help="output folder (default: ./corloc-results)")
@@ -226,7 +243,9 @@ def _read(args: argparse.Namespace):
 
     if args.format is None or args.root is None:
         _fail("--format and --root are required (or use --merge DIR ...)")
-    common: Dict[str, Any] = {"invalid_boxes": args.invalid_boxes, "limit": args.limit}
+    common: Dict[str, Any] = {"limit": args.limit, "allow_outside_root": args.allow_outside_root}
+    if args.invalid_boxes is not None:
+        common["invalid_boxes"] = args.invalid_boxes
     if args.format == "voc":
         data = read_voc(args.root, args.split, year=args.year, drop_difficult=args.drop_difficult,
                         drop_truncated=args.drop_truncated, **common)
@@ -268,8 +287,9 @@ def run(args: argparse.Namespace) -> int:
         _fail(f"--shard-index: expected 0 <= index < --num-shards ({args.num_shards}), got {args.shard_index}")
     if args.grid < 1 or (args.slic_segments is not None and args.slic_segments < 1):
         _fail("--grid / --slic-segments: expected positive integers")
-    try:
-        protocol = CorLocProtocol(min_area=args.min_area, border=args.border, iou_threshold=args.iou_threshold)
+    given = {"min_area": args.min_area, "border": args.border, "iou_threshold": args.iou_threshold}
+    try:  # constants not given keep the paper's values (CorLocProtocol's defaults)
+        protocol = CorLocProtocol(conventions=args.protocol, **{k: v for k, v in given.items() if v is not None})
     except ValueError as exc:
         _fail(f"--{str(exc).split(':')[0].replace('_', '-')}: {str(exc).split(':', 1)[1].strip()}")
     data = _read(args)

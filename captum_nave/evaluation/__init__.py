@@ -1,7 +1,9 @@
 """CorLoc object-extraction evaluation (the paper's proxy task, Tables 1-6).
 
 * :mod:`~captum_nave.evaluation.corloc` -- the protocol: components, filters,
-  inner / outer boxes, oracle selection, reported IoU, CorLoc.
+  oracle selection, reported IoU, CorLoc, with the authors' conventions
+  (default) or clean float ones.
+* :mod:`~captum_nave.evaluation.boxes` -- inner / outer boxes and IoU.
 * :mod:`~captum_nave.evaluation.datasets` -- Pascal VOC, COCO JSON and
   folder + JSON readers.
 * :mod:`~captum_nave.evaluation.segmenters` -- NAVE as a segmenter (image
@@ -21,10 +23,13 @@ Examples
 
 from .baselines import GridSegmenter, SlicSegmenter, grid_labels, slic_labels
 from .corloc import (
+    CONVENTIONS,
     STRATEGIES,
     Component,
     CorLocProtocol,
     Selection,
+    as_protocol,
+    authors_box_iou,
     box_iou,
     corloc,
     extract_components,
@@ -63,10 +68,13 @@ from .segmenters import (
 
 __all__ = [
     "STRATEGIES",
+    "CONVENTIONS",
     "Component",
     "CorLocProtocol",
     "Selection",
+    "as_protocol",
     "box_iou",
+    "authors_box_iou",
     "corloc",
     "extract_components",
     "inner_box",

@@ -1,9 +1,9 @@
 """The paper's object-extraction proxy task: segment selection and CorLoc.
 
 A segmentation (NAVE clusters, SLIC superpixels, a grid, ...) is turned into
-candidate boxes and scored against ground-truth boxes exactly as in the
-authors' evaluation script (Boubekki et al., arXiv 2411.19700, Sec. 4.2 and
-Appendix A):
+candidate boxes and scored against ground-truth boxes as in the authors'
+evaluation script (Boubekki et al., arXiv 2411.19700, Sec. 4.2 and Appendix A;
+``Ahcene-B/VOC_eval``, ``main_nave.py``):
 
 1. the label map is resized with NEAREST interpolation to the (padded) image
    size the model saw;
@@ -21,17 +21,39 @@ Appendix A):
    not object discovery);
 7. the reported IoU is that of the selected component's OUTER box with the
    ground-truth box matched in step 6, for both strategies; an image counts as
-   correctly localised when it is ``>= iou_threshold`` (0.5). CorLoc is the
-   fraction of correctly localised images.
+   correctly localised when it reaches ``iou_threshold`` (0.5). CorLoc is the
+   fraction of correctly localised images. An image where no component
+   survives steps 3-4 is a miss (the authors' script crashes there); runners
+   report how many there were.
 
-Boxes are ``(x_min, y_min, x_max, y_max)`` in continuous pixel coordinates and
-IoU uses no ``+1`` (as the authors' script). The outer box of a component is
-made of pixel *indices*, so a component covering columns 0..9 has the box
-``x_min=0, x_max=9`` (as Algorithm 2).
+The details that decide whether numbers are comparable with the paper's are
+set by ``conventions`` (:class:`CorLocProtocol`):
 
-Ties are broken deterministically: components are ordered by cluster id and,
-within a cluster, by the raster-scan order of their first pixel; ground-truth
-boxes keep the dataset order; the first maximum wins.
+==========================  =====================================  ==============================
+detail                      ``"authors"`` (default)                ``"clean"`` (captum-nave 0.1)
+==========================  =====================================  ==============================
+inner-box centre            median truncated to an int             float median
+IoU                         float32, ``eps = 1e-7`` (LOST's        exact float64
+                            ``bbox_iou``)
+hit, inner strategy         ``iou > iou_threshold`` (strict)       ``iou >= iou_threshold``
+hit, outer strategy         ``iou >= iou_threshold``               ``iou >= iou_threshold``
+ties, inner strategy        argmax of the (n_gt, n_components)     first maximum over
+                            IoU matrix: first GT box, then first   (n_components, n_gt): first
+                            component                              component, then first GT box
+ties, outer strategy        first component with the best IoU      same
+                            over all GT boxes, then first GT box
+==========================  =====================================  ==============================
+
+Components are ordered by cluster id and, within a cluster, by the
+raster-scan order of their first pixel (as ``np.unique`` + ``skimage.measure.label``
+in the authors' script); ground-truth boxes keep the dataset order.
+
+The authors' current HEAD clips the inner box with the image tensor's
+``(C, H, W)`` shape read as ``(H, W)``, which gives nearly every inner box zero
+height and an inner-box IoU of 0: the paper's inner-box numbers cannot come
+from it. ``"authors"`` follows their previous, working commit (see
+:func:`~captum_nave.evaluation.boxes.inner_box`). With a ``border`` of 0 their
+slicing (``cc[:, :, -0:] = 0``) would zero every mask; here 0 means no border.
 """
 
 from __future__ import annotations
@@ -46,12 +68,17 @@ from scipy import ndimage
 
 from captum_nave.segments import resize_labels
 
+from .boxes import CONVENTIONS, as_boxes, authors_box_iou, box_iou, check_conventions, inner_box, outer_box
+
 __all__ = [
     "STRATEGIES",
+    "CONVENTIONS",
     "Component",
     "Selection",
     "CorLocProtocol",
+    "as_protocol",
     "box_iou",
+    "authors_box_iou",
     "outer_box",
     "inner_box",
     "extract_components",
@@ -69,110 +96,9 @@ DEFAULT_MIN_AREA = 784  # 14 * 14 * 4 pixels at image scale; components with are
 DEFAULT_BORDER = 14  # pixels zeroed on each side of every component mask
 DEFAULT_IOU_THRESHOLD = 0.5  # CorLoc / AP@50%
 DEFAULT_CONNECTIVITY = 4
+DEFAULT_CONVENTIONS = "authors"
 
 LabelLike = Union[np.ndarray, torch.Tensor]
-
-
-# --------------------------------------------------------------------------- boxes
-def _as_boxes(boxes: object, name: str) -> np.ndarray:
-    arr = np.asarray(boxes, dtype=np.float64)
-    if arr.ndim == 1 and arr.size == 4:
-        arr = arr[None]
-    if arr.ndim != 2 or arr.shape[1] != 4:
-        raise ValueError(
-            f"{name}: expected boxes of shape (M, 4) as (x_min, y_min, x_max, y_max), "
-            f"got shape {tuple(arr.shape)}"
-        )
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name}: boxes must be finite, got {arr.tolist()}")
-    return arr
-
-
-def box_iou(boxes_a: object, boxes_b: object) -> np.ndarray:
-    """Pairwise intersection over union in continuous coordinates (no ``+1``).
-
-    Parameters
-    ----------
-    boxes_a : array-like of shape (N, 4)
-        Boxes ``(x_min, y_min, x_max, y_max)``.
-    boxes_b : array-like of shape (M, 4)
-        Boxes ``(x_min, y_min, x_max, y_max)``.
-
-    Returns
-    -------
-    iou : ndarray of shape (N, M), float64
-        ``area(a & b) / area(a | b)``; 0 where the union is empty.
-    """
-    a = _as_boxes(boxes_a, "boxes_a")
-    b = _as_boxes(boxes_b, "boxes_b")
-    ix1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    iy1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    ix2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    iy2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    union = area_a[:, None] + area_b[None, :] - inter
-    out = np.zeros_like(inter)
-    np.divide(inter, union, out=out, where=union > 0)
-    return out
-
-
-def outer_box(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """Outer box of a set of pixels (Algorithm 2): min / max of the pixel indices.
-
-    Parameters
-    ----------
-    ys, xs : ndarray of shape (P,)
-        Row and column indices of the component's pixels (``P >= 1``).
-
-    Returns
-    -------
-    box : ndarray of shape (4,), float64
-        ``(x_min, y_min, x_max, y_max)``.
-    """
-    if len(xs) == 0:
-        raise ValueError("outer_box: the component has no pixels")
-    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float64)
-
-
-def inner_box(ys: np.ndarray, xs: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Inner box of a set of pixels (Algorithm 3).
-
-    The box is centred on the median pixel coordinate ``(xs_med, ys_med)``
-    (``numpy.median``: the mean of the two middle values for an even count,
-    as the authors' numpy code) with half-widths
-    ``xd = min(|xs_med - x_min|, |xs_med - x_max|)`` and
-    ``yd = min(|ys_med - y_min|, |ys_med - y_max|)``, clipped to ``[0, width]``
-    and ``[0, height]``.
-
-    Parameters
-    ----------
-    ys, xs : ndarray of shape (P,)
-        Row and column indices of the component's pixels (``P >= 1``).
-    height, width : int
-        Size of the image the component lives in.
-
-    Returns
-    -------
-    box : ndarray of shape (4,), float64
-        ``(x_min, y_min, x_max, y_max)``.
-    """
-    if len(xs) == 0:
-        raise ValueError("inner_box: the component has no pixels")
-    xs_med = float(np.median(xs))
-    ys_med = float(np.median(ys))
-    xd = min(abs(xs_med - float(xs.min())), abs(xs_med - float(xs.max())))
-    yd = min(abs(ys_med - float(ys.min())), abs(ys_med - float(ys.max())))
-    return np.array(
-        [
-            min(max(xs_med - xd, 0.0), float(width)),
-            min(max(ys_med - yd, 0.0), float(height)),
-            min(max(xs_med + xd, 0.0), float(width)),
-            min(max(ys_med + yd, 0.0), float(height)),
-        ],
-        dtype=np.float64,
-    )
 
 
 # --------------------------------------------------------------------------- components
@@ -248,6 +174,7 @@ def extract_components(
     min_area: int = DEFAULT_MIN_AREA,
     border: int = DEFAULT_BORDER,
     connectivity: int = DEFAULT_CONNECTIVITY,
+    conventions: str = DEFAULT_CONVENTIONS,
 ) -> List[Component]:
     """Split every cluster into connected components, filter them, and box them.
 
@@ -265,6 +192,8 @@ def extract_components(
         Width in pixels of the frame zeroed on all four sides (paper: 14).
     connectivity : {4, 8}, default 4
         Pixel connectivity of the components (paper: 4).
+    conventions : {"authors", "clean"}, default "authors"
+        How the inner box is centred (:func:`~captum_nave.evaluation.boxes.inner_box`).
 
     Returns
     -------
@@ -274,6 +203,7 @@ def extract_components(
     lab = as_label_map(labels)
     _check_nonneg_int(min_area, "min_area")
     _check_nonneg_int(border, "border")
+    check_conventions(conventions)
     structure = _structure(connectivity)
     height, width = lab.shape
     out: List[Component] = []
@@ -301,7 +231,7 @@ def extract_components(
                     area=area,
                     pixels=int(ys.size),
                     outer_box=outer_box(ys, xs),
-                    inner_box=inner_box(ys, xs, height, width),
+                    inner_box=inner_box(ys, xs, height, width, conventions=conventions),
                 )
             )
     return out
@@ -331,7 +261,8 @@ class Selection:
     iou : float
         Reported IoU: ``outer_box`` with the matched ground-truth box.
     correct : bool
-        ``iou >= iou_threshold``.
+        The reported IoU reaches the threshold (``>`` for the inner strategy
+        with the authors' conventions, ``>=`` otherwise).
     n_components : int
         Number of candidate components after filtering.
     """
@@ -362,19 +293,27 @@ def select_component(
     strategy: str = "inner",
     *,
     iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+    conventions: str = DEFAULT_CONVENTIONS,
 ) -> Selection:
     """Oracle selection of one component (steps 6-7 of the protocol).
 
     Parameters
     ----------
     components : sequence of Component
-        Candidates, e.g. from :func:`extract_components`.
+        Candidates, e.g. from :func:`extract_components` (with the same ``conventions``).
     gt_boxes : array-like of shape (M, 4), M >= 1
         Ground-truth boxes ``(x_min, y_min, x_max, y_max)`` in image pixels.
     strategy : {"inner", "outer"}, default "inner"
         Which box of each component competes for the best IoU.
     iou_threshold : float, default 0.5
-        An image is correctly localised when the reported IoU is ``>=`` this.
+        CorLoc threshold on the reported IoU.
+    conventions : {"authors", "clean"}, default "authors"
+        ``"authors"``: float32 IoU with ``eps = 1e-7``; inner strategy: argmax of
+        the (n_gt, n_components) IoU matrix (first GT box, then first component)
+        and a hit needs ``iou > iou_threshold``; outer strategy: the first
+        component with the best IoU over all GT boxes, a hit needs
+        ``iou >= iou_threshold``. ``"clean"``: float64 IoU, first maximum over
+        (n_components, n_gt), ``>=`` for both strategies.
 
     Returns
     -------
@@ -382,28 +321,41 @@ def select_component(
         With ``component == -1`` and ``iou == 0`` when there is no candidate.
     """
     _check_strategy(strategy)
-    gt = _as_boxes(gt_boxes, "gt_boxes")
+    check_conventions(conventions)
+    gt = as_boxes(gt_boxes, "gt_boxes")
     if gt.shape[0] == 0:
         raise ValueError("gt_boxes: at least one ground-truth box is needed, got 0")
     _check_threshold(iou_threshold)
     if len(components) == 0:
         return Selection(strategy, -1, -1, None, None, 0.0, -1, 0.0, False, 0)
     cand = np.stack([c.box(strategy) for c in components])
-    ious = box_iou(cand, gt)  # (n_components, n_gt)
-    flat = int(np.argmax(ious))  # first maximum in row-major order: earliest component, then GT
-    ci, gi = divmod(flat, gt.shape[0])
+    if conventions == "authors":
+        ious = authors_box_iou(gt, cand)  # (n_gt, n_components), float32
+        if strategy == "inner":
+            gi, ci = divmod(int(np.argmax(ious)), len(components))  # first GT, then component
+        else:
+            ci = int(np.argmax(ious.max(axis=0)))  # first component with the best IoU
+            gi = int(np.argmax(ious[:, ci]))
+        selection_iou = float(ious[gi, ci])
+        reported = float(authors_box_iou(components[ci].outer_box, gt[gi])[0, 0])
+        correct = reported > iou_threshold if strategy == "inner" else reported >= iou_threshold
+    else:
+        ious = box_iou(cand, gt)  # (n_components, n_gt), float64
+        ci, gi = divmod(int(np.argmax(ious)), gt.shape[0])  # first component, then GT
+        selection_iou = float(ious[ci, gi])
+        reported = float(box_iou(components[ci].outer_box, gt[gi])[0, 0])
+        correct = reported >= iou_threshold
     chosen = components[ci]
-    reported = float(box_iou(chosen.outer_box[None], gt[gi][None])[0, 0])
     return Selection(
         strategy=strategy,
         component=ci,
         cluster=chosen.cluster,
         selection_box=tuple(float(v) for v in chosen.box(strategy)),  # type: ignore[arg-type]
         outer_box=tuple(float(v) for v in chosen.outer_box),  # type: ignore[arg-type]
-        selection_iou=float(ious[ci, gi]),
+        selection_iou=selection_iou,
         gt_index=gi,
         iou=reported,
-        correct=bool(reported >= iou_threshold),
+        correct=bool(correct),
         n_components=len(components),
     )
 
@@ -428,31 +380,70 @@ class CorLocProtocol:
     border : int, default 14
         Width of the frame zeroed on each side of every component mask.
     iou_threshold : float, default 0.5
-        CorLoc threshold; an IoU exactly equal to it counts as correct.
+        CorLoc threshold. With ``conventions="authors"`` an IoU exactly equal to
+        it is a miss for the inner strategy and a hit for the outer one (as the
+        authors' script: ``iou > 0.5`` / ``iou >= 0.5``); with ``"clean"`` it is
+        a hit for both.
     connectivity : {4, 8}, default 4
         Connectivity of the components.
+    conventions : {"authors", "clean"}, default "authors"
+        ``"authors"``: the authors' script exactly, so that numbers are
+        comparable with the paper's: inner box centred on the int-truncated
+        median, float32 IoU with ``eps = 1e-7``, ties broken by the argmax of
+        the (n_gt, n_components) IoU matrix for the inner strategy, ``>`` for
+        the inner and ``>=`` for the outer strategy. ``"clean"``: the float
+        conventions of captum-nave 0.1 (float median, float64 IoU, first
+        maximum over (n_components, n_gt), ``>=`` for both). See the module
+        docstring for the table, and for the bug of the authors' current HEAD.
 
     Examples
     --------
-    >>> protocol = CorLocProtocol()
+    >>> protocol = CorLocProtocol()                     # the paper's, the authors' conventions
     >>> sel = protocol.evaluate(labels, gt_boxes)       # labels: (H, W) ints
     >>> sel["inner"].correct, sel["outer"].iou
+    >>> CorLocProtocol(conventions="clean").evaluate(labels, gt_boxes)
     """
 
     min_area: int = DEFAULT_MIN_AREA
     border: int = DEFAULT_BORDER
     iou_threshold: float = DEFAULT_IOU_THRESHOLD
     connectivity: int = DEFAULT_CONNECTIVITY
+    conventions: str = DEFAULT_CONVENTIONS
 
     def __post_init__(self) -> None:
         _check_nonneg_int(self.min_area, "min_area")
         _check_nonneg_int(self.border, "border")
         _check_threshold(self.iou_threshold)
         _structure(self.connectivity)
+        check_conventions(self.conventions)
 
     def to_dict(self) -> Dict[str, object]:
-        """Parameters as a plain dict."""
+        """Parameters as a plain dict (``conventions`` included)."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, params: Dict[str, object]) -> "CorLocProtocol":
+        """Inverse of :meth:`to_dict`.
+
+        Dicts written by captum-nave 0.1 have no ``conventions``: they were
+        computed with what is now ``conventions="clean"``, which is filled in.
+        """
+        if not isinstance(params, dict):
+            raise TypeError(f"params: expected a dict of protocol parameters, got {type(params).__name__}")
+        return cls(**{"conventions": "clean", **params})  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        """One sentence saying how a hit is counted, for table captions."""
+        p = self.iou_threshold
+        if self.conventions == "authors":
+            rule = (f"IoU > {p} (inner strategy, strict) or >= {p} (outer strategy), float32 IoU "
+                    "with eps 1e-7, inner boxes centred on the int-truncated median, ties to the "
+                    "first ground-truth box: the authors' conventions")
+        else:
+            rule = (f"IoU >= {p}, float64 IoU, inner boxes centred on the float median, ties to "
+                    "the first component: the clean conventions of captum-nave 0.1")
+        return (f"protocol {self.conventions!r}: a hit is {rule} (min_area={self.min_area}, "
+                f"border={self.border}, connectivity={self.connectivity})")
 
     def components(
         self, labels: LabelLike, image_size: Optional[Tuple[int, int]] = None
@@ -470,7 +461,11 @@ class CorLocProtocol:
         if image_size is not None:
             lab = _resize_nearest(lab, image_size)
         return extract_components(
-            lab, min_area=self.min_area, border=self.border, connectivity=self.connectivity
+            lab,
+            min_area=self.min_area,
+            border=self.border,
+            connectivity=self.connectivity,
+            conventions=self.conventions,
         )
 
     def evaluate(
@@ -501,9 +496,27 @@ class CorLocProtocol:
         strategies = _check_strategies(strategies)
         comps = self.components(labels, image_size)
         return {
-            s: select_component(comps, gt_boxes, s, iou_threshold=self.iou_threshold)
+            s: select_component(
+                comps, gt_boxes, s, iou_threshold=self.iou_threshold, conventions=self.conventions
+            )
             for s in strategies
         }
+
+
+def as_protocol(protocol: object, name: str = "protocol") -> CorLocProtocol:
+    """``None`` -> the paper's protocol; ``"authors"`` / ``"clean"`` -> the paper's
+    constants with those conventions; a :class:`CorLocProtocol` is returned as is."""
+    if protocol is None:
+        return CorLocProtocol()
+    if isinstance(protocol, CorLocProtocol):
+        return protocol
+    if isinstance(protocol, str):
+        if protocol not in CONVENTIONS:
+            raise ValueError(f"{name}: expected one of {list(CONVENTIONS)} or a CorLocProtocol, got {protocol!r}")
+        return CorLocProtocol(conventions=protocol)
+    raise TypeError(
+        f"{name}: expected a CorLocProtocol or one of {list(CONVENTIONS)}, got {type(protocol).__name__}"
+    )
 
 
 # --------------------------------------------------------------------------- helpers

@@ -16,21 +16,40 @@ Three layouts are supported, all returning a :class:`BoxDataset` of
   ``{"image.jpg": [[x_min, y_min, x_max, y_max], ...], ...}`` with paths
   relative to the folder and 0-based continuous coordinates.
 
+Every image is keyed by the dataset's own id (``ImageRecord.image_id``): the
+VOC id of the split file, the COCO image ``id``, the folder-relative path.
+The key identifies the image's per-image results, so duplicates are refused
+with an error naming both files. Image paths in the annotations must stay
+inside the dataset folder unless ``allow_outside_root=True``.
+
 Images without any (kept) box are skipped and counted in
-``BoxDataset.skipped``. Boxes that leave the image raise a ``ValueError``
-unless ``invalid_boxes`` is ``"clip"`` or ``"drop"``.
+``BoxDataset.skipped``. Boxes that leave their image are kept as annotated
+by the VOC and COCO readers (as the authors' evaluation script does; counted
+in ``BoxDataset.outside_boxes`` and warned about) and refused by the folder
+reader; ``invalid_boxes`` chooses ``"keep"``, ``"raise"``, ``"clip"`` or
+``"drop"``. Boxes with a NaN or infinite coordinate are refused unless
+``invalid_boxes`` is ``"drop"`` or ``"clip"``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union, overload
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from ._annotations import (
+    check_limit,
+    BoxFilter,
+    inside_root,
+    load_json,
+    no_duplicate_keys,
+    parse_iscrowd,
+    positive_int,
+)
+from .boxdata import BoxDataset, ImageRecord
 
 __all__ = [
     "ImageRecord",
@@ -45,77 +64,6 @@ __all__ = [
 
 PathLike = Union[str, "os.PathLike[str]"]
 DATASET_FORMATS: Tuple[str, ...] = ("voc", "coco", "folder")
-_INVALID_POLICIES = ("raise", "clip", "drop")
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    """One annotated image.
-
-    Attributes
-    ----------
-    image_id : str
-        Identifier, unique within the dataset (VOC id, COCO file name stem, file path).
-    path : Path
-        Image file.
-    width, height : int
-        Image size in pixels, from the annotation (checked when the image is loaded).
-    boxes : ndarray of shape (M, 4), float64
-        Ground-truth boxes ``(x_min, y_min, x_max, y_max)``, 0-based, continuous.
-    classes : tuple of str
-        Class name of each box (empty strings when unknown).
-    """
-
-    image_id: str
-    path: Path
-    width: int
-    height: int
-    boxes: np.ndarray
-    classes: Tuple[str, ...] = ()
-
-
-@dataclass
-class BoxDataset(Sequence[ImageRecord]):
-    """A list of :class:`ImageRecord` plus what was left out while reading.
-
-    Attributes
-    ----------
-    name : str
-        Short name used in tables (e.g. ``"VOC2007-trainval"``).
-    records : list of ImageRecord
-        Images with at least one ground-truth box, in a deterministic order.
-    skipped : dict of str to list of str
-        Image ids left out, by reason (``"no_boxes"``).
-    dropped_boxes : int
-        Boxes removed by the reader options (difficult, truncated, crowd, invalid).
-    """
-
-    name: str
-    records: List[ImageRecord]
-    skipped: Dict[str, List[str]] = field(default_factory=dict)
-    dropped_boxes: int = 0
-
-    @overload
-    def __getitem__(self, index: int) -> ImageRecord: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> "BoxDataset": ...
-
-    def __getitem__(self, index):  # type: ignore[no-untyped-def]
-        if isinstance(index, slice):
-            return BoxDataset(self.name, self.records[index], self.skipped, self.dropped_boxes)
-        return self.records[index]
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __iter__(self) -> Iterator[ImageRecord]:
-        return iter(self.records)
-
-    @property
-    def n_skipped(self) -> int:
-        """Number of images left out."""
-        return sum(len(v) for v in self.skipped.values())
 
 
 # --------------------------------------------------------------------------- helpers
@@ -139,56 +87,6 @@ def load_image(record_or_path: Union[ImageRecord, PathLike]) -> np.ndarray:
                 f"file is {arr.shape[1]}x{arr.shape[0]}"
             )
     return arr
-
-
-def _check_policy(invalid_boxes: str) -> None:
-    if invalid_boxes not in _INVALID_POLICIES:
-        raise ValueError(
-            f"invalid_boxes: expected one of {list(_INVALID_POLICIES)}, got {invalid_boxes!r}"
-        )
-
-
-def _validate_boxes(
-    boxes: np.ndarray, width: int, height: int, policy: str, where: str
-) -> Tuple[np.ndarray, np.ndarray]:
-    """Return (valid boxes, keep mask) after applying ``policy`` to boxes leaving the image."""
-    if boxes.size == 0:
-        return boxes.reshape(0, 4), np.zeros(0, dtype=bool)
-    inverted = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
-    if np.any(inverted):
-        i = int(np.argmax(inverted))
-        raise ValueError(
-            f"{where}: malformed box {boxes[i].tolist()} (x_max < x_min or y_max < y_min)"
-        )
-    outside = (
-        (boxes[:, 0] < 0) | (boxes[:, 1] < 0) | (boxes[:, 2] > width) | (boxes[:, 3] > height)
-    )
-    keep = np.ones(len(boxes), dtype=bool)
-    if np.any(outside):
-        i = int(np.argmax(outside))
-        if policy == "raise":
-            raise ValueError(
-                f"{where}: box {boxes[i].tolist()} (x_min, y_min, x_max, y_max, 0-based) "
-                f"leaves the {width}x{height} image; pass invalid_boxes='clip' or 'drop' "
-                "(CLI: --invalid-boxes) to accept such annotations"
-            )
-        if policy == "clip":
-            boxes = boxes.copy()
-            boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, width)
-            boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, height)
-        else:
-            keep = ~outside
-    return boxes, keep
-
-
-def _positive_int(value: object, where: str, what: str) -> int:
-    try:
-        v = int(float(str(value)))
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: {what} must be a positive integer, got {value!r}") from None
-    if v <= 0:
-        raise ValueError(f"{where}: {what} must be a positive integer, got {value!r}")
-    return v
 
 
 # --------------------------------------------------------------------------- VOC
@@ -239,8 +137,8 @@ def _parse_voc_xml(
     size = root.find("size")
     if size is None:
         raise ValueError(f"{where}: missing <size>")
-    width = _positive_int(_xml_text(size, "width", where), where, "width")
-    height = _positive_int(_xml_text(size, "height", where), where, "height")
+    width = positive_int(_xml_text(size, "width", where), where, "width")
+    height = positive_int(_xml_text(size, "height", where), where, "height")
     objects = []
     for obj in root.findall("object"):
         name = obj.findtext("name", default="").strip()
@@ -269,8 +167,9 @@ def read_voc(
     year: Optional[Union[int, str]] = None,
     drop_difficult: bool = False,
     drop_truncated: bool = False,
-    invalid_boxes: str = "raise",
+    invalid_boxes: str = "keep",
     limit: Optional[int] = None,
+    allow_outside_root: bool = False,
 ) -> BoxDataset:
     """Read a Pascal VOC dataset (``VOCdevkit/VOC2007`` or ``VOC2012`` layout).
 
@@ -285,17 +184,28 @@ def read_voc(
         Picks ``VOC<year>`` under a ``VOCdevkit`` root holding several.
     drop_difficult, drop_truncated : bool, default False
         Drop objects flagged "difficult" / "truncated" (kept by the paper's protocol).
-    invalid_boxes : {"raise", "clip", "drop"}, default "raise"
-        What to do with a box that leaves the image.
+    invalid_boxes : {"keep", "raise", "clip", "drop"}, default "keep"
+        What to do with a box that leaves the image: keep it as annotated (the
+        authors' script does; counted in ``outside_boxes`` with a warning),
+        raise, clip it, or drop it. Boxes with NaN / inf coordinates raise
+        unless ``"drop"`` or ``"clip"``.
     limit : int, optional
         Read only the first ``limit`` ids of the split.
+    allow_outside_root : bool, default False
+        Accept a ``<filename>`` (or an id) that points outside the dataset
+        folder (absolute, or with ``..``).
 
     Returns
     -------
     BoxDataset
-        Boxes as 0-based ``(xmin - 1, ymin - 1, xmax, ymax)``.
+        Boxes as 0-based ``(xmin - 1, ymin - 1, xmax, ymax)``, keyed by the VOC id.
+
+    Raises
+    ------
+    ValueError
+        When the split file lists an id twice, or an annotation is malformed.
     """
-    _check_policy(invalid_boxes)
+    boxes_filter = BoxFilter(invalid_boxes)
     base = _voc_dir(Path(root), year)
     split_file = base / "ImageSets" / "Main" / f"{split}.txt"
     if not split_file.is_file():
@@ -304,33 +214,44 @@ def read_voc(
             f"split: image set file not found: {split_file}"
             + (f" (available: {', '.join(avail)})" if avail else "")
         )
-    ids = [ln.split()[0] for ln in split_file.read_text().splitlines() if ln.strip()]
+    ids: List[str] = []
+    line_of: Dict[str, int] = {}
+    for lineno, ln in enumerate(split_file.read_text().splitlines(), start=1):
+        if not ln.strip():
+            continue
+        image_id = ln.split()[0]
+        first = line_of.setdefault(image_id, lineno)
+        if first != lineno:
+            raise ValueError(
+                f"split: {split_file} lists the image id {image_id!r} twice (lines {first} and "
+                f"{lineno}); each image must appear once (results are keyed by the id)"
+            )
+        ids.append(image_id)
     if limit is not None:
-        ids = ids[: _check_limit(limit)]
+        ids = ids[: check_limit(limit)]
     records: List[ImageRecord] = []
     skipped: Dict[str, List[str]] = {}
-    dropped = 0
     for image_id in ids:
-        xml_path = base / "Annotations" / f"{image_id}.xml"
+        xml_path = inside_root(base / "Annotations", f"{image_id}.xml", where=f"split: {split_file}",
+                               what="image id", allow_outside=allow_outside_root)
         if not xml_path.is_file():
             raise FileNotFoundError(f"VOC annotation not found: {xml_path}")
         filename, width, height, objects = _parse_voc_xml(xml_path)
         boxes, classes = [], []
         for name, difficult, truncated, (x1, y1, x2, y2) in objects:
             if (drop_difficult and difficult) or (drop_truncated and truncated):
-                dropped += 1
+                boxes_filter.drop()
                 continue
             boxes.append([x1 - 1.0, y1 - 1.0, x2, y2])
             classes.append(name)
         arr = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        arr, keep = _validate_boxes(arr, width, height, invalid_boxes, str(xml_path))
-        dropped += int((~keep).sum())
-        arr = arr[keep]
+        arr, keep = boxes_filter(arr, width, height, str(xml_path))
         classes = [c for c, k in zip(classes, keep) if k]
         if arr.shape[0] == 0:
             skipped.setdefault("no_boxes", []).append(image_id)
             continue
-        img_path = base / "JPEGImages" / (filename or f"{image_id}.jpg")
+        img_path = inside_root(base / "JPEGImages", filename or f"{image_id}.jpg", where=str(xml_path),
+                               what="<filename>", allow_outside=allow_outside_root)
         if not img_path.is_file():
             alt = base / "JPEGImages" / f"{image_id}.jpg"
             if alt.is_file():
@@ -338,28 +259,21 @@ def read_voc(
             else:
                 raise FileNotFoundError(f"VOC image not found: {img_path}")
         records.append(ImageRecord(image_id, img_path, width, height, arr, tuple(classes)))
-    return BoxDataset(f"{base.name}-{split}", records, skipped, dropped)
+    name = f"{base.name}-{split}"
+    boxes_filter.warn(name)
+    return BoxDataset(name, records, skipped, boxes_filter.dropped, boxes_filter.outside, "voc")
 
 
 # --------------------------------------------------------------------------- COCO
-def _load_json(path: Path, what: str) -> object:
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}: file not found: {path}")
-    try:
-        with open(path, "r", encoding="utf-8") as fh:
-            return json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{what}: malformed JSON in {path}: {exc}") from None
-
-
 def read_coco(
     annotations: PathLike,
     images_dir: PathLike,
     *,
     file_list: Optional[Union[PathLike, Sequence[str]]] = None,
-    invalid_boxes: str = "raise",
+    invalid_boxes: str = "keep",
     name: Optional[str] = None,
     limit: Optional[int] = None,
+    allow_outside_root: bool = False,
 ) -> BoxDataset:
     """Read a COCO-style JSON (``images`` + ``annotations`` with ``bbox = [x, y, w, h]``).
 
@@ -371,41 +285,65 @@ def read_coco(
         Folder holding the images named by ``file_name``.
     file_list : path or sequence of str, optional
         Restrict to these images (one file name per line in a text file, matched
-        by base name; e.g. the COCO20k list). The order of the list is kept.
-    invalid_boxes : {"raise", "clip", "drop"}, default "raise"
-        What to do with a box that leaves the image.
+        to ``file_name`` as given, else by base name; e.g. the COCO20k list). The
+        order of the list is kept.
+    invalid_boxes : {"keep", "raise", "clip", "drop"}, default "keep"
+        What to do with a box that leaves the image (see :func:`read_voc`).
     name : str, optional
         Dataset name for tables; default: the JSON file's stem.
     limit : int, optional
         Keep only the first ``limit`` images.
+    allow_outside_root : bool, default False
+        Accept a ``file_name`` that points outside ``images_dir``.
 
     Returns
     -------
     BoxDataset
-        ``iscrowd`` boxes dropped; boxes ``round([x, y, x + w, y + h])``.
+        Keyed by the COCO image ``id`` (as a string); ``iscrowd`` boxes dropped;
+        boxes ``round([x, y, x + w, y + h])``.
+
+    Raises
+    ------
+    ValueError
+        On duplicate image ids, a file-list entry listed twice or matching
+        several images, an ``iscrowd`` other than 0 / 1, a malformed box.
     """
-    _check_policy(invalid_boxes)
+    boxes_filter = BoxFilter(invalid_boxes)
     ann_path = Path(annotations)
     img_dir = Path(images_dir)
     if not img_dir.is_dir():
         raise FileNotFoundError(f"images_dir: directory not found: {img_dir}")
-    data = _load_json(ann_path, "annotations")
+    data = load_json(ann_path, "annotations")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ValueError(f"annotations: {ann_path} has no 'images' list (not a COCO JSON)")
     anns = data.get("annotations", [])
     if not isinstance(anns, list):
         raise ValueError(f"annotations: 'annotations' in {ann_path} must be a list")
     images: Dict[object, dict] = {}
-    by_name: Dict[str, object] = {}
+    index_of: Dict[str, int] = {}
+    by_path: Dict[str, object] = {}
+    by_base: Dict[str, List[object]] = {}
     for i, im in enumerate(data["images"]):
         if not isinstance(im, dict) or not {"id", "file_name", "width", "height"} <= set(im):
             raise ValueError(
                 f"annotations: images[{i}] in {ann_path} needs id, file_name, width, height"
             )
-        images[im["id"]] = im
-        by_name[os.path.basename(str(im["file_name"]))] = im["id"]
+        iid, fname = im["id"], im["file_name"]
+        if isinstance(iid, bool) or not isinstance(iid, (int, str)) or not isinstance(fname, str) or not fname:
+            raise ValueError(
+                f"annotations: images[{i}] in {ann_path}: expected an integer or string id and a "
+                f"file_name string, got id={iid!r}, file_name={fname!r}"
+            )
+        j = index_of.setdefault(str(iid), i)
+        if j != i:
+            raise ValueError(
+                f"annotations: images[{j}] ({data['images'][j]['file_name']!r}) and images[{i}] "
+                f"({fname!r}) in {ann_path} have the same id {iid!r}; COCO image ids must be unique"
+            )
+        images[iid] = im
+        by_path.setdefault(os.path.normpath(fname), iid)
+        by_base.setdefault(os.path.basename(fname), []).append(iid)
     per_image: Dict[object, List[Tuple[List[float], str]]] = {k: [] for k in images}
-    dropped = 0
     cat_names = {
         c.get("id"): str(c.get("name", "")) for c in data.get("categories", []) if isinstance(c, dict)
     }
@@ -416,8 +354,8 @@ def read_coco(
             raise ValueError(
                 f"annotations: annotations[{j}] refers to unknown image_id {ann['image_id']!r}"
             )
-        if ann.get("iscrowd", 0):
-            dropped += 1
+        if parse_iscrowd(ann.get("iscrowd", 0), f"annotations: annotations[{j}] in {ann_path}"):
+            boxes_filter.drop()
             continue
         bbox = ann["bbox"]
         if not isinstance(bbox, list) or len(bbox) != 4:
@@ -437,43 +375,76 @@ def read_coco(
             names = [ln.strip() for ln in fl.read_text().splitlines() if ln.strip()]
         else:
             names = [str(n) for n in file_list]
-        missing = [n for n in names if os.path.basename(n) not in by_name]
-        if missing:
-            raise ValueError(
-                f"file_list: {len(missing)} file(s) are not in {ann_path}, e.g. {missing[:3]}"
-            )
-        order = [by_name[os.path.basename(n)] for n in names]
+        order = _match_file_list(names, images, by_path, by_base, ann_path)
     else:
         order = list(images)
     if limit is not None:
-        order = order[: _check_limit(limit)]
+        order = order[: check_limit(limit)]
 
     records: List[ImageRecord] = []
     skipped: Dict[str, List[str]] = {}
     for image_key in order:
         im = images[image_key]
         fname = str(im["file_name"])
-        image_id = Path(fname).stem
+        image_id = str(image_key)
         where = f"{ann_path} image {fname}"
-        width = _positive_int(im["width"], where, "width")
-        height = _positive_int(im["height"], where, "height")
+        width = positive_int(im["width"], where, "width")
+        height = positive_int(im["height"], where, "height")
         entries = per_image[image_key]
         arr = np.asarray([b for b, _ in entries], dtype=np.float64).reshape(-1, 4)
-        arr, keep = _validate_boxes(arr, width, height, invalid_boxes, where)
-        dropped += int((~keep).sum())
+        arr, keep = boxes_filter(arr, width, height, where)
         classes = tuple(c for (_, c), k in zip(entries, keep) if k)
-        arr = arr[keep]
         if arr.shape[0] == 0:
             skipped.setdefault("no_boxes", []).append(image_id)
             continue
-        path = img_dir / fname
+        path = inside_root(img_dir, fname, where=f"annotations: {ann_path}", what="file_name",
+                           allow_outside=allow_outside_root)
         if not path.is_file():
             alt = img_dir / os.path.basename(fname)
             if not alt.is_file():
                 raise FileNotFoundError(f"COCO image not found: {path}")
             path = alt
         records.append(ImageRecord(image_id, path, width, height, arr, classes))
-    return BoxDataset(name or ann_path.stem, records, skipped, dropped)
+    name = name or ann_path.stem
+    boxes_filter.warn(name)
+    return BoxDataset(name, records, skipped, boxes_filter.dropped, boxes_filter.outside, "coco")
+
+
+def _match_file_list(
+    names: Sequence[str],
+    images: Dict[object, dict],
+    by_path: Dict[str, object],
+    by_base: Dict[str, List[object]],
+    ann_path: Path,
+) -> List[object]:
+    """COCO ids of a file list: exact ``file_name`` first, else a unique base name."""
+    order: List[object] = []
+    first: Dict[object, int] = {}
+    missing: List[str] = []
+    for pos, n in enumerate(names):
+        iid = by_path.get(os.path.normpath(n))
+        if iid is None:
+            cands = by_base.get(os.path.basename(n), [])
+            if len(cands) > 1:
+                files = ", ".join(repr(images[c]["file_name"]) for c in cands)
+                raise ValueError(
+                    f"file_list: {n!r} matches several images of {ann_path} by its base name "
+                    f"({files}); list it with its path as in file_name"
+                )
+            if not cands:
+                missing.append(n)
+                continue
+            iid = cands[0]
+        prev = first.setdefault(iid, pos)
+        if prev != pos:
+            raise ValueError(
+                f"file_list: {names[prev]!r} (entry {prev + 1}) and {n!r} (entry {pos + 1}) are the "
+                f"same image ({images[iid]['file_name']!r}, id {iid!r}); each image must be listed once"
+            )
+        order.append(iid)
+    if missing:
+        raise ValueError(f"file_list: {len(missing)} file(s) are not in {ann_path}, e.g. {missing[:3]}")
+    return order
 
 
 # --------------------------------------------------------------------------- folder
@@ -484,6 +455,7 @@ def read_folder(
     invalid_boxes: str = "raise",
     name: Optional[str] = None,
     limit: Optional[int] = None,
+    allow_outside_root: bool = False,
 ) -> BoxDataset:
     """Read a folder of images with one JSON file of boxes.
 
@@ -499,35 +471,54 @@ def read_folder(
         The folder.
     boxes_file : str, default "boxes.json"
         Name of the JSON file inside ``root``.
-    invalid_boxes : {"raise", "clip", "drop"}, default "raise"
-        What to do with a box that leaves the image.
+    invalid_boxes : {"keep", "raise", "clip", "drop"}, default "raise"
+        What to do with a box that leaves the image (see :func:`read_voc`).
     name : str, optional
         Dataset name for tables; default: the folder name.
     limit : int, optional
         Keep only the first ``limit`` images (sorted by path).
+    allow_outside_root : bool, default False
+        Accept image paths that point outside ``root``.
+
+    Returns
+    -------
+    BoxDataset
+        Keyed by the normalised relative path (``"./a.png"`` becomes ``"a.png"``).
+
+    Raises
+    ------
+    ValueError
+        When a path is listed twice (also as two spellings of one path).
     """
     from PIL import Image
 
-    _check_policy(invalid_boxes)
+    boxes_filter = BoxFilter(invalid_boxes)
     base = Path(root)
     if not base.is_dir():
         raise FileNotFoundError(f"root: directory not found: {base}")
     json_path = base / boxes_file
-    data = _load_json(json_path, "boxes_file")
+    data = load_json(json_path, "boxes_file", object_pairs_hook=no_duplicate_keys)
     if not isinstance(data, dict):
         raise ValueError(
             f"boxes_file: {json_path} must map image paths to lists of "
             f"[x_min, y_min, x_max, y_max], got a {type(data).__name__}"
         )
-    keys = sorted(data)
+    spelled: Dict[str, str] = {}
+    for key in data:
+        norm = Path(os.path.normpath(key)).as_posix()
+        prev = spelled.setdefault(norm, key)
+        if prev != key:
+            raise ValueError(
+                f"boxes_file: {json_path} lists the image {norm!r} twice (as {prev!r} and {key!r})"
+            )
+    keys = sorted(spelled)
     if limit is not None:
-        keys = keys[: _check_limit(limit)]
+        keys = keys[: check_limit(limit)]
     records: List[ImageRecord] = []
     skipped: Dict[str, List[str]] = {}
-    dropped = 0
     for key in keys:
-        where = f"{json_path} [{key!r}]"
-        raw = data[key]
+        where = f"{json_path} [{spelled[key]!r}]"
+        raw = data[spelled[key]]
         try:
             arr = np.asarray(raw, dtype=np.float64)
         except (TypeError, ValueError):
@@ -535,21 +526,22 @@ def read_folder(
         if arr.size == 0:
             skipped.setdefault("no_boxes", []).append(key)
             continue
-        if arr.ndim != 2 or arr.shape[1] != 4 or not np.all(np.isfinite(arr)):
+        if arr.ndim != 2 or arr.shape[1] != 4:
             raise ValueError(f"{where}: boxes must be a list of [x_min, y_min, x_max, y_max], got {raw!r}")
-        path = base / key
+        path = inside_root(base, spelled[key], where=str(json_path), what="image path",
+                           allow_outside=allow_outside_root)
         if not path.is_file():
             raise FileNotFoundError(f"image file not found: {path} (listed in {json_path})")
         with Image.open(path) as img:
             width, height = img.size
-        arr, keep = _validate_boxes(arr, width, height, invalid_boxes, where)
-        dropped += int((~keep).sum())
-        arr = arr[keep]
+        arr, _ = boxes_filter(arr, width, height, where)
         if arr.shape[0] == 0:
             skipped.setdefault("no_boxes", []).append(key)
             continue
         records.append(ImageRecord(key, path, width, height, arr, ("",) * len(arr)))
-    return BoxDataset(name or base.resolve().name, records, skipped, dropped)
+    name = name or base.resolve().name
+    boxes_filter.warn(name)
+    return BoxDataset(name, records, skipped, boxes_filter.dropped, boxes_filter.outside, "folder")
 
 
 def read_dataset(format: str, root: PathLike, **kwargs: object) -> BoxDataset:
@@ -567,9 +559,3 @@ def read_dataset(format: str, root: PathLike, **kwargs: object) -> BoxDataset:
     if format == "folder":
         return read_folder(root, **kwargs)  # type: ignore[arg-type]
     raise ValueError(f"format: expected one of {list(DATASET_FORMATS)}, got {format!r}")
-
-
-def _check_limit(limit: object) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"limit: expected a positive int, got {limit!r}")
-    return limit

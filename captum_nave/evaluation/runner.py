@@ -17,27 +17,37 @@ skips the images already done. Summaries are written to a temporary file and
 atomically renamed. Images are assigned to shard ``index % num_shards``; the
 clustering seed is the same for every image, so a sharded run followed by
 :func:`merge_runs` gives exactly the unsharded result.
+
+Records are keyed by the dataset's own image ids (``ImageRecord.image_id``:
+VOC id, COCO image id, folder-relative path; ``meta["record_keys"]``). The
+per-image record is built by :func:`image_record` and records of one method
+are combined by :func:`combine_records`, the one place that decides what a
+duplicate means. Folders written by captum-nave 0.1 (no ``record_keys``, no
+``conventions`` in the protocol) are resumed when their keys are unchanged
+(VOC, folder datasets) and with ``protocol="clean"`` (the 0.1 conventions);
+COCO folders of 0.1, keyed by file-name stems, are refused with a message.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
-import math
 import os
 import re
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .corloc import STRATEGIES, CorLocProtocol, Selection, _check_strategies
+from .corloc import STRATEGIES, CorLocProtocol, Selection, _check_strategies, as_protocol
 from .datasets import BoxDataset, ImageRecord, load_image
+from .records import RECORD_KEYS, check_resumable, combine_records, image_record
+from .summary import CorLocSummary, MethodScore, comparison_table, summarize_records
 
 __all__ = [
     "MethodScore",
@@ -53,208 +63,6 @@ __all__ = [
 PathLike = Union[str, "os.PathLike[str]"]
 RECORDS_DIR = "records"
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]+")
-
-
-# --------------------------------------------------------------------------- summaries
-@dataclass(frozen=True)
-class MethodScore:
-    """CorLoc of one method with one strategy on one dataset.
-
-    Attributes
-    ----------
-    dataset, method, strategy : str
-    n_images : int
-        Images evaluated.
-    corloc : float
-        Fraction of images with reported IoU ``>=`` the threshold (NaN if none).
-    mean_iou : float
-        Mean reported IoU (outer box of the selected component).
-    n_no_component : int
-        Images where no component survived the filters (counted as misses).
-    """
-
-    dataset: str
-    method: str
-    strategy: str
-    n_images: int
-    corloc: float
-    mean_iou: float
-    n_no_component: int
-
-
-@dataclass
-class CorLocSummary:
-    """Scores of every method and strategy on one dataset.
-
-    Attributes
-    ----------
-    dataset : str
-    methods : list of str
-        In run order.
-    strategies : tuple of str
-    scores : list of MethodScore
-    n_expected : int
-        Images of the dataset assigned to the run (all shards).
-    n_skipped : int
-        Images of the dataset left out by the reader (no boxes).
-    protocol : dict
-        The protocol constants.
-    complete : bool
-        Every method has a record for every expected image.
-    """
-
-    dataset: str
-    methods: List[str]
-    strategies: Tuple[str, ...]
-    scores: List[MethodScore]
-    n_expected: int
-    n_skipped: int
-    protocol: Dict[str, Any]
-    complete: bool = True
-
-    def score(self, method: str, strategy: str) -> MethodScore:
-        """The :class:`MethodScore` of ``method`` with ``strategy``."""
-        for s in self.scores:
-            if s.method == method and s.strategy == strategy:
-                return s
-        raise KeyError(f"no score for method={method!r}, strategy={strategy!r}")
-
-    def corloc(self, method: str, strategy: str) -> float:
-        """CorLoc (fraction in [0, 1]) of ``method`` with ``strategy``."""
-        return self.score(method, strategy).corloc
-
-    def to_dict(self) -> Dict[str, Any]:
-        """JSON-serialisable representation."""
-        d = asdict(self)
-        d["strategies"] = list(self.strategies)
-        return d
-
-    def to_markdown(self) -> str:
-        """Markdown table: rows methods, columns strategies (CorLoc % and mean IoU)."""
-        p = self.protocol
-        lines = [
-            f"## CorLoc on {self.dataset}",
-            "",
-            f"CorLoc (%) = share of images whose selected component's outer box has "
-            f"IoU >= {p.get('iou_threshold')} with the matched ground-truth box "
-            f"(min_area={p.get('min_area')}, border={p.get('border')}, "
-            f"connectivity={p.get('connectivity')}). Images: {self.n_expected} evaluated"
-            f", {self.n_skipped} skipped (no boxes)."
-            + ("" if self.complete else " **Incomplete: some records are missing.**"),
-            "",
-        ]
-        head = ["method"] + [f"{s} CorLoc" for s in self.strategies]
-        head += [f"{s} mean IoU" for s in self.strategies] + ["images", "no component"]
-        lines.append("| " + " | ".join(head) + " |")
-        lines.append("|" + "---|" * len(head))
-        for m in self.methods:
-            row = [m]
-            row += [_pct(self.corloc(m, s)) for s in self.strategies]
-            row += [_num(self.score(m, s).mean_iou) for s in self.strategies]
-            first = self.score(m, self.strategies[0])
-            row += [str(first.n_images), str(first.n_no_component)]
-            lines.append("| " + " | ".join(row) + " |")
-        return "\n".join(lines) + "\n"
-
-
-def _pct(v: float) -> str:
-    return "n/a" if v is None or math.isnan(v) else f"{100.0 * v:.1f}"
-
-
-def _num(v: float) -> str:
-    return "n/a" if v is None or math.isnan(v) else f"{v:.3f}"
-
-
-def summarize_records(
-    records: Mapping[str, Sequence[Mapping[str, Any]]],
-    *,
-    dataset: str,
-    strategies: Sequence[str],
-    protocol: Mapping[str, Any],
-    n_expected: Optional[int] = None,
-    n_skipped: int = 0,
-) -> CorLocSummary:
-    """Aggregate per-image records into a :class:`CorLocSummary`.
-
-    Parameters
-    ----------
-    records : mapping of method name to list of records
-        As written by :func:`run_corloc` (see :func:`read_records`).
-    dataset : str
-    strategies : sequence of str
-    protocol : mapping
-        Protocol constants, for the table caption.
-    n_expected : int, optional
-        Images each method should have; ``complete`` is False when one has fewer.
-    n_skipped : int, default 0
-    """
-    strategies = _check_strategies(strategies)
-    scores: List[MethodScore] = []
-    complete = True
-    for method, recs in records.items():
-        if n_expected is not None and len(recs) < n_expected:
-            complete = False
-        for s in strategies:
-            correct = [bool(r[s]["correct"]) for r in recs]
-            ious = [float(r[s]["iou"]) for r in recs]
-            scores.append(
-                MethodScore(
-                    dataset=dataset,
-                    method=method,
-                    strategy=s,
-                    n_images=len(recs),
-                    corloc=float(np.mean(correct)) if correct else math.nan,
-                    mean_iou=float(np.mean(ious)) if ious else math.nan,
-                    n_no_component=sum(1 for r in recs if r[s]["component"] < 0),
-                )
-            )
-    return CorLocSummary(
-        dataset=dataset,
-        methods=list(records),
-        strategies=strategies,
-        scores=scores,
-        n_expected=n_expected if n_expected is not None else max((len(v) for v in records.values()), default=0),
-        n_skipped=n_skipped,
-        protocol=dict(protocol),
-        complete=complete,
-    )
-
-
-def comparison_table(summaries: Sequence[CorLocSummary], *, metric: str = "corloc") -> str:
-    """Markdown comparison like the paper's Table 3 / 5.
-
-    Rows are ``method (strategy)``, columns are datasets; cells are CorLoc (%)
-    or mean IoU. With a single dataset this is the same information as
-    :meth:`CorLocSummary.to_markdown` in the paper's layout.
-
-    Parameters
-    ----------
-    summaries : sequence of CorLocSummary
-        One per dataset (methods may differ; missing cells show ``-``).
-    metric : {"corloc", "mean_iou"}, default "corloc"
-    """
-    if metric not in ("corloc", "mean_iou"):
-        raise ValueError(f"metric: expected 'corloc' or 'mean_iou', got {metric!r}")
-    datasets = [s.dataset for s in summaries]
-    rows: List[Tuple[str, str]] = []
-    for s in summaries:
-        for m in s.methods:
-            for st in s.strategies:
-                if (m, st) not in rows:
-                    rows.append((m, st))
-    head = ["method (strategy)"] + datasets
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for m, st in rows:
-        cells = [f"{m} ({st}-box)"]
-        for s in summaries:
-            try:
-                sc = s.score(m, st)
-            except KeyError:
-                cells.append("-")
-                continue
-            cells.append(_pct(sc.corloc) if metric == "corloc" else _num(sc.mean_iou))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- files
@@ -403,7 +211,7 @@ def run_corloc(
     out_dir: PathLike,
     *,
     strategies: Sequence[str] = STRATEGIES,
-    protocol: Optional[CorLocProtocol] = None,
+    protocol: Union[None, str, CorLocProtocol] = None,
     num_shards: int = 1,
     shard_index: int = 0,
     overwrite: bool = False,
@@ -425,8 +233,11 @@ def run_corloc(
     out_dir : path
         Output folder (created); see the module docstring for its layout.
     strategies : sequence of {"inner", "outer"}, default both
-    protocol : CorLocProtocol, optional
-        Protocol constants; the paper's by default.
+    protocol : CorLocProtocol or {"authors", "clean"}, optional
+        The paper's constants with the authors' conventions by default (numbers
+        comparable with the paper's); ``"clean"`` for the float conventions of
+        captum-nave 0.1 (see :class:`CorLocProtocol`). Recorded in the run's
+        metadata and in the summary table.
     num_shards, shard_index : int, default 1, 0
         Evaluate only the images with ``index % num_shards == shard_index``.
         Combine shards with :func:`merge_runs`.
@@ -452,7 +263,8 @@ def run_corloc(
     Raises
     ------
     ValueError
-        When ``out_dir`` holds records made with different settings.
+        When ``out_dir`` holds records made with different settings, or COCO
+        records of captum-nave 0.1 (keyed by file-name stems).
     """
     if not isinstance(dataset, BoxDataset):
         raise TypeError(f"dataset: expected a BoxDataset, got {type(dataset).__name__}")
@@ -470,9 +282,7 @@ def run_corloc(
     if len(set(safe.values())) != len(safe):
         raise ValueError(f"methods: names collide once made file-safe: {safe}")
     strategies = _check_strategies(strategies)
-    protocol = protocol if protocol is not None else CorLocProtocol()
-    if not isinstance(protocol, CorLocProtocol):
-        raise TypeError(f"protocol: expected a CorLocProtocol, got {type(protocol).__name__}")
+    protocol = as_protocol(protocol)
     num_shards, shard_index = _check_shards(num_shards, shard_index)
 
     out = Path(out_dir)
@@ -482,8 +292,11 @@ def run_corloc(
     indices = [i for i in range(len(dataset)) if i % num_shards == shard_index]
     meta = {
         "dataset": dataset.name,
+        "format": dataset.format,
+        "record_keys": RECORD_KEYS,
         "n_dataset": len(dataset),
         "n_skipped": dataset.n_skipped,
+        "n_outside_boxes": dataset.outside_boxes,
         "num_shards": num_shards,
         "shard_index": shard_index,
         "n_shard": len(indices),
@@ -499,26 +312,7 @@ def run_corloc(
             (rec_dir / meta["files"][n]).unlink(missing_ok=True)
     elif meta_path.is_file():
         old = json.loads(meta_path.read_text())
-        for key in ("dataset", "num_shards", "strategies", "protocol"):
-            if old.get(key) != meta[key]:
-                raise ValueError(
-                    f"out_dir: {out} holds results with a different {key} "
-                    f"({old.get(key)!r}, now {meta[key]!r}); use another output folder or "
-                    "overwrite=True (CLI: --overwrite)"
-                )
-        for n in methods:
-            if n in old.get("methods", {}) and old["methods"][n] != meta["methods"][n]:
-                was, now = old["methods"][n], meta["methods"][n]
-                diff = ", ".join(
-                    f"{k}: {was.get(k)!r} -> {now.get(k)!r}"
-                    for k in sorted(set(was) | set(now))
-                    if was.get(k) != now.get(k)
-                )
-                raise ValueError(
-                    f"out_dir: {out} holds results of method {n!r} with different settings "
-                    f"({diff}); use another output folder, another method name, or "
-                    "overwrite=True (CLI: --overwrite)"
-                )
+        check_resumable(out, old, meta)
         # keep methods of earlier runs in the meta so that merges still find them
         for n, cfg in old.get("methods", {}).items():
             if n not in meta["methods"]:
@@ -530,8 +324,8 @@ def run_corloc(
 
     done: Dict[str, Dict[str, Dict[str, Any]]] = {}
     for n in methods:
-        recs = read_records(rec_dir / meta["files"][n], repair=True)
-        done[n] = {r["image_id"]: r for r in recs}
+        path = rec_dir / meta["files"][n]
+        done[n] = combine_records([(path, read_records(path, repair=True))], n)
     logs = {n: _AppendLog(rec_dir / meta["files"][n], fsync=fsync) for n in methods}
     try:
         from tqdm.auto import tqdm
@@ -545,32 +339,14 @@ def run_corloc(
             image = load_image(rec)
             for n in todo:
                 t0 = time.perf_counter()
-                labels = np.asarray(methods[n](image))
-                if labels.ndim != 2 or labels.shape[0] < rec.height or labels.shape[1] < rec.width:
-                    raise ValueError(
-                        f"methods[{n!r}] returned labels of shape {labels.shape} for image "
-                        f"{rec.image_id!r} of size {rec.height}x{rec.width}: expected (H', W') "
-                        "covering the image (padding only at the bottom / right)"
-                    )
-                sels = protocol.evaluate(labels, rec.boxes, strategies)
-                seconds = time.perf_counter() - t0
-                record: Dict[str, Any] = {
-                    "image_id": rec.image_id,
-                    "index": idx,
-                    "width": rec.width,
-                    "height": rec.height,
-                    "labels_shape": [int(labels.shape[0]), int(labels.shape[1])],
-                    "n_gt": int(len(rec.boxes)),
-                    "n_components": sels[strategies[0]].n_components,
-                    "seconds": round(seconds, 4),
-                }
-                for s in strategies:
-                    record[s] = sels[s].to_dict()
+                labels = methods[n](image)
+                record, sels = image_record(rec, idx, labels, protocol, strategies, method=n)
+                record["seconds"] = round(time.perf_counter() - t0, 4)
                 logs[n].append(record)
                 done[n][rec.image_id] = record
                 if overlays:
                     _save_overlay(
-                        out / "overlays" / safe[n] / f"{_safe_name(rec.image_id)}.png",
+                        out / "overlays" / safe[n] / _overlay_name(rec.image_id),
                         image, rec, sels, f"{n} - {rec.image_id}",
                     )
                 if on_record is not None:
@@ -583,7 +359,8 @@ def run_corloc(
     # methods evaluated into this folder by earlier runs are reported too
     for n in meta["method_order"]:
         if n not in done:
-            done[n] = {r["image_id"]: r for r in read_records(rec_dir / meta["files"][n])}
+            path = rec_dir / meta["files"][n]
+            done[n] = combine_records([(path, read_records(path))], n)
     records = {
         n: [r for r in done[n].values() if r["image_id"] in wanted] for n in meta["method_order"]
     }
@@ -596,10 +373,19 @@ def run_corloc(
         protocol=protocol.to_dict(),
         n_expected=len(indices),
         n_skipped=dataset.n_skipped,
+        n_outside_boxes=dataset.outside_boxes,
     )
     if num_shards == 1:
         write_reports(out, [summary], {dataset.name: records})
     return summary
+
+
+def _overlay_name(image_id: str) -> str:
+    """File name of an overlay: the id made file-safe, plus a short hash when that changed it."""
+    safe = _safe_name(image_id)
+    if safe != image_id:
+        safe += "-" + hashlib.sha1(image_id.encode("utf-8")).hexdigest()[:8]
+    return f"{safe}.png"
 
 
 # --------------------------------------------------------------------------- merge
@@ -652,7 +438,15 @@ def merge_runs(
     summaries: List[CorLocSummary] = []
     all_records: Dict[str, Dict[str, List[Dict[str, Any]]]] = {}
     for name, group in by_dataset.items():
+        for _, meta in group:  # 0.1 metas: the clean conventions
+            meta["protocol"] = CorLocProtocol.from_dict(dict(meta["protocol"])).to_dict()
         ref = group[0][1]
+        schemes = {meta.get("record_keys") for _, meta in group}
+        if len(schemes) > 1 and any(meta.get("format") == "coco" for _, meta in group):
+            raise ValueError(
+                f"merge: shards of {name!r} were keyed differently (COCO file-name stems by "
+                "captum-nave 0.1, COCO ids since); rerun the 0.1 shards"
+            )
         for rd, meta in group[1:]:
             for key in ("num_shards", "strategies", "protocol"):
                 if meta[key] != ref[key]:
@@ -679,17 +473,14 @@ def merge_runs(
                 stacklevel=2,
             )
         n_expected = sum(shard_counts.values()) if not missing else None
-        records: Dict[str, Dict[str, Dict[str, Any]]] = {m: {} for m in method_cfg}
-        for rd, meta in group:
-            for m, fname in meta["files"].items():
-                for r in read_records(rd / fname):
-                    prev = records[m].get(r["image_id"])
-                    if prev is not None and _strip_time(prev) != _strip_time(r):
-                        raise ValueError(
-                            f"merge: conflicting records for image {r['image_id']!r}, method {m!r} "
-                            f"in {rd / fname}"
-                        )
-                    records[m].setdefault(r["image_id"], r)
+        records = {
+            m: combine_records(
+                ((rd / meta["files"][m], read_records(rd / meta["files"][m]))
+                 for rd, meta in group if m in meta["files"]),
+                m,
+            )
+            for m in method_cfg
+        }
         ordered = {m: sorted(v.values(), key=lambda r: r["index"]) for m, v in records.items()}
         summary = summarize_records(
             ordered,
@@ -698,6 +489,7 @@ def merge_runs(
             protocol=ref["protocol"],
             n_expected=n_expected,
             n_skipped=ref.get("n_skipped", 0),
+            n_outside_boxes=ref.get("n_outside_boxes", 0),
         )
         if missing:
             summary.complete = False
@@ -705,10 +497,6 @@ def merge_runs(
         all_records[name] = ordered
     write_reports(Path(out_dir) if out_dir is not None else dirs[0], summaries, all_records)
     return summaries
-
-
-def _strip_time(r: Mapping[str, Any]) -> Dict[str, Any]:
-    return {k: v for k, v in r.items() if k != "seconds"}
 
 
 # --------------------------------------------------------------------------- reports

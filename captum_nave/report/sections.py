@@ -345,6 +345,8 @@ def _registers(data: "ReportData", dpi: float) -> Markup:
 
 
 def _corloc(data: "ReportData", dpi: float) -> Markup:
+    from captum_nave.evaluation.corloc import CorLocProtocol
+
     c = data.corloc
     p = c.protocol
     methods = list(c.selections)
@@ -353,7 +355,8 @@ def _corloc(data: "ReportData", dpi: float) -> Markup:
                  f"({c.n_without_boxes} without a box inside the report's crop were left out): NAVE clusters are split "
                  f"into 4-connected components (area > {p.get('min_area')} px, border {p.get('border')} px removed), the "
                  f"component whose inner / outer box best matches a ground-truth box is selected (an oracle), and an image "
-                 f"is correctly localised when the selected component's outer box has IoU >= {p.get('iou_threshold')}. "
+                 "is correctly localised when the selected component's outer box reaches the IoU threshold with the "
+                 f"matched box; {CorLocProtocol.from_dict(dict(p)).describe()}. "
                  "SLIC superpixels with the same K are the baseline.", class_="note"),
     ]
     rows = []
