@@ -17,16 +17,19 @@ import difflib
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from numbers import Integral
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from .adapters import get_adapter
+from ._validation import InvalidParameterError
 
 __all__ = [
     "LayerSpec",
     "resolve_layers",
+    "layer_spec_list",
     "find_blocks",
     "layer_names",
     "num_prefix_tokens",
@@ -105,6 +108,30 @@ def _is_int(s: str) -> bool:
         return False
 
 
+def layer_spec_list(specs: Any) -> List[LayerSpec]:
+    """``specs`` as a non-empty list: one spec (module, name, index) or an iterable of them.
+
+    Raises
+    ------
+    TypeError
+        ``specs`` is neither a spec nor an iterable (e.g. ``3.5``), or holds other types.
+    ValueError
+        An empty list.
+    """
+    if isinstance(specs, (str, nn.Module)) or (isinstance(specs, Integral) and not isinstance(specs, bool)):
+        return [specs]
+    expected = "a module, a dotted name (str), a block index (int) or a list of them"
+    if isinstance(specs, (bytes, dict, Tensor)) or not isinstance(specs, Iterable):
+        raise InvalidParameterError(f"layers: expected {expected}, got {specs!r}")
+    out = list(specs)
+    if not out:
+        raise ValueError("layers: expected at least one layer, got an empty list")
+    for s in out:
+        if isinstance(s, bool) or not isinstance(s, (str, Integral, nn.Module)):
+            raise InvalidParameterError(f"layers: expected {expected}, got an item {s!r}")
+    return [int(s) if isinstance(s, Integral) else s for s in out]
+
+
 def resolve_layers(model: nn.Module, specs: Union[LayerSpec, Sequence[LayerSpec]]) -> List[nn.Module]:
     """Resolve layer specifications to submodules of ``model``.
 
@@ -127,11 +154,7 @@ def resolve_layers(model: nn.Module, specs: Union[LayerSpec, Sequence[LayerSpec]
         For an unknown name (the closest valid names are listed), an empty list or an
         out-of-range index.
     """
-    if isinstance(specs, (str, int, nn.Module)):
-        specs = [specs]
-    specs = list(specs)
-    if not specs:
-        raise ValueError("layers: expected at least one layer, got an empty list")
+    specs = layer_spec_list(specs)
     names = layer_names(model)
     return [_resolve_one(model, s, names) for s in specs]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from numbers import Integral
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -11,9 +12,26 @@ from captum.attr._utils.attribution import LayerAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from .activations import LayerSpec, capture_activations, resolve_layers
+from ._validation import (
+    InvalidParameterError,
+    check_bool,
+    check_finite,
+    check_float_dtype,
+    check_images,
+    check_int,
+    check_int_pair,
+    check_real,
+    check_seed,
+    model_float_dtype,
+)
+from .activations import (
+    LayerSpec,
+    capture_activations,
+    layer_spec_list,
+    resolve_layers,
+)
 from .adapters import get_adapter
-from .clustering import BUILTIN_CLUSTERERS, cluster
+from .clustering import BUILTIN_CLUSTERERS, check_grid_memory, check_grid_size, cluster
 from .features import ImplicitFeatures
 from .segments import relabel_by_area, resize_labels
 
@@ -29,7 +47,8 @@ class NaveResult:
     Attributes
     ----------
     segments : LongTensor of shape (N, 1, H, W)
-        Segment id per input pixel (nearest resize of ``grid_labels``), a Captum
+        Segment id per input pixel (nearest resize of ``grid_labels``; by patch geometry
+        for a ViT's patch grid), a Captum
         ``feature_mask``. Ids are ordered by decreasing area (per image, or over the
         batch when ``shared``).
     grid_labels : LongTensor of shape (N, h, w)
@@ -98,7 +117,8 @@ class LayerClusterExplainer(LayerAttribution):
         ``floor(H / p)`` if the model crops the remainder (timm's default strict
         patch embedding rejects such inputs; convolution-style embeddings crop) or
         ``ceil(H / p)`` if it pads (timm ``dynamic_img_pad=True``); the token count
-        decides. Segment maps are always resized to the full input.
+        decides. Segment maps cover the full input: each pixel takes the
+        label of the patch that covers it (the last patch for a cropped remainder).
 
     Examples
     --------
@@ -122,7 +142,7 @@ class LayerClusterExplainer(LayerAttribution):
         patch_size: Optional[Union[int, Tuple[int, int]]] = None,
     ) -> None:
         model = forward_func if isinstance(forward_func, nn.Module) else getattr(forward_func, "__self__", None)
-        specs = [layers] if isinstance(layers, (str, int, nn.Module)) else list(layers)
+        specs = _layer_specs(layers)
         if model is None:
             if not all(isinstance(s, nn.Module) for s in specs):
                 raise TypeError(
@@ -130,23 +150,27 @@ class LayerClusterExplainer(LayerAttribution):
                     "pass module objects when forward_func is a plain function"
                 )
             modules = list(specs)
-            if not modules:
-                raise ValueError("layers: expected at least one layer, got an empty list")
         else:
             modules = resolve_layers(model, specs)
         LayerAttribution.__init__(self, forward_func, modules, device_ids)
         self.model: Optional[nn.Module] = model
         self.layers: List[nn.Module] = modules
         self.layer_names: List[str] = [self._name_of(s, m) for s, m in zip(specs, modules)]
-        if num_prefix_tokens is not None and (isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int) or num_prefix_tokens < 0):
-            raise ValueError(f"num_prefix_tokens: expected a non-negative int, got {num_prefix_tokens!r}")
+        for j, (spec, module) in enumerate(zip(specs, modules)):
+            for i in range(j):
+                if modules[i] is module:
+                    raise ValueError(
+                        f"layers: expected distinct layers, got {_spec_text(specs[i])} and "
+                        f"{_spec_text(spec)} (both the module {self.layer_names[i]!r})"
+                    )
+        num_prefix_tokens = check_int(num_prefix_tokens, "num_prefix_tokens", low=0, allow_none=True)
         adapter = get_adapter(model) if model is not None else None
         self.num_prefix_tokens = (
             num_prefix_tokens if num_prefix_tokens is not None
             else (adapter.num_prefix_tokens if adapter is not None else None)
         )
-        if isinstance(patch_size, int):
-            patch_size = (patch_size, patch_size)
+        if patch_size is not None:
+            patch_size = check_int_pair(patch_size, "patch_size")
         self.patch_size = patch_size if patch_size is not None else (
             adapter.patch_size if adapter is not None else None
         )
@@ -291,25 +315,44 @@ class LayerClusterExplainer(LayerAttribution):
         want_details: bool = True,
     ) -> NaveResult:
         t0 = time.perf_counter()
-        x = self._check_inputs(inputs)
-        auto = n_clusters == "auto" or clusterer == "auto"
+        inputs, x = self._check_inputs(inputs, finite=False)  # the O(size) scan after the grid check
+        auto = (isinstance(n_clusters, str) and n_clusters == "auto") or (isinstance(clusterer, str) and clusterer == "auto")
+        k_range = _check_k_range(k_range)
         if auto:
             clusterer = "auto"
-            k_range = _check_k_range(k_range)
-        _check_options(clusterer, n_init, max_iter, tol, interpolation, shared)
+        else:
+            n_clusters = _check_n_clusters(n_clusters)
+        n_init, max_iter, tol = _check_options(clusterer, n_init, max_iter, tol, shared)
+        eps, dtype, attribute_to_layer_input = _check_feature_options(
+            eps, dtype, attribute_to_layer_input, interpolation
+        )
+        random_state = check_seed(random_state)
+        resolution = check_resolution(resolution)
         self._check_device(x)
 
+        feat_itemsize = torch.finfo(dtype or torch.promote_types(x.dtype, torch.float32)).bits // 8
+
+        def check_grid(grid: Tuple[int, int], n_features: Optional[int] = None, itemsize: int = feat_itemsize) -> None:
+            check_grid_size(
+                clusterer, grid, x.shape[0], shared=shared, n_features=n_features, itemsize=itemsize,
+                param=f"resolution={resolution!r}",
+            )
+            check_grid_memory(
+                grid, x.shape[0], n_layers=len(self.layers), itemsize=itemsize, input_hw=tuple(x.shape[-2:]),
+                device=x.device, param=f"resolution={resolution!r}",
+            )
+
+        if resolution != "layer":  # known before the forward pass: refuse before it
+            check_grid(self._grid(resolution, [], tuple(x.shape[-2:])))
+        check_finite(x, "inputs")
         feats, acts = self._features(
             inputs, x, resolution, additional_forward_args, attribute_to_layer_input,
-            interpolation, eps, dtype,
+            interpolation, eps, dtype, check_grid,
         )
         t1 = t0 + feats.timings["forward"]
         grid = feats.grid
         n_grid = grid[0] * grid[1] * (x.shape[0] if shared else 1)
         k_check = max(k_range) if auto else n_clusters
-        if not auto:
-            if isinstance(n_clusters, bool) or not isinstance(n_clusters, int) or n_clusters < 2:
-                raise ValueError(f"n_clusters: expected an int >= 2 or 'auto', got {n_clusters!r}")
         if k_check > n_grid:
             raise ValueError(
                 f"n_clusters: must be at most the number of grid pixels ({grid[0]}x{grid[1]}"
@@ -322,7 +365,7 @@ class LayerClusterExplainer(LayerAttribution):
         )
         grid_labels = relabel_by_area(outcome.labels, per_image=not shared)
         t3 = time.perf_counter()
-        segments = resize_labels(grid_labels[:, None], tuple(x.shape[-2:])).to(x.device)
+        segments = self._segments(grid_labels, resolution, tuple(x.shape[-2:])).to(x.device)
         k_max = int(outcome.n_clusters.max())
         centroids, inertia = (
             _centroids_and_inertia(feats, grid_labels, k_max, shared) if want_details
@@ -388,9 +431,12 @@ class LayerClusterExplainer(LayerAttribution):
         ImplicitFeatures
             For N images on the grid ``(h, w)``, ``dim = sum(C_l)``.
         """
-        x = self._check_inputs(inputs)
+        inputs, x = self._check_inputs(inputs)
         self._check_device(x)
-        _check_interpolation(interpolation)
+        eps, dtype, attribute_to_layer_input = _check_feature_options(
+            eps, dtype, attribute_to_layer_input, interpolation
+        )
+        resolution = check_resolution(resolution)
         feats, _ = self._features(
             inputs, x, resolution, additional_forward_args, attribute_to_layer_input,
             interpolation, eps, dtype,
@@ -398,7 +444,9 @@ class LayerClusterExplainer(LayerAttribution):
         return feats
 
     def _features(self, inputs, x, resolution, additional_forward_args, attribute_to_layer_input,
-                  interpolation, eps, dtype) -> Tuple[ImplicitFeatures, List[Tensor]]:
+                  interpolation, eps, dtype, check_grid=None) -> Tuple[ImplicitFeatures, List[Tensor]]:
+        """Forward pass and implicit features; ``check_grid(grid, n_features, itemsize)``
+        runs between the two (the grid of ``resolution="layer"`` is known only then)."""
         t0 = time.perf_counter()
         acts = capture_activations(
             self.forward_func, self.layers, inputs,
@@ -409,19 +457,21 @@ class LayerClusterExplainer(LayerAttribution):
         )
         t1 = time.perf_counter()
         grid = self._grid(resolution, acts, tuple(x.shape[-2:]))
+        if check_grid is not None:
+            feat_dtype = dtype or torch.promote_types(acts[0].dtype, torch.float32)
+            check_grid(grid, sum(int(a.shape[1]) for a in acts), torch.finfo(feat_dtype).bits // 8)
         feats = ImplicitFeatures(acts, grid, eps=eps, dtype=dtype, mode=interpolation)
         feats.timings = {"forward": t1 - t0, "features": time.perf_counter() - t1}
         return feats, acts
 
-    def _check_inputs(self, inputs: Union[Tensor, Tuple[Tensor, ...]]) -> Tensor:
+    def _check_inputs(
+        self, inputs: Union[Tensor, Tuple[Tensor, ...]], finite: bool = True
+    ) -> Tuple[Union[Tensor, Tuple[Tensor, ...]], Tensor]:
+        """Check the images (the first tensor of a tuple) and convert them to the model's
+        floating dtype; return the inputs to pass to the model and the images."""
         x = inputs[0] if isinstance(inputs, tuple) and len(inputs) > 0 else inputs
-        if not isinstance(x, Tensor):
-            raise TypeError(f"inputs: expected a Tensor of shape (N, C, H, W), got {type(x).__name__}")
-        if x.dim() != 4:
-            raise ValueError(f"inputs: expected a 4-D tensor (N, C, H, W), got shape {tuple(x.shape)}")
-        if x.shape[0] == 0:
-            raise ValueError("inputs: expected a non-empty batch, got N = 0")
-        return x
+        x = check_images(x, "inputs", dtype=model_float_dtype(self.model), finite=finite)
+        return ((x, *inputs[1:]) if isinstance(inputs, tuple) else x), x
 
     def _check_device(self, x: Tensor) -> None:
         if self.model is None:
@@ -434,30 +484,75 @@ class LayerClusterExplainer(LayerAttribution):
                 f"inputs: expected a tensor on the model's device {p.device}, got a tensor on {x.device}"
             )
 
+    def _segments(self, grid_labels: Tensor, resolution: Resolution, input_hw: Tuple[int, int]) -> Tensor:
+        """Grid labels (N, h, w) -> segments (N, 1, H, W) at input resolution.
+
+        A ViT's patch grid (``resolution="layer"`` with a known patch size, the grid
+        ``floor`` or ``ceil`` of the input over the patch) maps by patch geometry, so
+        every pixel gets the label of the patch that saw it, also when the input is
+        not a multiple of the patch size; any other grid by pixel centres.
+        """
+        H, W = input_hw
+        h, w = grid_labels.shape[-2:]
+        cell = None
+        if resolution == "layer" and self.patch_size is not None and (H, W) != (h, w):
+            ph, pw = self.patch_size
+            if h in (H // ph, -(-H // ph)) and w in (W // pw, -(-W // pw)):
+                cell = (ph, pw)
+        return resize_labels(grid_labels[:, None], (H, W), cell=cell)
+
     def _grid(self, resolution: Resolution, acts: List[Tensor], input_hw: Tuple[int, int]) -> Tuple[int, int]:
-        if isinstance(resolution, str):
-            if resolution == "layer":
-                return (int(acts[0].shape[-2]), int(acts[0].shape[-1]))
-            if resolution == "input":
-                return (int(input_hw[0]), int(input_hw[1]))
-        elif (
-            isinstance(resolution, (tuple, list)) and len(resolution) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in resolution)
-        ):
-            return (int(resolution[0]), int(resolution[1]))
-        raise ValueError(
-            f"resolution: expected 'layer', 'input' or a pair of positive ints (h, w), got {resolution!r}"
-        )
+        resolution = check_resolution(resolution)
+        if resolution == "layer":
+            return (int(acts[0].shape[-2]), int(acts[0].shape[-1]))
+        if resolution == "input":
+            return (int(input_hw[0]), int(input_hw[1]))
+        return resolution  # type: ignore[return-value]
+
+
+def check_resolution(resolution: Any) -> Union[str, Tuple[int, int]]:
+    """``"layer"``, ``"input"`` or a pair of positive ints ``(h, w)`` (returned as ints)."""
+    if isinstance(resolution, str) and resolution in ("layer", "input"):
+        return resolution
+    if (
+        isinstance(resolution, (tuple, list)) and len(resolution) == 2
+        and all(isinstance(v, Integral) and not isinstance(v, bool) and v > 0 for v in resolution)
+    ):
+        return (int(resolution[0]), int(resolution[1]))
+    raise ValueError(
+        f"resolution: expected 'layer', 'input' or a pair of positive ints (h, w), got {resolution!r}"
+    )
+
+
+def _spec_text(spec: LayerSpec) -> str:
+    return type(spec).__name__ if isinstance(spec, nn.Module) else repr(spec)
+
+
+def _layer_specs(layers: Any) -> List[LayerSpec]:
+    return layer_spec_list(layers)
+
+
+def _check_n_clusters(n_clusters: Any) -> int:
+    if isinstance(n_clusters, str):
+        raise ValueError(f"n_clusters: expected an int >= 2 or 'auto', got {n_clusters!r}")
+    return check_int(n_clusters, "n_clusters", low=2, expected="an int >= 2 or 'auto'")  # type: ignore[return-value]
 
 
 def _check_k_range(k_range: Sequence[int]) -> List[int]:
-    ks = list(k_range)
-    if len(ks) < 2 or any(isinstance(k, bool) or not isinstance(k, int) or k < 2 for k in ks):
-        raise ValueError(f"k_range: expected at least two ints >= 2, got {list(k_range)!r}")
-    return sorted(ks)
+    msg = f"k_range: expected at least two ints >= 2, got {k_range!r}"
+    try:
+        ks = list(k_range)
+    except TypeError:
+        raise InvalidParameterError(msg) from None
+    msg = f"k_range: expected at least two ints >= 2, got {ks!r}"
+    if any(isinstance(k, bool) or not isinstance(k, Integral) for k in ks):
+        raise InvalidParameterError(msg)
+    if len(set(int(k) for k in ks)) < 2 or any(k < 2 for k in ks):
+        raise ValueError(msg)
+    return sorted(set(int(k) for k in ks))
 
 
-def _check_options(clusterer: Any, n_init: int, max_iter: int, tol: float, interpolation: str, shared: bool) -> None:
+def _check_options(clusterer: Any, n_init: Any, max_iter: Any, tol: Any, shared: Any) -> Tuple[int, int, float]:
     if isinstance(clusterer, str) and clusterer not in BUILTIN_CLUSTERERS:
         raise ValueError(
             f"clusterer: expected one of {', '.join(map(repr, BUILTIN_CLUSTERERS))} or an object "
@@ -467,20 +562,23 @@ def _check_options(clusterer: Any, n_init: int, max_iter: int, tol: float, inter
         raise TypeError(
             f"clusterer: expected a name or an object with fit_predict(X), got {type(clusterer).__name__}"
         )
-    if isinstance(n_init, bool) or not isinstance(n_init, int) or n_init < 1:
-        raise ValueError(f"n_init: expected an int >= 1, got {n_init!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter: expected an int >= 1, got {max_iter!r}")
-    if not isinstance(tol, (int, float)) or tol < 0:
-        raise ValueError(f"tol: expected a float >= 0, got {tol!r}")
-    _check_interpolation(interpolation)
-    if not isinstance(shared, bool):
-        raise TypeError(f"shared: expected a bool, got {shared!r}")
+    n_init = check_int(n_init, "n_init", low=1)
+    max_iter = check_int(max_iter, "max_iter", low=1)
+    tol = check_real(tol, "tol", low=0.0)
+    check_bool(shared, "shared")
+    return n_init, max_iter, tol  # type: ignore[return-value]
 
 
-def _check_interpolation(interpolation: str) -> None:
-    if interpolation not in ("bicubic", "bilinear"):
+def _check_feature_options(
+    eps: Any, dtype: Any, attribute_to_layer_input: Any, interpolation: Any
+) -> Tuple[float, Optional[torch.dtype], bool]:
+    if not isinstance(interpolation, str) or interpolation not in ("bicubic", "bilinear"):
         raise ValueError(f"interpolation: expected 'bicubic' or 'bilinear', got {interpolation!r}")
+    return (
+        check_real(eps, "eps", low=0.0),  # type: ignore[return-value]
+        check_float_dtype(dtype),
+        check_bool(attribute_to_layer_input, "attribute_to_layer_input"),
+    )
 
 
 def _centroids_and_inertia(feats: ImplicitFeatures, labels: Tensor, k: int, shared: bool) -> Tuple[Tensor, Tensor]:

@@ -223,6 +223,68 @@ class ImplicitFeatures:
             out.append((GR * Rx.t()).sum(-2).clamp_min(0))
         return torch.stack(out)
 
+    @classmethod
+    def from_layers(
+        cls, layers: Sequence[LayerFeatures], grid: Tuple[int, int], *, eps: float = 1e-8, mode: str = "bicubic"
+    ) -> "ImplicitFeatures":
+        """Features from already computed per-layer parts (no activation is re-normalised).
+
+        Used to rebuild the features of a batch from parts computed elsewhere (another
+        process, :meth:`concat`). All parts must describe the same N images on ``grid``.
+        """
+        if len(layers) == 0:
+            raise ValueError("layers: expected at least one layer, got none")
+        n = int(layers[0].act.shape[0])
+        for layer in layers:
+            if layer.act.shape[0] != n or tuple(layer.scale.shape) != (n, *grid):
+                raise ValueError(
+                    f"layers: expected parts of N={n} images on the grid {tuple(grid)}, got an activation "
+                    f"{tuple(layer.act.shape)} with scales {tuple(layer.scale.shape)}"
+                )
+        obj = object.__new__(cls)
+        obj.n_images = n
+        obj.grid = (int(grid[0]), int(grid[1]))
+        obj.eps = float(eps)
+        obj.mode = mode
+        obj.device = layers[0].act.device
+        obj.dtype = layers[0].act.dtype
+        obj.layers = list(layers)
+        obj.dim = sum(layer.channels for layer in obj.layers)
+        obj.timings = {}
+        obj._sq_norms = sum(layer.sq_norm for layer in obj.layers)
+        return obj
+
+    @classmethod
+    def concat(cls, parts: Sequence["ImplicitFeatures"]) -> "ImplicitFeatures":
+        """The features of the images of several parts, in order (one batch made of several).
+
+        Every part must have the same grid, layers, dtype and interpolation; the result
+        equals the features of the concatenated batch (each image's features depend on
+        that image only).
+        """
+        if len(parts) == 0:
+            raise ValueError("parts: expected at least one ImplicitFeatures, got none")
+        first = parts[0]
+        for p in parts[1:]:
+            same = (
+                p.grid == first.grid and p.layer_dims == first.layer_dims and p.dtype == first.dtype
+                and p.mode == first.mode and p.eps == first.eps
+                and [l.act.shape[2:] for l in p.layers] == [l.act.shape[2:] for l in first.layers]
+            )
+            if not same:
+                raise ValueError(
+                    f"parts: expected features with the same grid, layers and dtype, got grid {p.grid} "
+                    f"channels {p.layer_dims} {p.dtype} after grid {first.grid} channels {first.layer_dims} {first.dtype}"
+                )
+        layers = [
+            LayerFeatures(
+                torch.cat([p.layers[i].act for p in parts]), layer.Ry, layer.Rx,
+                torch.cat([p.layers[i].scale for p in parts]), torch.cat([p.layers[i].sq_norm for p in parts]),
+            )
+            for i, layer in enumerate(first.layers)
+        ]
+        return cls.from_layers(layers, first.grid, eps=first.eps, mode=first.mode)
+
     def select(self, images: Tensor) -> "ImplicitFeatures":
         """The features of a subset of the images (shares the interpolation matrices).
 

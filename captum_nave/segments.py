@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -12,7 +12,7 @@ from torch import Tensor
 __all__ = ["resize_labels", "relabel_by_area", "connected_components"]
 
 
-def resize_labels(labels: Tensor, size: Tuple[int, int]) -> Tensor:
+def resize_labels(labels: Tensor, size: Tuple[int, int], *, cell: Optional[Tuple[int, int]] = None) -> Tensor:
     """Resize integer label maps with nearest-neighbour interpolation (never bilinear).
 
     Uses PyTorch's ``"nearest-exact"`` mode: output pixel ``y`` takes source row
@@ -20,11 +20,20 @@ def resize_labels(labels: Tensor, size: Tuple[int, int]) -> Tensor:
     upscaling factors (a ViT patch grid to its padded image) this equals plain
     ``"nearest"``: each grid cell becomes a ``ph x pw`` block.
 
+    With ``cell=(ph, pw)`` the source cells are instead ``ph x pw`` output pixels
+    counted from the top-left corner, as a ViT's patches: output pixel ``(y, x)``
+    takes cell ``(min(y // ph, h - 1), min(x // pw, w - 1))``. This is the exact map of
+    a patch grid on an input that is not a multiple of the patch size, whether the
+    model pads it at the bottom / right (timm ``dynamic_img_pad``) or crops the
+    remainder (a convolution patch embedding; those pixels take the last patch).
+
     Parameters
     ----------
     labels : LongTensor of shape (N, 1, h, w), (N, h, w) or (h, w)
     size : (int, int)
         Target ``(H, W)``.
+    cell : (int, int), optional
+        Patch size, for patch grids (see above).
 
     Returns
     -------
@@ -40,7 +49,12 @@ def resize_labels(labels: Tensor, size: Tuple[int, int]) -> Tensor:
         x = x[None, None]
     elif dim == 3:
         x = x[:, None]
-    if tuple(x.shape[-2:]) != tuple(size):
+    if cell is not None:
+        h, w = x.shape[-2:]
+        rows = (torch.arange(int(size[0]), device=x.device) // int(cell[0])).clamp_max(h - 1)
+        cols = (torch.arange(int(size[1]), device=x.device) // int(cell[1])).clamp_max(w - 1)
+        x = x[..., rows, :][..., cols]
+    elif tuple(x.shape[-2:]) != tuple(size):
         # float64 represents label ids exactly; nearest never mixes values
         x = F.interpolate(x.to(torch.float64), size=tuple(size), mode="nearest-exact").round().long()
     if dim == 2:

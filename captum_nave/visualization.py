@@ -34,10 +34,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from captum_nave._validation import check_int
+
 __all__ = [
     "OKABE_ITO",
     "TOL_MUTED",
     "segment_colors",
+    "legend_colors",
     "segment_boundaries",
     "overlay_segments",
     "plot_segments",
@@ -91,8 +94,7 @@ def segment_colors(n: int) -> np.ndarray:
     ndarray of shape (n, 3), float64 RGB in [0, 1]
         Row ``i`` is always the colour of id ``i``, whatever ``n`` is.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise ValueError(f"n: expected a non-negative int, got {n!r}")
+    n = check_int(n, "n", low=0)
     out = np.empty((int(n), 3))
     m = len(_BASE)
     for i in range(int(n)):
@@ -105,6 +107,38 @@ def segment_colors(n: int) -> np.ndarray:
             mix = min(0.4 * ((cycle + 1) // 2), 0.8)
             out[i] = base * (1 - mix) + towards * mix
     return out
+
+
+#: Grey that legend swatches are blended over (what a segment looks like on a neutral area).
+NEUTRAL_GREY = 0.5
+
+
+def legend_colors(n: int, alpha: float = 0.45, background: float = NEUTRAL_GREY) -> np.ndarray:
+    """Colours of legend swatches that match translucent overlays.
+
+    :func:`overlay_segments` mixes ``alpha * colour + (1 - alpha) * image``; the swatch of
+    id ``i`` is that mix over a neutral grey ``background``, so a legend entry has the
+    colour its segment has on a neutral part of the image (a solid palette colour would
+    be much more saturated than any overlaid pixel).
+
+    Parameters
+    ----------
+    n : int
+        Number of ids.
+    alpha : float in [0, 1]
+        The overlay's ``alpha``.
+    background : float in [0, 1]
+        Grey level of the neutral background.
+
+    Returns
+    -------
+    ndarray of shape (n, 3), float64 RGB in [0, 1]
+    """
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha: expected a float in [0, 1], got {alpha!r}")
+    if not 0.0 <= float(background) <= 1.0:
+        raise ValueError(f"background: expected a grey level in [0, 1], got {background!r}")
+    return (1.0 - alpha) * float(background) + alpha * segment_colors(n)
 
 
 # --------------------------------------------------------------------------- input handling
@@ -293,7 +327,9 @@ def plot_segments(
     boundaries : bool
         Draw segment boundaries (white).
     legend : bool
-        One legend entry per id present in the map, in id order.
+        One legend entry per id present in the map, in id order; its swatch is the
+        segment colour at the same ``alpha`` over neutral grey (:func:`legend_colors`),
+        the colour the segment has on a neutral part of the image.
     title : str, optional
     segment_names : sequence or mapping of id to str, optional
         Legend labels; default ``"segment k"``.
@@ -319,7 +355,7 @@ def plot_segments(
         from matplotlib.patches import Patch
 
         present = np.unique(lab)
-        colors = segment_colors(int(present.max()) + 1 if present.size else 0)
+        colors = legend_colors(int(present.max()) + 1 if present.size else 0, alpha)
         handles = [
             Patch(facecolor=colors[k], edgecolor="black", label=_segment_label(int(k), segment_names))
             for k in present
@@ -682,8 +718,7 @@ def concept_top_images(concept_maps: Any, n_top: int = 4) -> Dict[int, List[Tupl
         raise ValueError(f"concept_maps: expected shape (N, 1, H, W) with N >= 1, got {tuple(a.shape)}")
     if not np.issubdtype(a.dtype, np.integer):
         raise TypeError(f"concept_maps: expected integer ids, got dtype {a.dtype}")
-    if isinstance(n_top, bool) or not isinstance(n_top, (int, np.integer)) or n_top < 1:
-        raise ValueError(f"n_top: expected a positive int, got {n_top!r}")
+    n_top = check_int(n_top, "n_top", low=1)
     flat = a.reshape(a.shape[0], -1)
     out: Dict[int, List[Tuple[int, float]]] = {}
     for cid in np.unique(flat):

@@ -27,7 +27,11 @@ data = collect_report(sample_images(), {"efficientnet_lite0": (model, info)}, si
 html = out / "report_example.html"
 html.write_text(render_report(data), encoding="utf-8")
 run = data.runs[0]
-panels = {"nave": run.nave.segments, **{m: r.maps for m, r in run.attributions.items()}}
+# LRP with the default composite for CNNs (flat / z+ / epsilon), named in the column title
+composite = run.attributions["lrp"].options["composite"]
+assert composite == "epsilon-plus-flat", composite
+titles = {"lrp": f"LRP ({composite})"}
+panels = {"nave": run.nave.segments, **{titles.get(m, m): r.maps for m, r in run.attributions.items()}}
 fig, _ = plot_side_by_side(data.images, {"efficientnet_lite0": panels}, image_names=data.image_names)
 fig.savefig(out / "side_by_side.png", dpi=100)
 fig, _ = plot_stability(data.images[0], run.seed_maps[:, 0])
@@ -37,6 +41,14 @@ with tempfile.TemporaryDirectory() as d:
                     "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={d}",
                     f"--screenshot={out / 'report_screenshot.png'}", "--window-size=1280,2400", html.resolve().as_uri()],
                    check=True, capture_output=True, timeout=300)
+
+# README sizes: 75 % of the figure, the top of the report page; 256-colour palettes
+from PIL import Image
+
+for name, crop, size in [("side_by_side.png", None, (900, 720)), ("report_screenshot.png", (0, 0, 1280, 1500), (700, 820))]:
+    im = Image.open(out / name).convert("RGB")
+    im = (im.crop(crop) if crop else im).resize(size, Image.LANCZOS)
+    im.quantize(colors=256, method=Image.MEDIANCUT, dither=Image.NONE).save(out / name, optimize=True)
 
 # 2. figures of the tutorials (executed here, outputs extracted)
 for name, keep in [("03_registers.ipynb", {0: "registers.png"}),

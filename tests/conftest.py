@@ -21,6 +21,14 @@ def shape_nets():
     return train_shape_net()
 
 
+@pytest.fixture(scope="session")
+def bars_net():
+    """(trained bars classifier, 16 held-out images, labels, test accuracy); trained once (~2 s)."""
+    from trained import bars_classifier
+
+    return bars_classifier()
+
+
 # --------------------------------------------------------------- the offline default model
 @pytest.fixture(scope="module")
 def lite0():

@@ -6,7 +6,8 @@ import torch
 import torchvision
 from torch import nn
 
-from captum_nave import LayerClusterExplainer
+from captum_nave import ConceptClusters, LayerClusterExplainer
+from captum_nave.segments import resize_labels
 from captum_nave.activations import (
     capture_activations,
     num_prefix_tokens,
@@ -76,9 +77,36 @@ def test_non_square_dynamic_size_vit():
 
 def test_padded_vit_input_not_multiple_of_patch():
     vit = tiny_vit(dynamic_img_size=True, dynamic_img_pad=True)
-    res = LayerClusterExplainer(vit, [-1]).explain(torch.randn(1, 3, 50, 70), n_clusters=2, random_state=0)
+    x = torch.randn(2, 3, 50, 70)
+    ex = LayerClusterExplainer(vit, [-1])
+    res = ex.explain(x, n_clusters=3, random_state=0)
     assert res.grid == (4, 5)  # ceil(50/16), ceil(70/16)
-    assert res.segments.shape == (1, 1, 50, 70)
+    # the activations are timm's own patch grid of the padded input
+    acts = capture_activations(vit, ex.layers, x, num_prefix=ex.num_prefix_tokens, patch_size=ex.patch_size)
+    ref = vit.forward_intermediates(x, indices=[1], output_fmt="NCHW", intermediates_only=True)[0]
+    assert torch.equal(acts[0], ref)
+    # timm pads at the bottom and right: input pixel (y, x) lies in patch (y // 16, x // 16)
+    rows, cols = torch.arange(50) // 16, torch.arange(70) // 16
+    for i in range(2):
+        assert torch.equal(res.segments[i, 0], res.grid_labels[i][rows][:, cols])
+    cc = ConceptClusters(ex, 3, random_state=0).fit(x)
+    ids = cc.transform(x).argmin(1)
+    assert torch.equal(cc.predict(x)[:, 0], ids[:, rows][:, :, cols])
+
+
+def test_cropping_patch_embedding_maps_the_remainder_to_the_last_patch():
+    """A convolution patch embedding drops the last 30 % 8 = 6 rows and 45 % 8 = 5 columns;
+    those pixels get the label of the nearest (last) patch, the others of their own patch."""
+    hub = HubStyleViT(regs=2, patch=8)
+    x = torch.randn(1, 3, 30, 45)
+    res = LayerClusterExplainer(hub, ["blocks.1"]).explain(x, n_clusters=3, random_state=0)
+    assert res.grid == (3, 5)
+    rows = (torch.arange(30) // 8).clamp_max(2)
+    cols = (torch.arange(45) // 8).clamp_max(4)
+    assert torch.equal(res.segments[0, 0], res.grid_labels[0][rows][:, cols])
+    # a grid that is not the patch grid is resized by pixel centres as for CNNs
+    res = LayerClusterExplainer(hub, ["blocks.1"]).explain(x, n_clusters=3, random_state=0, resolution=(6, 9))
+    assert torch.equal(res.segments[0, 0], resize_labels(res.grid_labels[0], (30, 45)))
 
 
 def test_planted_extreme_prefix_tokens_do_not_change_segments():
@@ -163,20 +191,36 @@ def test_tokens_to_grid_without_patch_size_uses_aspect_ratio():
 
 
 @pytest.mark.parametrize(
-    "name,layers,grid",
+    "name,indices,grid",
     [
-        ("resnet18", ["layer3", "layer4"], (4, 4)),
-        ("vgg11", ["features.10", "features.15"], (8, 8)),
-        ("convnext_atto", ["stages.2", "stages.3"], (4, 4)),
-        ("efficientnet_lite0", ["blocks.4", "blocks.5"], (4, 4)),
-        ("efficientnet_b0", ["blocks.3", "blocks.5"], (4, 4)),
+        ("resnet18", [3, 4], (4, 4)),
+        ("vgg11", [3, 4], (8, 8)),
+        ("convnext_atto", [2, 3], (4, 4)),
+        ("efficientnet_lite0", [3, 4], (4, 4)),
+        ("efficientnet_b0", [3, 4], (4, 4)),
     ],
 )
-def test_cnn_families(name, layers, grid):
+def test_cnn_families(name, indices, grid):
+    """Stages named as timm's feature_info: the captured activations are exactly timm's own
+    forward_intermediates, and the k-means segments on a 16x16 grid are a Lloyd fixed point
+    of the float64 Algorithm-1 reference features (each pixel nearest its segment's mean)."""
+    from reference import reference_features
+
     m = timm.create_model(name, pretrained=False, num_classes=5).eval()
-    res = LayerClusterExplainer(m, layers).explain(torch.randn(1, 3, 64, 64), n_clusters=3, random_state=0)
-    assert res.grid == grid
-    assert set(res.segments.unique().tolist()) <= {0, 1, 2}
+    layers = [m.feature_info[i]["module"] for i in indices]
+    x = torch.randn(1, 3, 64, 64)
+    ex = LayerClusterExplainer(m, layers)
+    acts = capture_activations(m, ex.layers, x)
+    for a, ref in zip(acts, m.forward_intermediates(x, indices=indices, intermediates_only=True)):
+        assert torch.equal(a, ref)
+    assert ex.explain(x, n_clusters=3, random_state=0).grid == grid
+    res = ex.explain(x, n_clusters=3, random_state=0, resolution=(16, 16), dtype=torch.float64)
+    X = reference_features(acts, (16, 16))[0]
+    lab = res.grid_labels[0].reshape(-1)
+    assert lab.unique().tolist() == [0, 1, 2]
+    means = torch.stack([X[lab == k].mean(0) for k in range(3)])
+    assert torch.equal(torch.cdist(X, means).argmin(1), lab)
+    assert torch.allclose(res.centroids[0], means, rtol=1e-9, atol=1e-12)
 
 
 def test_torchvision_cnn_and_capture_matches_direct_forward():

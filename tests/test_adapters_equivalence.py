@@ -12,6 +12,8 @@ come from the order of floating-point operations (~1e-15 relative).
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -22,6 +24,7 @@ pytest.importorskip("transformers")
 from captum_nave import LayerClusterExplainer  # noqa: E402
 from captum_nave.adapters import get_adapter  # noqa: E402
 from captum_nave.attribution import attribute  # noqa: E402
+from captum_nave.attribution.lrp import COMPOSITES, lrp_attribute  # noqa: E402
 from captum_nave.registers import collect_token_statistics, compare_registers  # noqa: E402
 from hub_dinov2 import dinov2_standin  # noqa: E402
 
@@ -264,3 +267,54 @@ def test_same_attributions(dinov2_trio, classifier_pair, method):
             torch.testing.assert_close(r.maps, ref.maps, rtol=1e-8, atol=1e-10 * ref.maps.abs().max().item())
             if ref.delta is not None:
                 torch.testing.assert_close(r.delta, ref.delta, rtol=1e-6, atol=1e-10)
+
+
+def _without_additive_terms(model: nn.Module) -> nn.Module:
+    """A copy with every bias, prefix token and position embedding zero (LRP then conserves)."""
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in out.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf == "bias" or leaf in (
+                "cls_token", "reg_token", "register_tokens", "pos_embed", "position_embeddings",
+            ):
+                p.zero_()
+    return out
+
+
+#: every composite but AttnLRP, whose softmax rule does not conserve (Achtibat et al. 2024)
+CONSERVING_ON_VITS = sorted(set(COMPOSITES) - {"attnlrp"})
+
+
+@pytest.mark.parametrize("composite", sorted(COMPOSITES))
+def test_every_lrp_composite_is_the_same_in_timm_hf_and_hub(dinov2_trio, classifier_pair, composite):
+    """Each named composite on HF Dinov2 / Dinov2WithRegisters / ViTForImageClassification and
+    the torch-hub stand-in, built by their adapters, equals the same composite on the timm
+    model with the same weights, and (biases zero) conserves the relevance."""
+    x = _x(2)
+    target = torch.tensor([1, 3])
+    # float64 and a tiny stabiliser: what remains of the conservation error is the
+    # stabiliser itself (~1e-9 per layer, relative) and rounding (~1e-15)
+    opts = dict(composite=composite, epsilon=1e-9, stabilizer=1e-9,
+                input_bounds=(float(x.min()), float(x.max())))
+    groups = {"dinov2": dinov2_trio[0], "dinov2-registers": dinov2_trio[4],
+              "vit-classifier": dict(zip(("timm", "hf"), classifier_pair))}
+    for group, trio in groups.items():
+        rel, delta, logit = {}, {}, {}
+        for k, m in trio.items():
+            m0 = _without_additive_terms(m)
+            rel[k], delta[k] = lrp_attribute(m0, x, target, return_convergence_delta=True, **opts)
+            logit[k] = _scores(m0, x).gather(1, target[:, None])[:, 0]
+        ref = rel.pop("hf")
+        assert (ref != 0).double().mean() > 0.5, group  # a dense map, not a trivial one
+        for k, r in rel.items():
+            # the same function evaluated in a different order: rounding only
+            torch.testing.assert_close(r, ref, rtol=1e-8, atol=1e-10 * ref.abs().max().item(), msg=f"{group} {k}")
+        if composite in CONSERVING_ON_VITS:
+            for k, d in delta.items():
+                err = (d / logit[k]).abs().max().item()
+                assert err < 1e-5, f"{group} {k} {composite}: relative conservation error {err:.2e}"
+        if composite not in ("epsilon", "cp-lrp"):  # cp-lrp is the epsilon composite on a ViT
+            eps = lrp_attribute(_without_additive_terms(trio["hf"]), x, target,
+                                **{**opts, "composite": "epsilon"})
+            assert (eps - ref).abs().max() > 1e-3 * ref.abs().max(), f"{group}: {composite} equals epsilon"

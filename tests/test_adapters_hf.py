@@ -422,3 +422,38 @@ def test_model_left_as_it_was_when_a_call_fails_mid_forward():
     finally:
         h.remove()
     _assert_same_state(model, before)  # weights, mode, attention implementation, no hooks left
+
+
+# ----------------------------------------------------------------------------- lens
+#: Classes whose head reads one token or the token mean through one classifier.
+LENS_READY = {"ViTForImageClassification"}
+
+
+@pytest.mark.parametrize("name", CLASSES)
+def test_class_lens_reads_the_head_from_the_adapter(name):
+    """The class-embedding lens projects through the head the adapter describes: the last
+    block's CLS projection is the model's own output; other heads are refused by name."""
+    from captum_nave.lens import class_lens, lens_spec
+    from captum_nave.lens.summary import lens_available
+
+    model = build(name).double()
+    x = _x(2, torch.float64)
+    assert lens_available(model) == (name in LENS_READY)
+    if name not in LENS_READY:
+        expected = {
+            "SiglipVisionModel": "attention-pooling",
+            "Dinov2ForImageClassification": "concatenates",
+            "DeiTForImageClassificationWithTeacher": "concatenates",
+        }.get(name, "no classifier head")
+        with pytest.raises(ValueError, match=expected):
+            lens_spec(model)
+        return
+    lens = class_lens(model, x, target=2)
+    with torch.no_grad():
+        logits = _scores(model, name, x)
+    cls = lens.spec.layout.cls_index
+    assert lens.grid == (SIZE // model.config.patch_size,) * 2 and lens.n_layers == model.config.num_hidden_layers
+    # float64: the hooks read the tensors the model itself uses, so only rounding differs
+    torch.testing.assert_close(lens.logit[-1][:, cls].double(), logits[:, 2].float().double(), rtol=1e-6, atol=1e-6)
+    assert torch.equal(lens.top[-1][:, cls], logits.argmax(1))
+    assert all(not m._forward_hooks for m in model.modules())

@@ -32,7 +32,7 @@ def _read_csv(path):
 
 def test_compare_sample_photos_matches_the_api(cached_model, tmp_path, capsys) -> None:
     out = tmp_path / "cmp"
-    code = cli.main(["compare", "--size", "64", "-k", "3", "--ig-steps", "8", "--out", str(out)])
+    code = cli.main(["compare", "--size", "64", "-k", "3", "--ig-steps", "8", "--no-faithfulness", "--out", str(out)])
     assert code == 0
     printed = capsys.readouterr().out.split()
     assert printed == [str(out / "compare.png"), str(out / "segment_relevance.csv")]
@@ -63,7 +63,7 @@ def test_compare_one_file_some_methods_and_a_fixed_target(cached_model, tiny_ima
     out = tmp_path / "one"
     code = cli.main([
         "--seed", "1", "compare", str(tiny_image), "--methods", "gradcam,lrp", "--target", "285",
-        "--size", "64", "-k", "2", "--out", str(out),
+        "--size", "64", "-k", "2", "--no-faithfulness", "--out", str(out),
     ])
     assert code == 0
     rows = _read_csv(out / "segment_relevance.csv")
@@ -75,9 +75,70 @@ def test_compare_one_file_some_methods_and_a_fixed_target(cached_model, tiny_ima
     assert png.shape[:2] == (240, 3 * 240)  # image | Grad-CAM | LRP (no NAVE panel asked)
 
 
+def test_lrp_composite_option(cached_model, tiny_image, tmp_path) -> None:
+    """--lrp-composite reaches LRP; epsilon-gamma-box gets the model's normalisation as input bounds."""
+    from captum_nave.attribution.lrp import normalisation_bounds
+
+    model, info = cached_model
+    x = models_mod.normalize(models_mod.resize_images(models_mod.load_image(str(tiny_image)), (64, 64)), info)
+    seg = LayerClusterExplainer(model, info["default_layers"]).attribute(x, n_clusters=2, random_state=0)
+    bounds = normalisation_bounds(info["mean"], info["std"])
+    shares = {}
+    for composite in ("epsilon", "epsilon-gamma-box"):
+        out = tmp_path / composite
+        argv = ["compare", str(tiny_image), "--methods", "lrp", "--target", "285", "--size", "64", "-k", "2",
+                "--lrp-composite", composite, "--out", str(out)]
+        assert cli.main(argv) == 0
+        rows = _read_csv(out / "segment_relevance.csv")
+        maps = attribute("lrp", model, x, 285, composite=composite, input_bounds=bounds).maps
+        want = segment_relevance(seg, maps, method="lrp", image_names=["tiny"]).rows
+        got = [float(r["absolute_share"]) for r in rows]
+        assert np.allclose(got, [w["absolute_share"] for w in want], rtol=1e-6, atol=1e-9)
+        shares[composite] = got
+    assert not np.allclose(shares["epsilon"], shares["epsilon-gamma-box"], atol=1e-3)
+
+
+def test_compare_writes_the_faithfulness_tables_of_the_api(cached_model, tiny_image, tmp_path, capsys) -> None:
+    from captum_nave.attribution import segment_importance
+    from captum_nave.evaluation.faithfulness import faithfulness_audit, randomisation_check
+
+    out = tmp_path / "faith"
+    code = cli.main(["compare", str(tiny_image), "--methods", "nave,gradcam", "--size", "64", "-k", "3",
+                     "--faithfulness-steps", "5", "--randomisation-stages", "2", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out.split()
+    assert printed[-2:] == [str(out / "faithfulness.csv"), str(out / "randomisation.csv")]
+    model, info = cached_model
+    x01 = models_mod.resize_images(models_mod.load_image(tiny_image), (64, 64))
+    x = models_mod.normalize(x01, info)
+    seg = LayerClusterExplainer(model, info["default_layers"]).attribute(x, n_clusters=3, random_state=0)
+    res = attribute("gradcam", model, x, "auto")
+    audit = faithfulness_audit(model, x, {"gradcam": res.maps}, res.target, segments=seg, images=x01, n_steps=5,
+                               segment_scores={"segment_importance": segment_importance(model, x, seg, res.target)})
+    rows = _read_csv(out / "faithfulness.csv")
+    want = audit.rows(per_image=True)
+    assert len(rows) == len(want) == 2 * 4 + 1
+    for got, w in zip(rows, want):
+        assert (got["method"], got["ranking"], got["image_name"], got["model"]) == (
+            w["method"], w["ranking"], "tiny", "efficientnet_lite0")
+        for key in ("deletion_auc", "insertion_auc"):
+            # float32 model: the CLI and this call batch the perturbed images differently (~1e-6 relative)
+            assert float(got[key]) == pytest.approx(w[key], rel=1e-4, abs=1e-6)
+    sanity = randomisation_check(model, x, res.target, methods=["gradcam"], stages=2)
+    rand = [r for r in _read_csv(out / "randomisation.csv") if r["method"] == "gradcam"]
+    assert [r["randomised_down_to"] for r in rand] == sanity.stages == ["classifier", "conv_stem"]
+    for r, s_mean, ssim in zip(rand, sanity.spearman["gradcam"].mean(1), sanity.ssim["gradcam"].mean(1)):
+        assert float(r["spearman"]) == pytest.approx(float(s_mean), abs=1e-6)
+        assert float(r["ssim"]) == pytest.approx(float(ssim), abs=1e-6)
+    nave = [r for r in _read_csv(out / "randomisation.csv") if r["method"] == "nave"]
+    assert float(nave[0]["ari"]) == 1.0  # the classifier is above NAVE's layers
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
+        (["--lrp-composite", "zplus"], "--lrp-composite: expected auto or one of epsilon, .*got 'zplus'"),
+        (["--lrp-epsilon", "nan"], "--lrp-epsilon: expected a number >= 0, got nan"),
         (["--methods", "nave,smoothgrad"], "--methods: expected names from nave, gradcam, ig, lrp"),
         (["--methods", ","], "--methods: expected at least one of"),
         (["--target", "cat"], "--target: expected a class index"),
@@ -87,6 +148,8 @@ def test_compare_one_file_some_methods_and_a_fixed_target(cached_model, tiny_ima
         (["missing.png"], "image file 'missing.png' does not exist"),
         (["--model", "resnet_999"], "--model: name: unknown model 'resnet_999'"),
         (["--layers", "blocks.99"], "--layers: "),
+        (["--faithfulness-steps", "0"], "--faithfulness-steps: expected a positive integer, got 0"),
+        (["--randomisation-stages", "-1"], "--randomisation-stages: expected an integer >= 0, got -1"),
     ],
 )
 def test_user_errors_are_one_line(cached_model, tmp_path, capsys, argv, message) -> None:

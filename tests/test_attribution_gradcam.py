@@ -293,5 +293,35 @@ def test_bad_layers_are_refused_with_clear_messages() -> None:
         attribute("gradcam", TokenNet().eval(), torch.randn(1, 3, 16, 16), 0, layer="mix")
     res = attribute("gradcam", TokenNet().eval(), torch.randn(1, 3, 16, 16), 0, layer="mix", num_prefix_tokens=0)
     assert res.raw.shape == (1, 1, 4, 4)
-    with pytest.raises(ValueError, match="num_prefix_tokens: expected a non-negative int"):
+    with pytest.raises(ValueError, match="num_prefix_tokens: expected an int >= 0 or None, got -1"):
         attribute("gradcam", TokenNet().eval(), torch.randn(1, 3, 16, 16), 0, layer="mix", num_prefix_tokens=-1)
+
+
+def test_integer_target_costs_no_extra_forward_pass() -> None:
+    """An explicit class needs no prediction: one forward pass, as Captum's LayerGradCam alone.
+
+    The forward passes are counted with a hook on the model; ``"auto"`` needs one more (the
+    prediction). The class range is still checked, on the method's own forward pass.
+    """
+    from captum.attr import LayerGradCam
+
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    calls: list = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    LayerGradCam(model, model.layer4).attribute(x, target=3)
+    captum_calls, calls[:] = len(calls), []
+    res = attribute("gradcam", model, x, target=3)
+    assert captum_calls == 1 and len(calls) == 1
+    assert res.target.tolist() == [3, 3]
+    calls[:] = []
+    attribute("gradcam", model, x, target=[3, 4])
+    assert len(calls) == 1
+    calls[:] = []
+    attribute("gradcam", model, x, target="auto")
+    assert len(calls) == 2
+    with pytest.raises(ValueError, match=r"target: expected class indices in \[0, 9\] \(the model has 10 outputs\), got \[10\]"):
+        attribute("gradcam", model, x, target=[3, 10])
+    with pytest.raises(ValueError, match=r"target: expected class indices >= 0, got \[-1, -1\]"):
+        attribute("gradcam", model, x, target=-1)
+    assert not model._forward_hooks.keys() - {min(model._forward_hooks)}  # only the counting hook is left

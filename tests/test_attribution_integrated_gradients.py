@@ -154,7 +154,7 @@ def test_bad_baselines_and_options() -> None:
         attribute("ig", model, x, 0, baselines=True)
     with pytest.raises(TypeError, match="baselines: .*got list"):
         attribute("ig", model, x, 0, baselines=[0.0])
-    with pytest.raises(ValueError, match="blur_sigma: expected a positive number of pixels, got -1"):
+    with pytest.raises(ValueError, match="blur_sigma: expected a finite number > 0, got -1"):
         attribute("ig", model, x, 0, baselines="blur", blur_sigma=-1)
     with pytest.raises(ValueError, match="method: expected one of gausslegendre"):
         attribute("ig", model, x, 0, method="simpson")

@@ -121,7 +121,9 @@ _MINIMAL_ARGS = {
 def test_a_bad_device_is_a_one_line_user_error_for_every_command(cmd, device, message, capsys, tmp_path):
     if device.startswith("cuda") and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    code = cli.main(["--device", device, cmd, *_MINIMAL_ARGS[cmd], "--out", str(tmp_path / "o")])
+    (tmp_path / "img.png").write_bytes(b"")  # compare-registers checks that its IMAGE exists first
+    args = [str(tmp_path / a) if a == "img.png" else a for a in _MINIMAL_ARGS[cmd]]
+    code = cli.main(["--device", device, cmd, *args, "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith(f"captum-nave: error: {message}"), err
     assert not (tmp_path / "o").exists()

@@ -16,7 +16,7 @@ from matplotlib.image import imread
 import captum_nave.cli as cli
 from captum_nave import ConceptClusters, LayerClusterExplainer
 from captum_nave import models as models_mod
-from captum_nave.cli.concepts import collect_images
+from captum_nave.cli.common import collect_images
 
 
 @pytest.fixture
@@ -91,7 +91,8 @@ def test_concepts_equal_the_api_fit(cached_model, image_dir, tmp_path, capsys):
 
 def test_collect_images_reads_folders_and_files(image_dir):
     files = collect_images([str(image_dir), str(image_dir / "img1.png")])
-    assert [f.split("/")[-1] for f in files] == [f"img{i}.png" for i in range(5)]  # sorted, no duplicate, no .txt
+    assert [f.path.split("/")[-1] for f in files] == [f"img{i}.png" for i in range(5)]  # sorted, no duplicate, no .txt
+    assert {f.found_in for f in files} == {str(image_dir)}  # img1.png was listed from the folder first
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from captum_nave import LayerClusterExplainer
 from captum_nave import models as models_mod
 from captum_nave.cli import main
 from captum_nave.cli.explain import explain_figure, parse_layers, parse_n_clusters, parse_resolution
-from captum_nave.visualization import segment_colors
+from captum_nave.visualization import legend_colors
 
 
 def _one_line_error(capsys) -> str:
@@ -46,7 +46,9 @@ def test_explain_writes_the_figure_of_the_api_result(cached_model, tiny_image, t
     p, c = prob.max(0)
     fig, axes = explain_figure(
         x01[0], seg[0],
-        title="tiny - efficientnet_lite0, layers blocks.4, blocks.5, K=3, kmeans, resolution layer",
+        title="tiny - efficientnet_lite0, layers blocks.4, blocks.5, K=3, kmeans\n"
+        "whole 64x64 image at 64x64; clustered on the 4x4 grid of blocks.4\n"
+        "(--resolution layer, the paper's choice; --resolution input gives boundaries at every pixel)",
         subtitle=f"prediction: {models_mod.imagenet_class_name(int(c))} ({100 * float(p):.0f}%)",
     )
     fig.savefig(tmp_path / "expected.png", dpi=100)
@@ -60,9 +62,31 @@ def test_explain_without_images_uses_the_sample_photos(cached_model, tmp_path, c
     rc = main(["explain", "--out", str(out), "--size", "64", "-k", "4", "--resolution", "input"])
     assert rc == 0
     printed = capsys.readouterr().out.strip().splitlines()
-    assert printed == [str(out / f"{n}_nave.png") for n in ("chelsea", "coffee", "astronaut", "rocket")]
-    for path in printed:
-        assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    names = ("chelsea", "coffee", "astronaut", "rocket")
+    assert printed == [str(out / f"{n}_nave.png") for n in names]
+    # each figure is the public API's result on the whole photo (shorter side 64), pixel for pixel
+    model, info = cached_model
+    samples = models_mod.sample_images()
+    originals = {"chelsea": (300, 451), "coffee": (400, 600), "astronaut": (512, 512), "rocket": (427, 640)}
+    views = {"chelsea": (64, 96), "coffee": (64, 96), "astronaut": (64, 64), "rocket": (64, 96)}
+    explainer = LayerClusterExplainer(model, info["default_layers"])
+    for name, path in zip(names, printed):
+        assert tuple(samples[name].shape[-2:]) == originals[name]
+        x01 = models_mod.resize_images(samples[name], views[name], crop=False)
+        x = models_mod.normalize(x01, info)
+        seg = explainer.attribute(x, n_clusters=4, resolution="input", random_state=0)
+        with torch.no_grad():
+            prob, cls = model(x).softmax(-1).max(1)
+        assert sorted(seg[0].unique().tolist()) == [0, 1, 2, 3]
+        (h, w), (vh, vw) = originals[name], views[name]
+        fig, _ = explain_figure(
+            x01[0], seg[0],
+            title=f"{name} - efficientnet_lite0, layers blocks.4, blocks.5, K=4, kmeans\n"
+                  f"whole {h}x{w} image at {vh}x{vw}; clustered at input resolution {vh}x{vw} (--resolution input)",
+            subtitle=f"prediction: {models_mod.imagenet_class_name(int(cls[0]))} ({100 * float(prob[0]):.0f}%)",
+        )
+        fig.savefig(tmp_path / "expected.png", dpi=100)
+        np.testing.assert_array_equal(imread(tmp_path / "expected.png"), imread(path), err_msg=name)
 
 
 def test_explain_figure_structure():
@@ -74,7 +98,8 @@ def test_explain_figure_structure():
     assert axes[0].get_title() == "S" and axes[1].get_title() == "NAVE segments"
     handles = axes[1].get_legend().legend_handles
     assert [h.get_label() for h in handles] == ["segment 0", "segment 3"]
-    np.testing.assert_allclose([h.get_facecolor()[:3] for h in handles], segment_colors(4)[[0, 3]])
+    # swatches are the overlay colours (alpha 0.45 over neutral grey), not the solid palette
+    np.testing.assert_allclose([h.get_facecolor()[:3] for h in handles], legend_colors(4, 0.45)[[0, 3]])
 
 
 def test_argument_parsers():
@@ -105,10 +130,11 @@ def test_unknown_layer_and_offline_model_errors(cached_model, tiny_image, tmp_pa
     assert rc == 2
     assert _one_line_error(capsys).startswith("captum-nave: error: --layers: ")
 
-    rc = main(["explain", str(tiny_image), "--model", "vit_tiny_patch16_224", "--no-pretrained",
+    # timm ViTs take any size (dynamic image size); a torchvision ViT takes only 224x224
+    rc = main(["explain", str(tiny_image), "--model", "tv:vit_b_16", "--no-pretrained",
                "--size", "64", "--out", str(tmp_path)])
     assert rc == 2
-    assert "--size: model 'vit_tiny_patch16_224' only accepts 224x224 inputs, got 64x64" in _one_line_error(capsys)
+    assert "--size: model 'tv:vit_b_16' only accepts 224x224 inputs, got 64x64" in _one_line_error(capsys)
 
     import timm
 

@@ -46,14 +46,17 @@ def test_report_on_the_offline_model(cached_model, tmp_path, capsys):
     img = _write_image(tmp_path / "disc <b>.png")
     out = tmp_path / "audit.html"
     rc = cli.main(["--seed", "4", "report", str(img), "--size", "64", "-k", "3", "--seeds", "0", "1",
-                   "--ig-steps", "4", "--out", str(out), "--title", "Audit <i>1</i>"])
+                   "--ig-steps", "4", "--faithfulness-steps", "4", "--randomisation-stages", "2",
+                   "--out", str(out), "--title", "Audit <i>1</i>"])
     assert rc == 0
     assert capsys.readouterr().out.strip().splitlines() == [str(out)]
     text = out.read_text(encoding="utf-8")
     page = parse(text)
-    for sid in ("overview", "side-by-side", "segment-relevance", "stability", "reproducibility"):
+    for sid in ("overview", "side-by-side", "segment-relevance", "faithfulness", "stability", "reproducibility"):
         assert sid in page.ids
     assert page.title == "Audit <i>1</i>" and "<i>1</i>" not in text
+    rand = page.table("randomisation-table")
+    assert {r[3] for r in rand[1:]} == {"classifier, conv_stem"}  # --randomisation-stages 2
     # the explained class is the offline model's ImageNet prediction on the same preprocessing
     model, info = cached_model
     x = models_mod.normalize(models_mod.resize_images(models_mod.load_image(img), 64), info)
@@ -65,6 +68,8 @@ def test_report_on_the_offline_model(cached_model, tmp_path, capsys):
     config = {r[0]: r[1] for r in page.table("configuration")[1:]}
     assert config["seeds"] == "[0, 1]" and config["methods"] == '["nave", "gradcam", "ig", "lrp"]'
     assert '"n_steps": 4' in config["method options"]
+    assert "relative to |the target logit|" in text and "relative to |F(x) - F(baseline)|" in text
+    assert '"n_steps": 4' in config["faithfulness"] and '"randomisation_stages": 2' in config["faithfulness"]
     models = page.table("models-table")
     assert models[1][0] == "efficientnet_lite0" and models[1][6] == info["weights_sha256"]
 
@@ -72,7 +77,7 @@ def test_report_on_the_offline_model(cached_model, tmp_path, capsys):
 def test_default_seeds_follow_the_global_seed(cached_model, tmp_path, capsys):
     img = _write_image(tmp_path / "a.png")
     out = tmp_path / "r.html"
-    assert cli.main(["--seed", "5", "report", str(img), "--size", "64", "-k", "2", "--methods", "nave", "--out", str(out)]) == 0
+    assert cli.main(["--seed", "5", "report", str(img), "--size", "64", "-k", "2", "--methods", "nave", "--no-faithfulness", "--out", str(out)]) == 0
     config = {r[0]: r[1] for r in parse(out.read_text(encoding="utf-8")).table("configuration")[1:]}
     assert config["seeds"] == "[5, 6, 7]" and config["methods"] == '["nave"]'
 
@@ -86,7 +91,7 @@ def test_register_pair_and_boxes(tmp_path, capsys):
     args = ["report", *map(str, imgs), "--model", "test_vit", "--model", "test_vit4", "--no-pretrained",
             "--register-pair", "test_vit", "test_vit4", "--boxes", str(tmp_path / "boxes.json"),
             "--min-area", "16", "--border", "2", "--methods", "nave,gradcam", "--size", "64", "-k", "3",
-            "--seeds", "0", "1", "--out", str(out)]
+            "--seeds", "0", "1", "--no-faithfulness", "--out", str(out)]
     assert cli.main(args) == 0
     page = parse(out.read_text(encoding="utf-8"))
     assert {"registers", "corloc", "registers-table", "corloc-table"} <= set(page.ids)
@@ -98,7 +103,7 @@ def test_register_pair_and_boxes(tmp_path, capsys):
     data = collect_report(
         [str(p) for p in imgs], models, methods=("nave", "gradcam"), n_clusters=3, seeds=(0, 1), size=64,
         register_pair=("test_vit", "test_vit4"), boxes=[np.array(boxes["im0.png"]), np.array(boxes["im1"])],
-        corloc_protocol=CorLocProtocol(min_area=16, border=2),
+        corloc_protocol=CorLocProtocol(min_area=16, border=2), faithfulness=False,
     )
     api = parse(render_report(data))
     assert api.table("corloc-table") == corloc
@@ -118,7 +123,7 @@ def test_register_pair_and_boxes(tmp_path, capsys):
         (["report", "--boxes", "b.json"], "--boxes: give the IMAGE files"),
         (["report", "--model", "no_such_model_xyz"], "--model: "),
         (["--device", "bogus", "report"], "--device: expected a torch device"),
-        (["report", "--out", "/nonexistent-dir/r.html"], "--out: folder"),
+        (["report", "--out", "/dev/null/r.html"], "--out: cannot create folder '/dev/null': '/dev/null' is a file"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(argv, message, capsys):
@@ -154,6 +159,6 @@ def test_progress_bar_on_a_terminal(cached_model, tmp_path, capsys, monkeypatch)
     img = _write_image(tmp_path / "a.png")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     assert cli.main(["report", str(img), "--size", "64", "-k", "2", "--methods", "nave,gradcam", "--seeds", "0",
-                     "--out", str(tmp_path / "r.html")]) == 0
+                     "--faithfulness-steps", "2", "--randomisation-stages", "0", "--out", str(tmp_path / "r.html")]) == 0
     err = capsys.readouterr().err
-    assert re.search(r"report: 100%.*3/3", err), err
+    assert re.search(r"report: 100%.*4/4", err), err  # nave, gradcam, importance, faithfulness

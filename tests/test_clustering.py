@@ -175,3 +175,74 @@ def test_sklearn_like_estimator_plugs_in(acts):
     X = reference_features(acts, (8, 12))
     ref = KMeans(3, n_init=1, random_state=0).fit_predict(X[0].numpy())
     assert adjusted_rand_score(ref, out.labels[0].reshape(-1).numpy()) == 1.0
+
+
+# ----------------------------------------------------------------------------- default tol
+@pytest.fixture(scope="module")
+def photo_features(lite0):
+    """Float64 Algorithm-1 features of the four sample photos (EfficientNet-Lite0 with its
+    ImageNet weights, blocks 4 and 5, on a 40x40 grid), one ImplicitFeatures per photo,
+    and their explicit matrices (1600, 304)."""
+    from captum_nave import LayerClusterExplainer
+    from captum_nave.models import normalize, resize_images, sample_images
+
+    model, info = lite0
+    ex = LayerClusterExplainer(model, info["default_layers"])
+    out = []
+    for img in sample_images().values():
+        x = normalize(resize_images(img, 128), info)
+        feats = ex.features(x, resolution=(40, 40), dtype=torch.float64)
+        out.append((feats, feats.materialize().numpy()))
+    return out
+
+
+def _sklearn_kmeans(X, init, tol, max_iter=300):
+    from sklearn.cluster import KMeans
+
+    return KMeans(len(init), init=init, n_init=1, tol=tol, max_iter=max_iter, algorithm="lloyd").fit(X)
+
+
+def test_default_tol_stops_when_scikit_learn_does(photo_features):
+    """From the same start as scikit-learn's KMeans, with the same tol (the default 1e-4,
+    which is scikit-learn's, and larger ones), k-means ends on the same iteration with the
+    same labels on real photo features: the stopping rule is scikit-learn's (labels
+    unchanged, or squared centre shift <= tol x the mean per-feature variance)."""
+    from sklearn.cluster import KMeans
+    from captum_nave import LayerClusterExplainer
+
+    assert LayerClusterExplainer.attribute.__wrapped__.__kwdefaults__["tol"] == KMeans().tol == 1e-4
+    by_tol = {1e-2: 0, 1e-1: 0}
+    for feats, X in photo_features:
+        init = X[np.random.default_rng(0).choice(len(X), 6, replace=False)]
+        n_strict = _sklearn_kmeans(X, init, 0.0).n_iter_
+        for tol in (1e-4, 1e-2, 1e-1):
+            ref = _sklearn_kmeans(X, init, tol)
+            got = implicit_kmeans(feats, 6, init=torch.from_numpy(init), tol=tol)
+            assert got.n_iter == ref.n_iter_, tol
+            assert np.array_equal(got.labels.reshape(-1).numpy(), ref.labels_), tol
+            assert float(got.inertia[0]) == pytest.approx(ref.inertia_, rel=1e-9)
+            if tol in by_tol:
+                by_tol[tol] += ref.n_iter_ < n_strict
+    # the tolerance decided: the runs stopped before the labels settled
+    # (measured: at 1e-2 and 1e-1 on all four photos; at 1e-4 on none, at this grid)
+    assert by_tol[1e-2] >= 3 and by_tol[1e-1] >= 3, by_tol
+
+
+def test_empty_cluster_relocation_matches_scikit_learn(photo_features):
+    """A start with one centre far from every pixel leaves that cluster empty after the
+    first assignment: it is moved to the pixel farthest from its centre, and that pixel
+    leaves its old cluster's mean, as in scikit-learn (centres after one iteration agree);
+    the runs then agree iteration for iteration."""
+    for feats, X in photo_features:
+        init = X[np.random.default_rng(1).choice(len(X), 5, replace=False)].copy()
+        init[2] = 10.0  # far from every feature vector (their norms are below 1)
+        one = _sklearn_kmeans(X, init, 1e-4, max_iter=1)
+        got = implicit_kmeans(feats, 5, init=torch.from_numpy(init), tol=1e-4, max_iter=1)
+        np.testing.assert_allclose(got.centers[0].numpy(), one.cluster_centers_, rtol=1e-9, atol=1e-15)
+        assert np.array_equal(got.labels.reshape(-1).numpy(), one.labels_)
+        for tol in (1e-4, 0.0):
+            ref = _sklearn_kmeans(X, init, tol)
+            got = implicit_kmeans(feats, 5, init=torch.from_numpy(init), tol=tol)
+            assert got.n_iter == ref.n_iter_
+            assert np.array_equal(got.labels.reshape(-1).numpy(), ref.labels_)
+            assert float(got.inertia[0]) == pytest.approx(ref.inertia_, rel=1e-9)

@@ -66,23 +66,34 @@ def test_known_clusters_at_input_resolution_through_nearest_resize():
 
 
 def test_layer_weighting_one_over_one_plus_channels():
-    """A wide layer does not dominate: two layers that disagree get comparable say."""
+    """Each layer's block of the feature is its unit vector times 1/(1+C): a wide layer with
+    huge activations does not dominate. Layer A (2 channels) splits left/right, layer B (50
+    channels, values 1000) splits top/bottom: the blocks are exactly the hand-computed ones,
+    and A's split, worth (1/3)^2 per channel against B's (1/51)^2, is the one k-means finds."""
     H, W = 6, 6
     a = torch.zeros(1, 2, H, W)
     a[0, 0, :, :3] = 1
-    a[0, 1, :, 3:] = 1  # layer A splits left/right (2 channels)
+    a[0, 1, :, 3:] = 1  # layer A: left / right
     b = torch.zeros(1, 50, H, W)
-    b[0, :25, :3] = 1
-    b[0, 25:, 3:] = 1  # layer B: the same split with 50 channels
+    b[0, :25, :3, :] = 1000
+    b[0, 25:, 3:, :] = 1000  # layer B: top / bottom
+    from captum_nave.clustering.kmeans import implicit_kmeans
     from captum_nave.features import ImplicitFeatures
 
     f = ImplicitFeatures([a, b], (H, W), dtype=torch.float64)
-    X = f.materialize()
-    left, right = X[0], X[5]
-    # block norms are exactly 1/(1+C)
-    assert torch.isclose(X[0, :2].norm(), torch.tensor(1 / 3, dtype=torch.float64))
-    assert torch.isclose(X[0, 2:].norm(), torch.tensor(1 / 51, dtype=torch.float64))
-    assert (left - right).norm() > 0
+    X = f.materialize().reshape(H, W, 52)
+    expected = torch.zeros(H, W, 52, dtype=torch.float64)
+    expected[:, :3, 0] = 1 / 3
+    expected[:, 3:, 1] = 1 / 3
+    expected[:3, :, 2:27] = 1 / (5 * 51)  # 25 equal channels: unit vector entries 1/5
+    expected[3:, :, 27:] = 1 / (5 * 51)
+    assert torch.allclose(X, expected, rtol=1e-12, atol=0)
+    left_right = float((X[0, 0] - X[0, 5]).pow(2).sum())
+    assert left_right == pytest.approx(2 / 9 + 0, rel=1e-12)  # same row: B agrees
+    assert float((X[0, 0] - X[5, 0]).pow(2).sum()) == pytest.approx(2 / 51**2, rel=1e-12)
+    labels = implicit_kmeans(f, 2, random_state=0, n_init=4).labels[0]
+    assert torch.equal(labels[:, :3].unique(), labels[:, 0].unique()) and labels[:, :3].unique().numel() == 1
+    assert labels[0, 0] != labels[0, 5] and torch.equal(labels[:, 3:], labels[:, 3:4].expand(H, 3))
 
 
 def test_result_object_and_centroids():
@@ -152,7 +163,26 @@ def test_additional_forward_args_and_layer_input():
     c = ex.attribute(x, n_clusters=3, random_state=0, additional_forward_args=(2.0,), attribute_to_layer_input=True)
     # the input of 'act' is the output of 'conv'
     assert torch.equal(b, c)
-    assert a.shape == (2, 1, 16, 16)
+    # the extra argument reaches the model: the features are those of relu(conv(2 x)) ...
+    from reference import reference_features
+
+    with torch.no_grad():
+        want = reference_features([m.act(m.conv(2.0 * x))], (16, 16))
+    got = ex.features(x, additional_forward_args=(2.0,), dtype=torch.float64).materialize()
+    assert torch.allclose(got, want.reshape(-1, 8), rtol=1e-6, atol=1e-9)
+    # ... and the segments those of a model that multiplies by 2 itself
+    class Doubled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = m
+
+        def forward(self, x):
+            return self.inner(x, 2.0)
+
+    doubled = LayerClusterExplainer(Doubled(), ["inner.act"]).attribute(x, n_clusters=3, random_state=0)
+    assert torch.equal(a, doubled)
+    # a scale that changes the ReLU pattern (-1) changes the segments: the argument is used
+    assert not torch.equal(a, ex.attribute(x, n_clusters=3, random_state=0, additional_forward_args=(-1.0,)))
 
 
 def test_shared_clustering_gives_consistent_ids_across_images():
@@ -252,12 +282,12 @@ def test_bad_inputs_raise_clear_errors():
         LayerClusterExplainer(model, ["layer9"])
     bad = x.clone()
     bad[0, 0, 0, 0] = float("nan")
-    with pytest.raises(ValueError, match="layers: layer3 produced NaN or inf activations"):
+    with pytest.raises(ValueError, match=r"inputs: expected finite values, got 1 NaN and 0 infinite \(first at image 0, channel 0, row 0, column 0\)"):
         ex.attribute(bad, n_clusters=3)
     meta_model = torchvision.models.resnet18(weights=None).to("meta")
     with pytest.raises(ValueError, match=r"inputs: expected a tensor on the model's device meta, got a tensor on cpu"):
         LayerClusterExplainer(meta_model, ["layer3"]).attribute(x, n_clusters=3)
-    with pytest.raises(ValueError, match="num_prefix_tokens: expected a non-negative int"):
+    with pytest.raises(ValueError, match="num_prefix_tokens: expected an int >= 0 or None, got -1"):
         LayerClusterExplainer(model, ["layer3"], num_prefix_tokens=-1)
     with pytest.raises(TypeError, match="random_state"):
         ex.attribute(x, n_clusters=3, random_state="seed")

@@ -96,7 +96,25 @@ def test_figure_renders_headless_with_seven_titled_columns(pair):
     assert axes.shape == (2, 7)
     titles = [ax.get_title() for ax in axes.ravel()]
     assert all(titles) and titles[1] == "NAVE without registers #0" and titles[6] == "CLS attn with registers #0"
-    assert all(len(ax.get_images()) >= 1 for ax in axes.ravel())
+    assert titles[7:] == [t.replace("#0", "#3") for t in titles[:7]]
+    # every panel shows the data of its image, model and measure
+    from captum_nave.visualization import overlay_segments
+
+    for r, i in enumerate((0, 3)):
+        shown = [ax.get_images()[-1].get_array() for ax in axes[r]]
+        img = res.display[i].permute(1, 2, 0).numpy()
+        np.testing.assert_array_equal(shown[0], img)
+        for k in range(2):
+            np.testing.assert_array_equal(shown[1 + k], overlay_segments(res.display[i], res.nave[k].segments[i, 0], alpha=0.55))
+            st, n_pre = res.stats[k], res.stats[k].layout.num_prefix_tokens
+            h, w = st.grid
+            norms = st.block_norms[i, res.layer[k], n_pre:].reshape(h, w)  # patch tokens, row-major
+            np.testing.assert_array_equal(shown[3 + k], norms.numpy())
+            cls_row = st.attention_at(res.layer[k])[i].mean(0)[n_pre:].reshape(h, w)  # heads averaged
+            np.testing.assert_allclose(shown[5 + k], cls_row.numpy(), rtol=1e-6)
+            # the maps are drawn over the image, on its full extent
+            assert axes[r, 3 + k].get_images()[0].get_extent() == [-0.5, 47.5, 47.5, -0.5]
+        assert not np.array_equal(shown[1], shown[2]) and not np.array_equal(shown[3], shown[4])
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     assert buf.getvalue()[:4] == b"\x89PNG"

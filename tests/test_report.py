@@ -49,6 +49,8 @@ from captum_nave.report import (
 from captum_nave.report.escaping import tag
 
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+#: Cheap faithfulness settings for the report fixtures (the measures are tested in test_evaluation_faithfulness.py).
+FAITH = {"n_steps": 6, "rankings": ("pixels", "segments", "grid"), "grid": (2, 2), "randomisation_stages": 2}
 XSS = "<script>alert(1)</script><img src=x onerror=alert(2)>"
 XSS_CONSOLE = '<script>console.error("XSS-1")</script><img src=x onerror=console.error("XSS-2")>'
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -161,7 +163,7 @@ def cnn_report(cnn, tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "sub" / "report.html"
     data = collect_report(
         x01, {"resnet18": cnn}, image_names=["disc high", "disc low"], n_clusters=3, seeds=(0, 1, 2),
-        method_options={"ig": {"n_steps": 8}},
+        method_options={"ig": {"n_steps": 8}}, faithfulness_options=FAITH,
     )
     text = render_report(data)
     out.parent.mkdir(parents=True)
@@ -208,7 +210,7 @@ def vit_report(vit_pair, tmp_path_factory):
     data = collect_report(
         x01, {"plain ViT": plain, "ViT+reg": regs}, methods=("nave", "gradcam"), n_clusters=3, seeds=(0, 1),
         register_pair=("plain ViT", "ViT+reg"), register_options={"n_boot": 200}, boxes=boxes,
-        corloc_protocol=proto, importance=False,
+        corloc_protocol=proto, importance=False, faithfulness_options={**FAITH, "randomisation_stages": 0},
     )
     text = render_report(data)
     path = tmp_path_factory.mktemp("vit") / "vit.html"
@@ -224,6 +226,7 @@ def xss_report(cnn, tmp_path_factory):
     build_report(
         x01, {XSS_CONSOLE + " model": cnn}, out_path=path, image_names=[XSS, XSS_CONSOLE], methods=("nave", "gradcam"),
         n_clusters=3, seeds=(0, 1), title=XSS_CONSOLE + XSS, class_names=[XSS_CONSOLE] * 10, importance=False,
+        faithfulness_options={**FAITH, "randomisation_stages": 0},
     )
     return path
 
@@ -259,7 +262,7 @@ def test_sections_and_self_containedness(cnn_report):
     for sid in ("overview", "side-by-side", "segment-relevance", "stability", "reproducibility"):
         assert sid in page.ids
     assert "registers" not in page.ids and "corloc" not in page.ids  # not requested
-    assert set(page.ids) >= {s for s in SECTION_IDS if s not in ("registers", "corloc")}
+    assert set(page.ids) >= {s for s in SECTION_IDS if s not in ("registers", "corloc", "lens")}
     tags = [t for t, _ in page.elements]
     assert "script" not in tags and "link" not in tags and "iframe" not in tags and "object" not in tags
     imgs = [a for t, a in page.elements if t == "img"]
@@ -283,7 +286,8 @@ def test_sections_and_self_containedness(cnn_report):
 
 def test_build_report_writes_the_file_atomically(cnn, tmp_path):
     out = tmp_path / "new" / "r.html"
-    path = build_report(_images(1), {"m": cnn}, out_path=out, methods=["nave"], n_clusters=2, seeds=[0], importance=False)
+    path = build_report(_images(1), {"m": cnn}, out_path=out, methods=["nave"], n_clusters=2, seeds=[0], importance=False,
+                        faithfulness=False)
     assert path == out and out.is_file() and not (tmp_path / "new" / "r.html.tmp").exists()
     page = parse(out.read_text(encoding="utf-8"))
     assert "stability" in page.ids  # the section says why there is no measure
@@ -381,6 +385,46 @@ def test_model_is_left_untouched(cnn, cnn_report):
     assert all(p.grad is None for p in cnn.parameters())
 
 
+def test_faithfulness_section_matches_the_public_api(cnn, independent, cnn_report):
+    """The table's AUCs and randomisation similarities equal direct calls of the library."""
+    from captum_nave.attribution import segment_importance
+    from captum_nave.evaluation.faithfulness import faithfulness_audit, randomisation_check
+    from captum_nave.report.faithfulness import READING
+
+    page, text = cnn_report["page"], cnn_report["text"]
+    x, t, seg = independent["x"], independent["target"], independent["seeds"][0]
+    audit = faithfulness_audit(
+        cnn, x, {m: independent[m] for m in ("gradcam", "ig", "lrp")}, t, segments=seg,
+        segment_scores={"segment_importance": segment_importance(cnn, x, seg, t)}, rankings=("pixels", "segments", "grid"),
+        n_steps=6, grid=(2, 2),
+    )
+    rows = page.table("faithfulness-table")
+    assert rows[0][:6] == ["model", "method", "ranking", "deletion AUC (lower is better)",
+                           "insertion AUC (higher is better)", "insertion - deletion"]
+    shown = {(r[1], r[2]): r for r in rows[1:]}
+    titles = {"gradcam": "Grad-CAM", "ig": "IG", "lrp": "LRP", "random": "random map (reference)",
+              "segment_importance": "segment importance (ablation)"}
+    texts = {"pixels": "pixels", "segments": "NAVE segments", "grid": "grid cells"}
+    assert len(shown) == len(audit.rows()) == 4 * 3 + 1
+    for r in audit.rows():
+        row = shown[(titles[r["method"]], texts[r["ranking"]])]
+        assert row[0] == "resnet18"
+        assert float(row[3]) == pytest.approx(r["deletion_auc"], abs=6e-4)
+        assert float(row[4]) == pytest.approx(r["insertion_auc"], abs=6e-4)
+    sanity = randomisation_check(cnn, x, t, methods=["gradcam"], stages=2)
+    rrows = {(r[1], r[2]): r for r in page.table("randomisation-table")[1:]}
+    assert set(k[0] for k in rrows) == {"NAVE", "Grad-CAM", "IG", "LRP"}
+    assert rrows[("NAVE", "ARI of the segments")][3] == "fc, conv1"
+    for key, label in (("spearman", "Spearman of |map|"), ("ssim", "SSIM of |map|")):
+        mean = sanity.similarity("gradcam")[key].mean(dim=1)
+        assert float(rrows[("Grad-CAM", label)][4]) == pytest.approx(float(mean[0]), abs=6e-4)
+        assert float(rrows[("Grad-CAM", label)][5]) == pytest.approx(float(mean[1]), abs=6e-4)
+    assert READING.split(":")[0] in "".join(page.text)
+    assert len(_section_images(text, "faithfulness")) == 2  # curves + randomisation
+    config = {r[0]: r[1] for r in page.table("configuration")[1:]}
+    assert '"randomisation_stages": 2' in config["faithfulness"]
+
+
 def test_register_and_corloc_sections(vit_pair, vit_report):
     from captum_nave.registers import compare_registers
 
@@ -424,6 +468,35 @@ def test_register_and_corloc_sections(vit_pair, vit_report):
     assert "protocol &#x27;authors&#x27;: a hit is IoU &gt; 0.5 (inner strategy, strict)" in vit_report["text"]
     assert len(_section_images(vit_report["text"], "registers")) == 1
     assert len(_section_images(vit_report["text"], "corloc")) == 1
+
+
+def test_lens_section_matches_the_public_api(vit_pair, vit_report):
+    from captum_nave.lens import class_lens
+
+    page, data = vit_report["page"], vit_report["data"]
+    assert "lens" in page.ids
+    x = normalize(vit_report["x01"], {"mean": (0.5,) * 3, "std": (0.5,) * 3})
+    rows = page.table("lens-table")
+    assert rows[0] == ["model", "block", "patch tokens", "CLS token", "register tokens"]
+    for name, model in zip(("plain ViT", "ViT+reg"), vit_pair):
+        lens = class_lens(model, x)
+        mine = [r for r in rows[1:] if r[0] == name]
+        assert [int(r[1]) for r in mine] == list(range(len(model.blocks)))
+        for layer, r in enumerate(mine):
+            assert float(r[2]) == pytest.approx(float(lens.identifiability("patches")[layer]), abs=6e-4)
+            assert float(r[3]) == pytest.approx(float(lens.identifiability("cls")[layer]), abs=6e-4)
+            if name == "plain ViT":
+                assert r[4] == "n/a"
+            else:
+                assert float(r[4]) == pytest.approx(float(lens.identifiability("registers")[layer]), abs=6e-4)
+        assert float(mine[-1][3]) == 1.0  # the last CLS projection is the prediction
+        seg = LayerClusterExplainer(model, [-1]).attribute(x, n_clusters=3, random_state=0)
+        first = lens.segment_first_layer(seg)
+        srows = [r for r in page.table("lens-segments-table")[1:] if r[0] == name]
+        for r in srows:
+            i = data.image_names.index(r[1])
+            assert int(r[4]) == int(first[i, int(r[2])])
+    assert len(_section_images(vit_report["text"], "lens")) == 2
 
 
 def test_escaping_in_the_html_text(xss_report):
@@ -472,10 +545,11 @@ def test_failing_method_is_recorded_or_raised(cnn, tmp_path):
     register_method("broken", broken)
     try:
         with pytest.raises(RuntimeError, match="no rule"):
-            collect_report(_images(1), cnn, methods=("nave", "broken"), n_clusters=2, seeds=[0], importance=False)
+            collect_report(_images(1), cnn, methods=("nave", "broken"), n_clusters=2, seeds=[0], importance=False,
+                           faithfulness=False)
         with pytest.warns(RuntimeWarning, match="broken"):
             path = build_report(_images(1), cnn, out_path=tmp_path / "r.html", methods=("nave", "broken"),
-                                n_clusters=2, seeds=[0], importance=False, on_error="record")
+                                n_clusters=2, seeds=[0], importance=False, on_error="record", faithfulness=False)
         text = path.read_text(encoding="utf-8")
         assert "RuntimeError: no rule for &lt;Custom&gt; layers" in text
         assert 'id="warnings"' in text and 'id="side-by-side"' in text

@@ -21,6 +21,7 @@ EXPECTED = {
     "03_registers.ipynb": 1,
     "04_concepts_clever_hans.ipynb": 2,
     "05_corloc.ipynb": 1,
+    "06_faithfulness_lens.ipynb": 3,
 }
 
 

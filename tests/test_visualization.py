@@ -76,7 +76,7 @@ def test_palette_is_okabe_ito_then_tol_and_stable():
     assert min(dists) > 0.05  # all distinct
     assert min(np.linalg.norm(c[i] - c[j]) for i, j in combinations(range(17), 2)) > 0.15
     assert ((big >= 0) & (big <= 1)).all()
-    with pytest.raises(ValueError, match="n: expected a non-negative int"):
+    with pytest.raises(ValueError, match="n: expected an int >= 0, got -1"):
         segment_colors(-1)
 
 
@@ -128,7 +128,14 @@ def test_plot_segments_legend_and_pixels(tmp_path):
     texts = [t.get_text() for t in ax.get_legend().get_texts()]
     assert texts == ["segment 0", "segment 2", "segment 3", "segment 5"]
     colours = [h.get_facecolor()[:3] for h in ax.get_legend().legend_handles]
-    np.testing.assert_allclose(colours, segment_colors(6)[[0, 2, 3, 5]])
+    # each swatch has the colour its segment takes on a neutral grey area of the image
+    grey = overlay_segments(np.full((12, 16, 3), 0.5), lab, boundaries=False)
+    np.testing.assert_allclose(colours, [grey[lab == k][0] for k in (0, 2, 3, 5)])
+    assert not np.allclose(colours, segment_colors(6)[[0, 2, 3, 5]])
+    fig_a, ax_a = plot_segments(img, lab, alpha=0.8)
+    grey_a = overlay_segments(np.full((12, 16, 3), 0.5), lab, alpha=0.8, boundaries=False)
+    np.testing.assert_allclose([h.get_facecolor()[:3] for h in ax_a.get_legend().legend_handles],
+                               [grey_a[lab == k][0] for k in (0, 2, 3, 5)])
     assert ax.get_title() == "t"
     shown = ax.get_images()[0].get_array()
     np.testing.assert_allclose(shown, overlay_segments(img, lab))

@@ -200,17 +200,46 @@ maps = {}
 for method, options in [
     ("gradcam", {}),                                              # default layer per model family
     ("ig", {"n_steps": 16, "internal_batch_size": 16}),           # baseline: zeros (the mean image)
-    ("lrp", {}),                                                  # epsilon rule on a canonical copy
+    ("lrp", {}),                                                  # composite "auto": epsilon-plus-flat for a CNN
 ]:
     result = attribute(method, model, x, target, **options)
     maps[method] = result.maps
-    delta = "-" if result.delta is None else f"{result.delta.abs().max().item():.3g}"
-    print(f"{method:8s} maps {tuple(result.maps.shape)}  max |convergence delta| {delta}  options {result.options}")
+    delta = "-" if result.relative_delta is None else f"{result.relative_delta.abs().max().item():.3g}"
+    extra = f"  composite {result.options['composite']}" if method == "lrp" else ""
+    print(f"{method:8s} maps {tuple(result.maps.shape)}  max |relative delta| {delta}{extra}")
 """),
     md("""
 The convergence delta of IG is `sum(attributions) - (F(x) - F(baseline))` (the
 numerical integration error); that of LRP is `sum(relevance) - logit` (relevance
-absorbed by biases and the epsilon stabiliser).
+absorbed by biases and the stabiliser). `relative_delta` divides it by `|F(x) - F(baseline)|`
+or `|logit|`: for LRP close to -1 here, because the z+ rules send most of the relevance
+into the biases of this BatchNorm network (zennit does the same); the map's shape, not
+its sum, is what the composite is for.
+
+LRP's rules are chosen by a **composite**, as practitioners do (Montavon et al. 2019;
+Kohlbrenner et al. 2020): the default `"auto"` is zennit's `epsilon-plus-flat` for CNNs
+(flat rule on the first layer, z+ on the convolutions, epsilon on the dense layers) and
+CP-LRP for transformers. LRP-epsilon everywhere (`composite="epsilon"`) is, on ReLU
+networks, close to gradient x input, hence close to IG; the composite gives the sharper,
+positive maps LRP is known for. Other composites: `epsilon-plus`, `epsilon-gamma-box`
+(give `input_bounds=normalisation_bounds(info["mean"], info["std"])`),
+`epsilon-alpha2-beta1`, `attnlrp`; rules can be changed per layer with
+`name_map={"blocks.6.*": "epsilon"}` or `type_map={nn.Conv2d: "gamma"}`.
+"""),
+    code("""
+from captum_nave.attribution.lrp import normalisation_bounds
+
+bounds = normalisation_bounds(info["mean"], info["std"])
+for composite in ["epsilon", "epsilon-gamma-box"]:
+    maps[f"lrp ({composite})"] = attribute("lrp", model, x, target, composite=composite, input_bounds=bounds).maps
+ig, eps, flat = (maps[k].flatten(1) for k in ("ig", "lrp (epsilon)", "lrp"))
+corr = lambda a, b: torch.corrcoef(torch.stack([a, b]))[0, 1].item()
+for i, name in enumerate(names):
+    print(f"{name}: correlation with IG: LRP-epsilon {corr(ig[i], eps[i]):.2f}, "
+          f"epsilon-plus-flat {corr(ig[i], flat[i]):.2f}")
+    assert corr(ig[i], flat[i]) < corr(ig[i], eps[i])   # the composite is not another IG
+"""),
+    md("""
 
 ## The side-by-side grid
 """),
@@ -777,12 +806,182 @@ captum-nave corloc --format voc --root VOCdevkit/VOC2007 --split trainval \\
 """),
 ]
 
+# --------------------------------------------------------------------------- 06
+FAITHFULNESS: List[Cell] = [
+    md("""
+# 6. Which explanation to trust: faithfulness measures and the class-embedding lens
+
+An audit that shows NAVE beside Grad-CAM, IG and LRP must also say **which maps are
+faithful to the model**. `captum_nave.evaluation.faithfulness` measures it the way the
+literature (and Quantus) does:
+
+* **deletion / insertion curves** (Samek et al. 2017, Petsiuk et al. 2018): replace the
+  pixels a map ranks first by a blurred copy (deletion) or put them back first into the
+  blurred image (insertion) and follow the class probability; a faithful map has a low
+  deletion AUC and a high insertion AUC, and beats a random map;
+* the same with **units** instead of pixels: NAVE segments ranked by each map's relevance
+  mass (every method on the same footing) or by `segment_importance`, SLIC superpixels, a grid;
+* the **model-randomisation check** (Adebayo et al. 2018): re-initialise the model from the
+  classifier downwards; a map that explains the model must change.
+
+The second half applies the **class-embedding lens** (Vilas et al. 2023,
+`captum_nave.lens`) to a small ViT trained here: every block's tokens are projected through
+the final norm and the classifier head, which shows from which block each NAVE segment
+carries the class.
+"""),
+    code("""
+%matplotlib inline
+import torch
+
+from captum_nave import LayerClusterExplainer
+from captum_nave.attribution import attribute, segment_importance
+from captum_nave.evaluation.faithfulness import faithfulness_audit, randomisation_check
+from captum_nave.models import imagenet_class_name, load_model, normalize, resize_images, sample_images
+
+torch.manual_seed(0)
+model, info = load_model()                         # offline EfficientNet-Lite0 (ImageNet weights)
+photos = sample_images()
+names = ["chelsea", "coffee"]
+images = torch.cat([resize_images(photos[n], 128) for n in names])
+x = normalize(images, info)
+with torch.no_grad():
+    target = model(x).argmax(1)
+print([imagenet_class_name(int(t)) for t in target])
+
+seg = LayerClusterExplainer(model, info["default_layers"]).attribute(x, n_clusters=5, random_state=0)
+options = {"gradcam": {}, "ig": {"n_steps": 8, "internal_batch_size": 16}, "lrp": {}}
+maps = {m: attribute(m, model, x, target, **o).maps for m, o in options.items()}
+"""),
+    md("""
+## Deletion and insertion, with pixels and with units
+
+`faithfulness_audit` runs every map with every ranking and adds a seeded random map as the
+reference. `segment_importance` (the drop of the class score when a NAVE segment is ablated)
+is one more way to rank the segments. Here 10 steps per curve keep the notebook fast; the
+report uses 20.
+"""),
+    code("""
+audit = faithfulness_audit(
+    model, x, maps, target, segments=seg, images=images, image_names=names,
+    segment_scores={"segment_importance": segment_importance(model, x, seg, target)},
+    rankings=("pixels", "segments", "slic"), slic_segments=20, n_steps=10, baseline="blur",
+)
+print(audit.to_markdown())
+rows = {(r["method"], r["ranking"]): r for r in audit.rows()}
+"""),
+    code("""
+fig, axes = audit.plot(rankings=["pixels", "segments"])
+fig
+"""),
+    md("""
+Reading the table: lower deletion AUC and higher insertion AUC are better, and a map is
+only informative where it beats `random`. Pixel-sharp maps (IG, LRP) tend to win the pixel
+deletion curve but can lose the insertion curve: scattered inserted pixels make an image
+unlike any photo, so the probability barely rises. Ranking the same NAVE segments by each
+map puts all methods on one footing; `segment_importance` measures the segments directly.
+
+## The model-randomisation check
+
+`randomisation_check` re-initialises the model in stages (cascading from the classifier) and
+compares every method's map with the trained model's: Spearman of `|map|` and SSIM (NAVE:
+ARI of the segments). Three stages keep it quick.
+"""),
+    code("""
+sanity = randomisation_check(
+    model, x, target, methods=["nave", "gradcam", "lrp"], stages=3,
+    method_options={"nave": {"layers": info["default_layers"], "n_clusters": 5}},
+    reference_maps={"nave": seg, "gradcam": maps["gradcam"], "lrp": maps["lrp"]},
+)
+for row in sanity.summary():
+    print(f"{row['method']:8s} randomised down to {row['randomised_down_to']:10s} "
+          f"spearman {row['spearman']:.2f}  ssim {row['ssim']:.2f}  ari {row['ari']:.2f}")
+nave_ari = sanity.ari["nave"].mean(dim=1)
+assert float(nave_ari[0]) == 1.0, "the classifier is above NAVE's layers: NAVE must not change"
+fig, axes = sanity.plot()
+fig
+"""),
+    md("""
+NAVE does not change while only the layers above its own (`blocks.4`, `blocks.5`) are
+re-initialised: it describes what those layers represent, by design. Grad-CAM and LRP
+change at once, as maps of the *model's decision* should.
+
+## The class-embedding lens on a ViT trained here
+
+A tiny timm ViT (CLS token, 3 blocks, 4-pixel patches, average-pooled head) learns in a few
+seconds to name the shape in noisy images: a horizontal bar, a vertical bar or a square.
+`class_lens` projects every block's tokens through the model's final norm and head; which
+norm and head it uses is documented in `captum_nave.lens.LensSpec`.
+"""),
+    code("""
+import timm
+import torch.nn.functional as F
+
+from captum_nave.lens import class_lens, plot_lens_overview, segments_on_grid
+
+
+def shapes(n, seed, size=32):
+    g = torch.Generator().manual_seed(seed)
+    xs = 0.3 * torch.randn(n, 3, size, size, generator=g)
+    ys = torch.randint(0, 3, (n,), generator=g)
+    masks = torch.zeros(n, size, size, dtype=torch.bool)
+    for i in range(n):
+        cy, cx = torch.randint(9, size - 9, (2,), generator=g).tolist()
+        hy, hx = [(2, 8), (8, 2), (5, 5)][int(ys[i])]
+        masks[i, cy - hy:cy + hy, cx - hx:cx + hx] = True
+        xs[i][:, masks[i]] += (0.5 + torch.rand(3, generator=g))[:, None]
+    return xs, ys, masks
+
+
+torch.manual_seed(0)
+vit = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=32, patch_size=4, depth=3,
+                        embed_dim=32, num_heads=2, mlp_ratio=2.0, num_classes=3, global_pool="avg", fc_norm=False)
+train_x, train_y, _ = shapes(600, seed=0)
+opt = torch.optim.Adam(vit.parameters(), 3e-3)
+sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=300, pct_start=0.15)
+g = torch.Generator().manual_seed(0)
+for step in range(300):
+    idx = torch.randint(0, 600, (32,), generator=g)
+    loss = F.cross_entropy(vit(train_x[idx]), train_y[idx])
+    opt.zero_grad(); loss.backward(); opt.step(); sched.step()
+vit.eval()
+test_x, test_y, test_masks = shapes(100, seed=1)
+with torch.no_grad():
+    print("held-out accuracy:", (vit(test_x).argmax(1) == test_y).float().mean().item())
+"""),
+    code("""
+lens = class_lens(vit, test_x, test_y)
+on_object = segments_on_grid(test_masks[:, None].long(), lens.grid).reshape(len(test_x), -1).bool()
+top1 = lens.rank[:, :, lens.patch_slice] == 0            # (blocks, images, patches)
+for block in range(lens.n_layers):
+    print(f"block {block}: true class on top for {100 * top1[block][on_object].float().mean():.0f}% of object tokens, "
+          f"{100 * top1[block][~on_object].float().mean():.0f}% of background tokens")
+
+nave = LayerClusterExplainer(vit, [-1]).attribute(test_x, n_clusters=3, random_state=0)
+print("first block from which each NAVE segment of image 0 identifies its class:", lens.segment_first_layer(nave)[0].tolist())
+display_images = (test_x - test_x.amin()) / (test_x.amax() - test_x.amin())
+fig, axes = plot_lens_overview(lens, display_images[0], nave, 0, name="tiny ViT")
+fig
+"""),
+    md("""
+The same lens runs in `captum-nave compare-registers` (with the `lens_*` measures, and the
+register tokens as their own group) and in `captum-nave report` for every ViT with a
+classifier head. From the command line, `captum-nave compare` writes the faithfulness
+table as `faithfulness.csv`, and `captum-nave report` adds a "Faithfulness" section:
+
+```bash
+captum-nave compare --randomisation-stages 4 --out cmp      # cmp/faithfulness.csv, cmp/randomisation.csv
+captum-nave report --out audit.html                         # Faithfulness section included
+```
+"""),
+]
+
 NOTEBOOKS: Dict[str, List[Cell]] = {
     "01_quickstart.ipynb": QUICKSTART,
     "02_attribution_side_by_side.ipynb": SIDE_BY_SIDE,
     "03_registers.ipynb": REGISTERS,
     "04_concepts_clever_hans.ipynb": CONCEPTS,
     "05_corloc.ipynb": CORLOC,
+    "06_faithfulness_lens.ipynb": FAITHFULNESS,
 }
 
 

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from numbers import Integral
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 from torch import nn
+
+from captum_nave._validation import check_int, check_int_pair, check_real
 
 __all__ = ["ViTLayout", "get_submodule", "flatten_blocks"]
 
@@ -26,17 +29,7 @@ _PatchSize = Union[int, Tuple[int, int]]
 def _as_pair(value: Any, name: str) -> Optional[Tuple[int, int]]:
     if value is None:
         return None
-    if isinstance(value, bool):
-        raise TypeError(f"{name}: expected an int or a pair of ints, got {value!r}")
-    if isinstance(value, int):
-        pair = (value, value)
-    elif isinstance(value, (tuple, list)) and len(value) == 2:
-        pair = (value[0], value[1])
-    else:
-        raise TypeError(f"{name}: expected an int or a pair of ints, got {value!r}")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
-        raise ValueError(f"{name}: expected positive ints, got {value!r}")
-    return (int(pair[0]), int(pair[1]))
+    return check_int_pair(value, name)
 
 
 @dataclass(frozen=True)
@@ -121,21 +114,22 @@ class ViTLayout:
     source: str = field(default="hand", compare=False)
 
     def __post_init__(self) -> None:
-        n = self.num_prefix_tokens
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"num_prefix_tokens: expected an int >= 0, got {n!r}")
+        n = check_int(self.num_prefix_tokens, "num_prefix_tokens", low=0)
+        object.__setattr__(self, "num_prefix_tokens", n)
         if self.cls_index is not None:
             c = self.cls_index
-            if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < max(n, 1) or n == 0:
+            if isinstance(c, bool) or not isinstance(c, Integral) or not 0 <= c < max(n, 1) or n == 0:
                 raise ValueError(
                     f"cls_index: expected None or an int in [0, num_prefix_tokens={n}), got {c!r}"
                 )
+            object.__setattr__(self, "cls_index", int(c))
         regs = tuple(self.register_indices)
         for r in regs:
-            if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < n:
+            if isinstance(r, bool) or not isinstance(r, Integral) or not 0 <= r < n:
                 raise ValueError(
                     f"register_indices: expected ints in [0, num_prefix_tokens={n}), got {regs!r}"
                 )
+        regs = tuple(int(r) for r in regs)
         if len(set(regs)) != len(regs) or (self.cls_index is not None and self.cls_index in regs):
             raise ValueError(
                 f"register_indices: expected distinct positions different from cls_index="
@@ -149,12 +143,10 @@ class ViTLayout:
                 f"of separate projections; got qkv=None, query={self.query!r}, key={self.key!r}, "
                 f"value={self.value!r}"
             )
-        if self.num_heads is not None and (
-            isinstance(self.num_heads, bool) or not isinstance(self.num_heads, int) or self.num_heads < 1
-        ):
-            raise ValueError(f"num_heads: expected None or an int >= 1, got {self.num_heads!r}")
-        if self.scale is not None and not (isinstance(self.scale, (int, float)) and self.scale > 0):
-            raise ValueError(f"scale: expected None or a positive float, got {self.scale!r}")
+        object.__setattr__(self, "num_heads", check_int(self.num_heads, "num_heads", low=1, allow_none=True))
+        object.__setattr__(
+            self, "scale", check_real(self.scale, "scale", low=0.0, low_open=True, allow_none=True)
+        )
 
     # ------------------------------------------------------------------ token facts
     @property

@@ -168,8 +168,8 @@ class TimmViTAdapter(ModelAdapter):
         pool = getattr(m, "global_pool", "token")
         npfx = int(m.num_prefix_tokens)
         if getattr(m, "attn_pool", None) is not None:
-            return None
-        if pool == "token":
+            pools: tuple = (Pool("map", module=m.attn_pool),)
+        elif pool == "token":
             pools = (Pool("token", index=0),)
         elif pool == "avg":
             pools = (Pool("avg", start=0 if getattr(m, "pool_include_prefix", False) else npfx),)

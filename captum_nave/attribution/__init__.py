@@ -9,8 +9,10 @@ One entry point, :func:`attribute`, runs a method registered by name and returns
   registers) removed (:mod:`.gradcam`);
 * ``"ig"``: Captum ``IntegratedGradients`` with zero, blurred, uniform-noise or
   user baselines (:mod:`.integrated_gradients`);
-* ``"lrp"``: LRP on a canonical copy of the model, conserving relevance on ResNets,
-  VGG, EfficientNet-Lite and ViTs (:mod:`.lrp`).
+* ``"lrp"``: LRP on a canonical copy of the model (ResNets, VGG, EfficientNet-Lite,
+  ViTs) with named composites (default: ``epsilon-plus-flat`` for CNNs, CP-LRP for
+  transformers), rule maps by module name and type, and a stabiliser relative to each
+  layer's activations (:mod:`.lrp`).
 
 More methods can be added with :func:`register_method`.
 

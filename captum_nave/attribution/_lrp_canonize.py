@@ -1,17 +1,19 @@
-"""Canonical working copies of models for LRP, and the rules attached to them.
+"""Canonical working copies of models for LRP.
 
 :func:`canonize` deep-copies a model and rewrites the copy so that every
-operation that mixes values is a leaf module with an LRP rule (see
-:mod:`captum_nave.attribution._lrp_modules`). Which modules of a model family form
-a residual block, a transformer or a stem is known by the family's model adapter
+operation that mixes values is a leaf module that can carry an LRP rule (see
+:mod:`captum_nave.attribution._lrp_modules`; the rules are chosen by
+:mod:`._lrp_composites`). Which modules of a model family form a residual block, a
+transformer or a stem is known by the family's model adapter
 (:meth:`captum_nave.adapters.ModelAdapter.lrp_rewrite`); this module provides the
 building blocks they use (:class:`LRPKit`: BatchNorm fusion, residual blocks, the
-transformer of :mod:`._lrp_transformer`) and the generic rewrites (LayerNorm,
-in-place activations, conv + BN in ``nn.Sequential``). :func:`attach_rules` sets
-``module.rule`` on every leaf in the way Captum's :class:`~captum.attr.LRP`
-expects; :func:`audit_graph` runs one forward pass and proves that the copy
-has no operation outside those modules that would silently corrupt the
-relevance (e.g. a residual ``x + f(x)`` written in ``forward`` code).
+transformer of :mod:`._lrp_transformer`) and the generic rewrites (LayerNorm, in-place
+activations, conv + BN in ``nn.Sequential``). :func:`audit_graph` runs one forward pass
+and proves that the copy has no operation outside those modules that would silently
+corrupt the relevance (e.g. a residual ``x + f(x)`` written in ``forward`` code).
+Every module of the copy remembers the name and type of the module of the
+original model it came from (:func:`module_origins`), so that rules can be
+chosen by the user's module names.
 
 The user's model is never touched: all of this happens on the copy.
 """
@@ -25,7 +27,6 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 from captum.attr._utils.custom_modules import Addition_Module
-from captum.attr._utils.lrp_rules import EpsilonRule, GammaRule, IdentityRule
 
 from captum_nave.adapters import TransformerParts, adapter_classes
 from captum_nave.adapters.modules import QuickGELU
@@ -35,20 +36,18 @@ from captum_nave.attribution._lrp_modules import (
     AttentionMix,
     AttentionScores,
     DetachedLayerNorm,
-    PassThroughRule,
     TokenMean,
-    TokenSelect,
 )
-from captum_nave.attribution._lrp_transformer import HOOK_DICTS, LRPTransformer
+from captum_nave.attribution._lrp_transformer import _ORIGIN_ATTRS, HOOK_DICTS, LRPTransformer
 from captum_nave.attribution._lrp_transformer import fresh_activation as _fresh_activation
 
-__all__ = ["attach_rules", "audit_graph", "canonize", "fuse_conv_bn"]
+__all__ = ["audit_graph", "canonize", "check_supported", "fuse_conv_bn", "module_origins"]
 
 # --------------------------------------------------------------------------- #
 # Module families (exact types; subclasses may change forward semantics).
 # --------------------------------------------------------------------------- #
 
-#: Leaves that are linear maps of their (relevance-receiving) inputs: epsilon rule.
+#: Leaves that are linear maps of their (relevance-receiving) inputs: epsilon-type rules.
 LINEAR_LEAVES: tuple[type, ...] = (
     nn.Conv2d,
     nn.Linear,
@@ -62,9 +61,8 @@ LINEAR_LEAVES: tuple[type, ...] = (
     DetachedLayerNorm,
     AttentionMix,
     TokenMean,
-    TokenSelect,
 )
-#: Elementwise activations: identity rule (relevance passes unchanged).
+#: Elementwise activations: identity rule ``Pass`` (relevance passes unchanged).
 IDENTITY_ACTIVATIONS: tuple[type, ...] = (
     nn.ReLU6,
     nn.GELU,
@@ -74,11 +72,12 @@ IDENTITY_ACTIVATIONS: tuple[type, ...] = (
     nn.Hardtanh,
     QuickGELU,
 )
-#: Activations Captum handles itself (``rule = None``: relevance passes unchanged).
+#: Further activations and eval-mode no-ops: ``Pass`` as well.
 CAPTUM_NONLINEAR: tuple[type, ...] = (nn.ReLU, nn.Tanh, nn.Dropout)
-#: Leaves whose backward is a pure re-indexing, or whose output is a constant
-#: for the relevance pass (attention probabilities): no hooks at all.
-PASS_THROUGH: tuple[type, ...] = (nn.Identity, nn.Flatten, AttentionScores)
+#: Attention probabilities ``softmax(q k^T)``: a constant (CP-LRP) or the AttnLRP rule.
+ATTENTION_SCORES: tuple[type, ...] = (AttentionScores,)
+#: Leaves whose backward is a pure re-indexing: no hooks at all.
+PASS_THROUGH: tuple[type, ...] = (nn.Identity, nn.Flatten)
 
 #: Autograd nodes allowed between rule-carrying modules: they only move values.
 _STRUCTURAL_NODES = frozenset(
@@ -260,14 +259,58 @@ def _fuse_sequentials(model: nn.Module) -> None:
                 module._modules[b] = nn.Identity()
 
 
+#: attribute names of the copy's modules holding the original name and type
+_ORIGIN, _ORIGIN_TYPE = _ORIGIN_ATTRS
+
+
+def _adopt_origin(new: nn.Module, old: nn.Module) -> nn.Module:
+    """Give a replacement module the origin of the module it replaces (if it has none)."""
+    for attr in (_ORIGIN, _ORIGIN_TYPE):
+        if attr not in vars(new) and attr in vars(old):
+            setattr(new, attr, getattr(old, attr))
+    return new
+
+
 def _rewrite(module: nn.Module, prefix: str, kit: LRPKit) -> None:
     for child_name, child in list(module.named_children()):
         name = f"{prefix}.{child_name}" if prefix else child_name
         new = _rewrite_block(child, name, kit)
         if new is not None:
-            module._modules[child_name] = new
+            module._modules[child_name] = _adopt_origin(new, child)
             child = new
         _rewrite(child, name, kit)
+
+
+def _tag_origins(work: nn.Module) -> None:
+    for name, m in work.named_modules():
+        setattr(m, _ORIGIN, name)
+        setattr(m, _ORIGIN_TYPE, type(m))
+
+
+def module_origins(model: nn.Module) -> dict[nn.Module, tuple[str, str, type]]:
+    """Map every module of a canonical copy to ``(copy name, original name, original type)``.
+
+    Modules carried over from the user's model (also when copied, e.g. a
+    convolution with BatchNorm folded in) keep their original name and type; a
+    module created by the canonicalisation (a residual ``Add``, an unshared
+    ReLU, the explicit attention) is named by its position below the nearest
+    module that has an origin, e.g. ``layer1.0.add`` in a torchvision ResNet or
+    ``blocks.3.attn.mix`` in a timm ViT, and its type is its own.
+    """
+    out: dict[nn.Module, tuple[str, str, type]] = {}
+
+    def walk(m: nn.Module, copy_name: str, parent_origin: Optional[str], attr: str) -> None:
+        if m in out:
+            return
+        origin = vars(m).get(_ORIGIN)
+        if origin is None:
+            origin = attr if not parent_origin else f"{parent_origin}.{attr}" if attr else parent_origin
+        out[m] = (copy_name, origin, vars(m).get(_ORIGIN_TYPE, type(m)))
+        for child_name, child in m.named_children():
+            walk(child, f"{copy_name}.{child_name}" if copy_name else child_name, origin, child_name)
+
+    walk(model, "", None, "")
+    return out
 
 
 def _clear_hooks(model: nn.Module) -> None:
@@ -324,11 +367,12 @@ def canonize(model: nn.Module) -> nn.Module:
             "LRP works on a copy so that the original is never modified"
         ) from exc
     _clear_hooks(work)
+    _tag_origins(work)
     work.eval()
     kit = LRPKit()
     root_new = _rewrite_block(work, "", kit)
     if root_new is not None:
-        work = root_new
+        work = _adopt_origin(root_new, work)
     _rewrite(work, "", kit)
     _fuse_sequentials(work)
     work.eval()
@@ -338,14 +382,12 @@ def canonize(model: nn.Module) -> nn.Module:
 
 
 # --------------------------------------------------------------------------- #
-# Rules
+# Leaf families and the audit
 # --------------------------------------------------------------------------- #
-
-RULES = ("epsilon", "gamma")
 
 
 def _linear_leaf_types() -> tuple[type, ...]:
-    """Leaf types that get the epsilon (or gamma) rule, timm's included."""
+    """Linear leaf types (epsilon-type rules), timm's included."""
     t = _timm_types()
     return LINEAR_LEAVES + (t["Conv2dSame"], t["LayerScale"])
 
@@ -357,7 +399,7 @@ def _leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def check_supported(model: nn.Module) -> None:
     """Raise ``TypeError`` naming the first leaf module without an LRP rule."""
     linear = _linear_leaf_types()
-    known = linear + IDENTITY_ACTIVATIONS + CAPTUM_NONLINEAR + PASS_THROUGH
+    known = linear + IDENTITY_ACTIVATIONS + CAPTUM_NONLINEAR + ATTENTION_SCORES + PASS_THROUGH
     for name, m in _leaf_modules(model):
         if type(m) in known:
             continue
@@ -371,61 +413,27 @@ def check_supported(model: nn.Module) -> None:
         )
 
 
-def attach_rules(
-    model: nn.Module, rule: str = "epsilon", epsilon: float = 1e-6, gamma: float = 0.25
-) -> None:
-    """Set ``module.rule`` on every leaf of a canonical copy, as Captum's LRP reads it.
-
-    Parameters
-    ----------
-    model : nn.Module
-        Output of :func:`canonize` (modified in place).
-    rule : {"epsilon", "gamma"}
-        "epsilon": :class:`captum.attr._utils.lrp_rules.EpsilonRule` on every
-        linear leaf.  "gamma": :class:`GammaRule` on ``Conv2d``/``Linear`` and the
-        epsilon rule on the other linear leaves.
-    epsilon : float
-        Stabiliser of the epsilon rule.
-    gamma : float
-        Parameter of the gamma rule.
-    """
-    check_supported(model)
-    linear = _linear_leaf_types()
-    weighted = _conv_types() + (nn.Linear,)
-    for _, m in _leaf_modules(model):
-        kind = type(m)
-        if kind in linear:
-            if rule == "gamma" and kind in weighted:
-                m.rule = GammaRule(gamma=gamma)  # type: ignore[assignment]
-            else:
-                m.rule = EpsilonRule(epsilon=epsilon)  # type: ignore[assignment]
-        elif kind in IDENTITY_ACTIVATIONS:
-            m.rule = IdentityRule()  # type: ignore[assignment]
-        elif kind in PASS_THROUGH:
-            m.rule = PassThroughRule()  # type: ignore[assignment]
-        elif hasattr(m, "rule"):
-            del m.rule  # Captum's own handling of ReLU / Tanh / Dropout
-
-
 def _node_kind(node: object) -> str:
     return re.sub(r"\d+$", "", type(node).__name__)
 
 
-def audit_graph(model: nn.Module, inputs: Tensor) -> Tensor:
+def audit_graph(model: nn.Module, inputs: Tensor, order: Optional[list[str]] = None) -> Tensor:
     """Run one forward pass and check the copy is fully covered by LRP rules.
 
     Every autograd operation between the input and the output must either lie
-    inside a leaf module that has a rule, or only move values (reshape, permute,
-    slice, concatenate, ...).  Leaf modules with rules may be called only once
-    per forward pass (Captum keeps one state per module), and the input of an
-    activation module must feed nothing else (Captum's activation handling
-    replaces the gradient of that tensor by the activation's relevance).
+    inside a leaf module that can carry a rule, or only move values (reshape,
+    permute, slice, concatenate, ...).  Leaf modules may be called several times
+    and tensors may feed several modules: the relevance of a tensor is the sum of
+    what its consumers send back, as for a gradient.
 
     Parameters
     ----------
     model : nn.Module
         Canonical copy (parameters not requiring gradients).
     inputs : Tensor of shape (N, C, H, W)
+    order : list of str, optional
+        If given, the names of the leaf modules (other than pure re-indexing
+        ones) are appended in the order of their first call.
 
     Returns
     -------
@@ -435,30 +443,18 @@ def audit_graph(model: nn.Module, inputs: Tensor) -> Tensor:
     Raises
     ------
     TypeError
-        Naming the unsupported operation, the module called more than once, or
-        the activation whose input is shared.
+        Naming the unsupported module or operation.
     """
     check_supported(model)
-    activations = IDENTITY_ACTIVATIONS + CAPTUM_NONLINEAR
     # grad_fn id -> (module name, [(input grad_fn, output_nr)], grad_fn)
     boundaries: dict[int, tuple[str, list, object]] = {}
-    act_inputs: list[tuple[str, tuple[int, int], object]] = []
-    rule_inputs: list[tuple[str, list, list]] = []
     calls: dict[str, int] = {}
     handles = []
 
-    def make_hook(name: str, is_activation: bool) -> Callable:
-        def hook(mod: nn.Module, args: tuple, out: object) -> None:
+    def make_hook(name: str) -> Callable:
+        def hook(mod: nn.Module, args: tuple, kwargs: dict, out: object) -> None:
             calls[name] = calls.get(name, 0) + 1
-            tensors = [a for a in args if isinstance(a, Tensor)]
-            if is_activation:
-                for a in tensors:
-                    if a.grad_fn is not None:
-                        act_inputs.append((name, (id(a.grad_fn), a.output_nr), a.grad_fn))
-            else:
-                live = [a for a in tensors if a.grad_fn is not None]
-                # the grad_fn objects are kept so that their ids stay unique
-                rule_inputs.append((name, [(id(a.grad_fn), a.output_nr) for a in live], [a.grad_fn for a in live]))
+            tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, Tensor)]
             if isinstance(out, Tensor) and out.grad_fn is not None:
                 if not any(out is a for a in tensors):
                     ins = [(a.grad_fn, a.output_nr) for a in tensors]
@@ -470,8 +466,7 @@ def audit_graph(model: nn.Module, inputs: Tensor) -> Tensor:
         for name, m in _leaf_modules(model):
             if type(m) in PASS_THROUGH:
                 continue
-            hook = make_hook(name or "<model>", type(m) in activations)
-            handles.append(m.register_forward_hook(hook))
+            handles.append(m.register_forward_hook(make_hook(name or "<model>"), with_kwargs=True))
         x = inputs.detach().clone().requires_grad_(True)
         with torch.enable_grad():
             out = model(x)
@@ -479,14 +474,8 @@ def audit_graph(model: nn.Module, inputs: Tensor) -> Tensor:
             raise TypeError(
                 f"LRP: the model must return a single Tensor of logits, got {type(out).__name__}"
             )
-        for name, n in calls.items():
-            if n > 1:
-                raise TypeError(
-                    f"LRP: module '{name}' is called {n} times in one forward pass; LRP needs "
-                    "one module per operation (e.g. a separate ReLU after each layer)"
-                )
-        consumers: dict[tuple[int, int], int] = {}
-        moved: dict[tuple[int, int], str] = {}  # tensors read by a value-moving op
+        if order is not None:
+            order.extend(calls)
         stack: list[tuple[object, str]] = []
         if out.grad_fn is not None:
             stack.append((out.grad_fn, "<output>"))
@@ -515,33 +504,10 @@ def audit_graph(model: nn.Module, inputs: Tensor) -> Tensor:
                         "supported architecture"
                     )
                 edges = list(node.next_functions)  # type: ignore[attr-defined]
-            for nxt, nr in edges:
+            for nxt, _ in edges:
                 if nxt is not None:
-                    key = (id(nxt), int(nr))
-                    consumers[key] = consumers.get(key, 0) + 1
-                    if structural:
-                        moved[key] = consumer
                     stack.append((nxt, consumer))
-        for name, key, _ in act_inputs:
-            if consumers.get(key, 0) > 1:
-                raise TypeError(
-                    f"LRP: the input of activation module '{name}' is also used by another "
-                    "operation; LRP's activation rules need it to feed only this module "
-                    "(apply the activation to a separate copy, e.g. through its own layer)"
-                )
-        # Captum multiplies the total gradient reaching a rule leaf's input by that input;
-        # relevance arriving there through a value-moving op (reshape, select, ...) would
-        # be multiplied too, so such a tensor must feed rule leaves only.
-        for name, keys, _ in rule_inputs:
-            for key in keys:
-                if key in moved:
-                    raise TypeError(
-                        f"LRP: the input of module '{name}' is also read directly by the forward "
-                        f"code (feeding '{moved[key]}'); every consumer of a tensor that enters a "
-                        "module with an LRP rule must be such a module too (e.g. select tokens "
-                        "with captum_nave.attribution._lrp_modules.TokenSelect)"
-                    )
-        del visited, act_inputs, rule_inputs
+        del visited
         return out.detach()
     finally:
         for h in handles:

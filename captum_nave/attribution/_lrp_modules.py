@@ -1,13 +1,12 @@
 """Explicit modules for the LRP working copy of a model.
 
-Captum's :class:`~captum.attr.LRP` sees a model only through its leaf modules:
-each leaf gets a propagation rule, and whatever happens *between* leaves in
-``forward`` code (additions, multiplications, means) is invisible to it.  The
-canonical copy made by :mod:`captum_nave.attribution._lrp_canonize` therefore
-expresses every operation that mixes values as one of the small modules below,
-each linear (homogeneous when its bias-like part is zero) in the tensors that
-receive relevance, so that Captum's epsilon rule (gradient x input divided by
-the stabilised output) is the exact epsilon-LRP rule for it.
+LRP rules are attached to *leaf* modules; whatever happens between leaves in
+``forward`` code (additions, multiplications, means) would be invisible to
+them.  The canonical copy made by :mod:`captum_nave.attribution._lrp_canonize`
+therefore expresses every operation that mixes values as one of the small
+modules below, each linear (homogeneous when its bias-like part is zero) in the
+tensors that receive relevance, so that a rule of :mod:`._lrp_rules` (epsilon:
+gradient x input divided by the stabilised output) is the exact LRP rule for it.
 
 Nothing here is used on the user's model; only on the deep copy.
 """
@@ -17,10 +16,8 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from captum.attr._utils.custom_modules import Addition_Module
-from captum.attr._utils.lrp_rules import PropagationRule
 
 __all__ = [
     "Add",
@@ -28,9 +25,8 @@ __all__ = [
     "AttentionMix",
     "AttentionScores",
     "DetachedLayerNorm",
-    "PassThroughRule",
+    "layer_norm_detached",
     "TokenMean",
-    "TokenSelect",
 ]
 
 
@@ -51,7 +47,8 @@ class AddConstant(nn.Module):
     constant : Tensor, optional
         Broadcastable to the input, e.g. of shape (1, T, D). ``None``: the constant is
         passed to each call as the keyword argument ``constant`` (e.g. a ViT's embedding
-        constant, which depends on the input size); Captum's hooks see only ``x``.
+        constant, which depends on the input size); it is detached, so only ``x``
+        receives relevance.
 
     Notes
     -----
@@ -68,6 +65,31 @@ class AddConstant(nn.Module):
         if c is None:
             raise ValueError("AddConstant: no constant given")
         return x + c
+
+
+def layer_norm_detached(
+    x: Tensor,
+    normalized_shape: tuple[int, ...],
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    eps: float,
+) -> Tensor:
+    """``F.layer_norm`` with the standard deviation held constant for the backward pass.
+
+    Same value as :func:`torch.nn.functional.layer_norm`; the map ``x -> y`` is
+    affine for autograd (centring and affine part), the division by the standard
+    deviation passes relevance unchanged (identity rule, Ali et al. 2022;
+    Achtibat et al. 2024, Prop. 3.4).
+    """
+    dims = tuple(range(-len(normalized_shape), 0))
+    centred = x - x.mean(dim=dims, keepdim=True)
+    var = centred.detach().pow(2).mean(dim=dims, keepdim=True)
+    y = centred / torch.sqrt(var + eps)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y
 
 
 class DetachedLayerNorm(nn.Module):
@@ -109,41 +131,39 @@ class DetachedLayerNorm(nn.Module):
         return cls(ln.normalized_shape, ln.eps, ln.weight, ln.bias)
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
-        dims = tuple(range(-len(self.normalized_shape), 0))
-        mean = x.mean(dim=dims, keepdim=True)
-        centred = x - mean
-        var = centred.detach().pow(2).mean(dim=dims, keepdim=True)
-        y = centred / torch.sqrt(var + self.eps)
-        if self.weight is not None:
-            y = y * self.weight
-        if self.bias is not None:
-            y = y + self.bias
-        return y
+        return layer_norm_detached(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:  # noqa: D102
         return f"{self.normalized_shape}, eps={self.eps}"
 
 
 class AttentionMix(nn.Module):
-    """Apply fixed attention weights to the values: ``out = attn @ v``.
+    """Apply attention weights to the values: ``out = attn @ v``.
 
-    The attention probabilities are passed as the keyword argument ``attn`` and
-    must already be detached; Captum's hooks see only the positional input ``v``,
-    so all relevance of the output flows to the values in proportion to
-    ``attn[q, k] * v[k]`` (CP-LRP, Ali et al. 2022).
+    The attention probabilities are passed as the keyword argument ``attn``.
+    With CP-LRP (Ali et al. 2022) they are a constant (the rule ``Constant`` on
+    the :class:`AttentionScores` that produced them) and all relevance of the
+    output flows to the values in proportion to ``attn[q, k] * v[k]``; with
+    AttnLRP (Achtibat et al. 2024) the ``Uniform`` rule gives half of it to the
+    attention weights.
     """
+
+    #: a product of two inputs: each of ``v * d/dv`` and ``attn * d/dattn`` sums to the output
+    lrp_bilinear = True
 
     def forward(self, v: Tensor, *, attn: Tensor) -> Tensor:  # noqa: D102
         return attn @ v
 
 
 class AttentionScores(nn.Module):
-    """Softmax attention probabilities, computed without gradient (CP-LRP).
+    """Softmax attention probabilities ``softmax(norm_q(q) * scale @ norm_k(k)^T)``.
 
-    ``softmax(norm_q(q) * scale @ norm_k(k)^T)`` on detached ``q`` and ``k``: the
-    result is a constant for the relevance pass, so no relevance flows into the
-    query/key path.  The optional query/key LayerNorms (timm ``qk_norm=True``)
-    are applied functionally here, so that they are not leaf modules with hooks.
+    The optional query/key LayerNorms (timm ``qk_norm=True``) are applied
+    functionally, with the standard deviation held constant in the backward pass
+    (:func:`layer_norm_detached`), so that they are not leaf modules of their own.
+    The rule decides how relevance treats the probabilities: ``Constant`` (CP-LRP,
+    no relevance to queries and keys) or ``AttnLRPSoftmax`` (AttnLRP), which uses
+    :meth:`lrp_normalize` and :meth:`lrp_logits`.
 
     Parameters
     ----------
@@ -173,13 +193,18 @@ class AttentionScores(nn.Module):
         if spec is None:
             return t
         shape, eps = spec
-        return F.layer_norm(t, shape, getattr(self, f"{key}_weight"), getattr(self, f"{key}_bias"), eps)
+        return layer_norm_detached(t, shape, getattr(self, f"{key}_weight"), getattr(self, f"{key}_bias"), eps)
+
+    def lrp_normalize(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """Normalised queries and keys (the inputs themselves where there is no norm)."""
+        return self._norm("q", q), self._norm("k", k)
+
+    def lrp_logits(self, q: Tensor, k: Tensor) -> Tensor:
+        """Attention logits ``scale * q @ k^T`` of normalised queries and keys."""
+        return (q * self.scale) @ k.transpose(-2, -1)
 
     def forward(self, q: Tensor, k: Tensor) -> Tensor:  # noqa: D102
-        with torch.no_grad():
-            q = self._norm("q", q.detach()) * self.scale
-            k = self._norm("k", k.detach())
-            return (q @ k.transpose(-2, -1)).softmax(dim=-1)
+        return self.lrp_logits(*self.lrp_normalize(q, k)).softmax(dim=-1)
 
 
 class TokenMean(nn.Module):
@@ -200,53 +225,3 @@ class TokenMean(nn.Module):
 
     def extra_repr(self) -> str:  # noqa: D102
         return f"start={self.start}"
-
-
-class TokenSelect(nn.Module):
-    """One token ``x[:, index]``, as a leaf with a rule.
-
-    Used where a tensor feeds several poolings (DINOv2 classifiers read the CLS token and
-    the patch mean of the same tokens): Captum multiplies the *total* gradient arriving at
-    a tensor by that tensor in the input hook of the first rule-carrying consumer, so
-    every consumer must carry a rule; with the epsilon rule the selected token receives
-    ``x R / (x + eps)``, i.e. ``R``.
-
-    Parameters
-    ----------
-    index : int
-        Position of the token.
-    """
-
-    def __init__(self, index: int) -> None:
-        super().__init__()
-        self.index = int(index)
-
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
-        return x[:, self.index]
-
-    def extra_repr(self) -> str:  # noqa: D102
-        return f"index={self.index}"
-
-
-class PassThroughRule(PropagationRule):
-    """Rule for modules whose backward only moves values around.
-
-    Used for ``nn.Identity``, ``nn.Flatten`` and similar leaves whose gradient is
-    a pure re-indexing: no hooks are registered, so the relevance (which is what
-    flows as "gradient" between Captum's hooked layers) passes unchanged.
-    """
-
-    def forward_hook(self, module, inputs, outputs):  # type: ignore[no-untyped-def]
-        """Register nothing; keep the output as it is."""
-        return None
-
-    def forward_hook_weights(self, module, inputs, outputs) -> None:  # type: ignore[no-untyped-def]
-        """No weights to change and no activations to store."""
-        return None
-
-    def forward_pre_hook_activations(self, module, inputs):  # type: ignore[no-untyped-def]
-        """Leave inputs as they are."""
-        return None
-
-    def _manipulate_weights(self, module, inputs, outputs) -> None:  # type: ignore[no-untyped-def]
-        return None

@@ -11,10 +11,11 @@ module with an LRP rule (CP-LRP, Ali et al. 2022; Achtibat et al. 2024):
   ``c`` added by :class:`AddConstant` (a bias: it absorbs its share of relevance). ``c``
   is computed from the model's own embedding on a zero image, with every hook suspended;
   each forward pass checks that the embedding is indeed affine in the patch projection;
-* attention ``proj(softmax(q k^T * scale) @ v)`` with the probabilities detached
-  (:class:`AttentionScores`), so all relevance flows through the values
-  (:class:`AttentionMix`), for fused ``qkv`` or separate q / k / v projections, with
-  optional ``q_norm`` / ``k_norm`` and a norm before ``proj``;
+* attention ``proj(softmax(q k^T * scale) @ v)`` with the probabilities as a leaf
+  (:class:`AttentionScores`: a constant for CP-LRP, the softmax rule for AttnLRP) and
+  their product with the values (:class:`AttentionMix`); a fused ``qkv`` is split into
+  q / k / v Linear layers (:func:`split_qkv`), so fused and separate projections give
+  the same relevance; optional ``q_norm`` / ``k_norm`` and a norm before ``proj``;
 * residual additions as :class:`Add`, layer scale as a per-channel linear map (timm
   ``LayerScale``: epsilon rule, conserving), MLPs as ``fc1, act, fc2``;
 * the head as in the model: final norm, token selection / :class:`TokenMean` / attention
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -47,10 +48,9 @@ from captum_nave.attribution._lrp_modules import (
     AttentionMix,
     AttentionScores,
     TokenMean,
-    TokenSelect,
 )
 
-__all__ = ["HOOK_DICTS", "LRPTransformer", "LRPMapPool", "fresh_activation", "hooks_suspended"]
+__all__ = ["HOOK_DICTS", "LRPTransformer", "LRPMapPool", "fresh_activation", "hooks_suspended", "split_qkv"]
 
 #: The per-module hook dictionaries of ``nn.Module``.
 HOOK_DICTS = (
@@ -100,8 +100,39 @@ def _layer_norm_or_none(norm: Optional[nn.Module], what: str) -> Optional[nn.Lay
     raise TypeError(f"LRP: attention {what} of type {type(norm).__name__} is not supported (Identity or LayerNorm)")
 
 
+#: attributes by which the LRP copy remembers the user's module a module came from
+#: (:func:`captum_nave.attribution._lrp_canonize.module_origins`)
+_ORIGIN_ATTRS = ("_lrp_origin", "_lrp_origin_type")
+
+
+def split_qkv(qkv: nn.Module, where: str) -> Tuple[nn.Linear, nn.Linear, nn.Linear]:
+    """A fused ``qkv`` Linear as three Linear layers ``q, k, v`` (same values).
+
+    Each projection is then a layer of its own for the rules: a relative stabiliser
+    scales with the values (or queries, keys) alone, not with all three, so a fused
+    (timm, torch-hub) and a separate (Hugging Face) attention give the same relevance.
+    The three keep the fused layer's origin, so a rule map naming ``...attn.qkv``
+    applies to all of them.
+    """
+    if type(qkv) is not nn.Linear or qkv.out_features % 3:
+        raise TypeError(
+            f"LRP: the fused qkv projection of '{where}' is {type(qkv).__name__} with "
+            f"{getattr(qkv, 'out_features', '?')} outputs; expected an nn.Linear with 3 x D outputs"
+        )
+    weights = qkv.weight.detach().chunk(3, dim=0)
+    biases = qkv.bias.detach().chunk(3, dim=0) if qkv.bias is not None else (None, None, None)
+    parts = []
+    for w, b in zip(weights, biases):
+        lin = _linear(w, b)
+        for attr in _ORIGIN_ATTRS:
+            if attr in vars(qkv):
+                setattr(lin, attr, getattr(qkv, attr))
+        parts.append(lin)
+    return parts[0], parts[1], parts[2]
+
+
 class LRPAttention(nn.Module):
-    """Self-attention computed explicitly, with detached softmax weights (CP-LRP)."""
+    """Self-attention computed explicitly: q, k, v as separate Linear layers, scores and mix."""
 
     def __init__(self, access: AttentionAccess, where: str) -> None:
         super().__init__()
@@ -113,14 +144,13 @@ class LRPAttention(nn.Module):
         if access.gated:
             raise TypeError(f"LRP: the attention of '{where}' is gated; not supported")
         self.num_heads = int(access.num_heads)
-        self.qkv = access.qkv
-        self.query, self.key, self.value = (None, None, None) if access.qkv is not None else (
-            access.query, access.key, access.value
-        )
-        if self.qkv is None and not (self.query and self.key and self.value):
+        if access.qkv is not None:
+            self.query, self.key, self.value = split_qkv(access.qkv, where)
+        else:
+            self.query, self.key, self.value = access.query, access.key, access.value
+        if not (self.query and self.key and self.value):
             raise TypeError(f"LRP: no q / k / v projections found for '{where}'")
-        out_features = (self.qkv.out_features // 3) if self.qkv is not None else self.value.out_features
-        self.head_dim = int(out_features) // self.num_heads
+        self.head_dim = int(self.value.out_features) // self.num_heads
         scale = access.scale if access.scale is not None else self.head_dim ** -0.5
         self.scores = AttentionScores(
             float(scale), _layer_norm_or_none(access.q_norm, "q_norm"), _layer_norm_or_none(access.k_norm, "k_norm")
@@ -132,11 +162,8 @@ class LRPAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
         b, n, _ = x.shape
         h, hd = self.num_heads, self.head_dim
-        if self.qkv is not None:
-            q, k, v = self.qkv(x).reshape(b, n, 3, h, hd).permute(2, 0, 3, 1, 4).unbind(0)
-        else:
-            split = lambda t: t.reshape(b, n, h, hd).transpose(1, 2)  # noqa: E731
-            q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        split = lambda t: t.reshape(b, n, h, hd).transpose(1, 2)  # noqa: E731
+        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
         out = self.mix(v, attn=self.scores(q, k))
         out = out.transpose(1, 2).reshape(b, n, h * hd)
         return self.proj(self.norm(out))
@@ -181,8 +208,9 @@ class LRPBlock(nn.Module):
 
 
 class LRPMapPool(nn.Module):
-    """Attention pooling with a learned probe (SigLIP): constant query, detached weights.
+    """Attention pooling with a learned probe (SigLIP).
 
+    The probe's query is a constant, the weights an :class:`AttentionScores` leaf.
     ``h = out_proj(softmax(q_probe k^T / sqrt(d)) @ v)``; ``out = h + mlp(norm(h))``;
     returns ``out[:, 0]``. Built from an ``nn.MultiheadAttention`` (packed projections).
     """
@@ -250,8 +278,7 @@ class LRPHead(nn.Module):
                     raise TypeError(f"LRP: attention pooling at '{where}' has no description")
                 pools.append(LRPMapPool(p.map, where))
             elif p.kind == "token":
-                # with several pools on the same tokens, every consumer must carry a rule
-                pools.append(TokenSelect(p.index) if len(head.pools) > 1 else nn.Identity())
+                pools.append(nn.Identity())  # x[:, index] in forward: a re-indexing, no rule
             else:
                 raise TypeError(f"LRP: pooling {p.kind!r} at '{where}' is not supported")
         self.pools = nn.ModuleList(pools)

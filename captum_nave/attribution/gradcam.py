@@ -68,6 +68,7 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from torch import Tensor, nn
 
+from captum_nave._validation import check_bool, check_int, check_int_pair
 from captum_nave.activations import LayerSpec, resolve_layers, tokens_to_grid
 from captum_nave.adapters import get_adapter
 
@@ -148,9 +149,7 @@ def _layer_name(model: nn.Module, layer: nn.Module) -> str:
 
 def _prefix_count(model: nn.Module, given: Optional[int]) -> Optional[int]:
     if given is not None:
-        if isinstance(given, bool) or not isinstance(given, int) or given < 0:
-            raise ValueError(f"num_prefix_tokens: expected a non-negative int, got {given!r}")
-        return given
+        return check_int(given, "num_prefix_tokens", low=0)
     return get_adapter(model).num_prefix_tokens
 
 
@@ -211,10 +210,8 @@ def gradcam(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: Grad-CAM needs an nn.Module (to hook a layer), got {type(model).__name__}")
-    if not isinstance(relu_attributions, bool):
-        raise TypeError(f"relu_attributions: expected a bool, got {relu_attributions!r}")
-    if not isinstance(attribute_to_layer_input, bool):
-        raise TypeError(f"attribute_to_layer_input: expected a bool, got {attribute_to_layer_input!r}")
+    check_bool(relu_attributions, "relu_attributions")
+    check_bool(attribute_to_layer_input, "attribute_to_layer_input")
     if interpolate_mode not in _INTERPOLATION:
         raise ValueError(f"interpolate_mode: expected one of {', '.join(_INTERPOLATION)}, got {interpolate_mode!r}")
     if layer is None:
@@ -224,14 +221,7 @@ def gradcam(
         module = resolve_layers(model, [layer])[0]
         name = layer if isinstance(layer, str) else _layer_name(model, module)
     prefix = _prefix_count(model, num_prefix_tokens)
-    if isinstance(patch_size, int) and not isinstance(patch_size, bool):
-        patch = (patch_size, patch_size)
-    elif patch_size is None:
-        patch = get_adapter(model).patch_size
-    elif isinstance(patch_size, (tuple, list)) and len(patch_size) == 2:
-        patch = (int(patch_size[0]), int(patch_size[1]))
-    else:
-        raise ValueError(f"patch_size: expected an int or a pair of ints, got {patch_size!r}")
+    patch = get_adapter(model).patch_size if patch_size is None else check_int_pair(patch_size, "patch_size")
 
     hw = (int(inputs.shape[-2]), int(inputs.shape[-1]))
     view = _GridView()

@@ -31,7 +31,7 @@ which gives the exact trapezoidal rule; the delta is recomputed accordingly.
 from __future__ import annotations
 
 import math
-from numbers import Integral, Real
+from numbers import Real
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
@@ -41,6 +41,7 @@ from torch import Tensor
 
 from captum_nave.adapters import logits_function
 
+from .._validation import check_bool, check_int, check_real, check_seed
 from .registry import register_method
 
 __all__ = ["integrated_gradients", "make_baseline", "gaussian_blur"]
@@ -64,8 +65,7 @@ def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
     -------
     Tensor of shape (N, C, H, W), same dtype
     """
-    if isinstance(sigma, bool) or not isinstance(sigma, Real) or not math.isfinite(sigma) or sigma <= 0:
-        raise ValueError(f"blur_sigma: expected a positive number of pixels, got {sigma!r}")
+    sigma = check_real(sigma, "blur_sigma", low=0.0, low_open=True)
     n, c, h, w = images.shape
     out = images
     for axis, size in ((2, h), (3, w)):
@@ -116,8 +116,7 @@ def make_baseline(
             sigma = blur_sigma if blur_sigma is not None else max(x.shape[-2:]) / 10.0
             return gaussian_blur(x, sigma)
         if kind == "uniform":
-            if random_state is not None and (isinstance(random_state, bool) or not isinstance(random_state, Integral)):
-                raise TypeError(f"random_state: expected an int or None, got {random_state!r}")
+            random_state = check_seed(random_state, allow_generator=False)
             g = torch.Generator(device="cpu")
             g.manual_seed(int(random_state) if random_state is not None else torch.seed())
             lo = x.amin(dim=(2, 3), keepdim=True)
@@ -130,6 +129,8 @@ def make_baseline(
     if isinstance(baselines, bool):
         raise TypeError("baselines: expected 'zeros', 'blur', 'uniform', a number or a Tensor, got bool")
     if isinstance(baselines, Real):
+        if not math.isfinite(float(baselines)):
+            raise ValueError(f"baselines: expected finite values, got {baselines!r}")
         return torch.full_like(x, float(baselines))
     if isinstance(baselines, Tensor):
         try:
@@ -139,6 +140,8 @@ def make_baseline(
                 f"baselines: expected a tensor broadcastable to the inputs' shape {tuple(x.shape)}, "
                 f"got shape {tuple(baselines.shape)}"
             ) from None
+        if not bool(torch.isfinite(b).all()):
+            raise ValueError("baselines: expected finite values, got a tensor with NaN or infinite values")
         return b.clone()
     raise TypeError(
         f"baselines: expected 'zeros', 'blur', 'uniform', a number or a Tensor, got {type(baselines).__name__}"
@@ -158,7 +161,7 @@ def integrated_gradients(
     blur_sigma: Optional[float] = None,
     random_state: Optional[int] = 0,
     additional_forward_args: Any = None,
-) -> Tuple[Tensor, Tensor, Tensor, Dict[str, Any]]:
+) -> Tuple[Tensor, Tensor, Tensor, Dict[str, Any], Tensor]:
     """Integrated Gradients of ``target`` (registered as ``"ig"``).
 
     Call it through ``captum_nave.attribution.attribute("ig", model, inputs, target,
@@ -193,17 +196,16 @@ def integrated_gradients(
     delta : Tensor of shape (N,)
         ``sum(raw[i]) - (F(x_i) - F(b_i))`` (meaningful with ``multiply_by_inputs``).
     options : dict
+    relative_delta : Tensor of shape (N,)
+        ``delta / |F(x_i) - F(b_i)|``.
     """
-    if isinstance(n_steps, bool) or not isinstance(n_steps, Integral) or n_steps < 1:
-        raise ValueError(f"n_steps: expected an int >= 1, got {n_steps!r}")
+    n_steps = check_int(n_steps, "n_steps", low=1)
     if method not in _METHODS:
         raise ValueError(f"method: expected one of {', '.join(_METHODS)}, got {method!r}")
-    if internal_batch_size is not None and (
-        isinstance(internal_batch_size, bool) or not isinstance(internal_batch_size, Integral) or internal_batch_size < 1
-    ):
-        raise ValueError(f"internal_batch_size: expected None or an int >= 1, got {internal_batch_size!r}")
-    if not isinstance(multiply_by_inputs, bool):
-        raise TypeError(f"multiply_by_inputs: expected a bool, got {multiply_by_inputs!r}")
+    internal_batch_size = check_int(
+        internal_batch_size, "internal_batch_size", low=1, allow_none=True, expected="None or an int >= 1"
+    )
+    check_bool(multiply_by_inputs, "multiply_by_inputs")
     base = make_baseline(inputs, baselines, blur_sigma=blur_sigma, random_state=random_state)
     ig = IntegratedGradients(logits_function(model), multiply_by_inputs=multiply_by_inputs)
     raw, delta = ig.attribute(
@@ -236,7 +238,8 @@ def integrated_gradients(
         options["blur_sigma"] = blur_sigma if blur_sigma is not None else max(inputs.shape[-2:]) / 10.0
     if isinstance(baselines, str) and baselines.strip().lower() == "uniform":
         options["random_state"] = random_state
-    return maps, raw, delta, options
+    gap = raw.sum(dim=(1, 2, 3)) - delta  # F(x) - F(b)
+    return maps, raw, delta, options, delta / gap.abs()
 
 
 def _weight_sum(method: str, n_steps: int) -> float:

@@ -8,13 +8,16 @@ and ``.grad`` restored afterwards, also on failure) and returns an
 ready to be compared with a NAVE segment map.
 
 A method is a function ``fn(model, inputs, target, **options)`` where ``target`` is
-already a LongTensor of shape (N,); it returns ``(maps, raw, delta)`` or
-``(maps, raw, delta, resolved_options)``:
+already a LongTensor of shape (N,); it returns ``(maps, raw, delta)``,
+``(maps, raw, delta, resolved_options)`` or ``(maps, raw, delta, resolved_options,
+relative_delta)``:
 
 * ``maps`` : float Tensor (N, 1, H, W), one value per input pixel;
 * ``raw`` : the method's native output (e.g. (N, C, H, W) or a layer-resolution map);
 * ``delta`` : Tensor (N,) convergence delta, or ``None``;
-* ``resolved_options`` : dict of the options actually used (defaults filled in).
+* ``resolved_options`` : dict of the options actually used (defaults filled in);
+* ``relative_delta`` : Tensor (N,), the delta relative to what the attributions
+  should sum to (the logit for LRP, ``F(x) - F(baseline)`` for IG), or ``None``.
 
 Built-in methods: ``"gradcam"`` (:mod:`.gradcam`), ``"ig"``
 (:mod:`.integrated_gradients`) and ``"lrp"`` (:func:`.lrp.lrp_attribute`).
@@ -30,8 +33,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from captum_nave._validation import check_images, model_float_dtype
 from captum_nave.activations import preserve_model_state
-from captum_nave.adapters import logits_function
+from captum_nave.adapters import logits_function, output_logits
 
 __all__ = [
     "AttributionResult",
@@ -71,6 +75,11 @@ class AttributionResult:
         The class explained for each image (after resolving ``"auto"``).
     options : dict
         The options used, defaults included (e.g. the Grad-CAM layer name).
+    relative_delta : Tensor of shape (N,) or None
+        ``delta`` divided by the magnitude of what the attributions should sum to:
+        ``|logit|`` for LRP, ``|F(x) - F(baseline)|`` for IG. Comparable across
+        models whatever the scale of their logits; ``None`` when the method has no
+        delta.
     """
 
     maps: Tensor
@@ -79,6 +88,7 @@ class AttributionResult:
     method: str
     target: Tensor
     options: Dict[str, Any] = field(default_factory=dict)
+    relative_delta: Optional[Tensor] = None
 
 
 # --------------------------------------------------------------------------- registry
@@ -128,18 +138,6 @@ def available_methods() -> List[str]:
 
 
 # --------------------------------------------------------------------------- checks
-def _check_inputs(inputs: Any) -> Tensor:
-    if not isinstance(inputs, Tensor):
-        raise TypeError(f"inputs: expected a Tensor of shape (N, C, H, W), got {type(inputs).__name__}")
-    if inputs.dim() != 4:
-        raise ValueError(f"inputs: expected a 4-D tensor (N, C, H, W), got shape {tuple(inputs.shape)}")
-    if not inputs.is_floating_point():
-        raise TypeError(f"inputs: expected a floating point tensor, got dtype {inputs.dtype}")
-    if inputs.shape[0] == 0:
-        raise ValueError("inputs: expected a non-empty batch, got N = 0")
-    return inputs
-
-
 def _forward_args(additional_forward_args: Any) -> Tuple[Any, ...]:
     if additional_forward_args is None:
         return ()
@@ -148,29 +146,10 @@ def _forward_args(additional_forward_args: Any) -> Tuple[Any, ...]:
     return (additional_forward_args,)
 
 
-def resolve_target(
-    target: TargetLike, logits: Tensor
-) -> Tensor:
-    """Turn ``target`` into a LongTensor (N,) of class indices within ``logits``' classes.
-
-    Parameters
-    ----------
-    target : None, "auto", int, sequence of int or integer Tensor of shape () or (N,)
-        ``None`` / ``"auto"``: the arg-max class of each image.
-    logits : Tensor of shape (N, K)
-        The model's output for the inputs.
-
-    Returns
-    -------
-    LongTensor of shape (N,), on ``logits``' device
-    """
-    if logits.dim() != 2:
-        raise ValueError(
-            f"model: expected an output of shape (N, K) (class scores), got shape {tuple(logits.shape)}"
-        )
-    n, k = logits.shape
+def _target_tensor(target: TargetLike, n: int) -> Optional[Tensor]:
+    """An explicit target as a LongTensor (n,) (range not checked), or None for "auto"."""
     if target is None or (isinstance(target, str) and target.strip().lower() == "auto"):
-        return logits.detach().argmax(dim=1)
+        return None
     if isinstance(target, str):
         raise ValueError(f"target: expected 'auto', None, an int or one int per image, got {target!r}")
     if isinstance(target, bool):
@@ -198,12 +177,74 @@ def resolve_target(
             f"target: expected 'auto', None, an int, a sequence of ints or an integer Tensor, "
             f"got {type(target).__name__}"
         )
+    if bool((t < 0).any()):
+        raise ValueError(f"target: expected class indices >= 0, got {t[t < 0].tolist()}")
+    return t
+
+
+def _check_logits(logits: Any) -> Tensor:
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"model: expected the forward pass to return a Tensor (N, K), got {type(logits).__name__}")
+    if logits.dim() != 2:
+        raise ValueError(
+            f"model: expected an output of shape (N, K) (class scores), got shape {tuple(logits.shape)}"
+        )
+    return logits
+
+
+def _check_range(t: Tensor, k: int) -> None:
     bad = (t < 0) | (t >= k)
     if bool(bad.any()):
         raise ValueError(
             f"target: expected class indices in [0, {k - 1}] (the model has {k} outputs), got {t[bad].tolist()}"
         )
+
+
+def resolve_target(
+    target: TargetLike, logits: Tensor
+) -> Tensor:
+    """Turn ``target`` into a LongTensor (N,) of class indices within ``logits``' classes.
+
+    Parameters
+    ----------
+    target : None, "auto", int, sequence of int or integer Tensor of shape () or (N,)
+        ``None`` / ``"auto"``: the arg-max class of each image.
+    logits : Tensor of shape (N, K)
+        The model's output for the inputs.
+
+    Returns
+    -------
+    LongTensor of shape (N,), on ``logits``' device
+    """
+    logits = _check_logits(logits)
+    n, k = logits.shape
+    t = _target_tensor(target, n)
+    if t is None:
+        return logits.detach().argmax(dim=1)
+    _check_range(t, k)
     return t.to(logits.device)
+
+
+class _RangeCheck:
+    """Forward hook that checks an explicit target against the model's first output.
+
+    An integer target needs no forward pass of its own: the method's first forward
+    pass through the model (Grad-CAM, IG) gives the number of classes.
+    """
+
+    def __init__(self, model: nn.Module, target: Tensor) -> None:
+        self.target = target
+        self.done = False
+        self.handle = model.register_forward_hook(self)
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self.done:
+            return
+        self.done = True
+        _check_range(self.target, _check_logits(output_logits(module, output)).shape[1])
+
+    def remove(self) -> None:
+        self.handle.remove()
 
 
 class _Guard:
@@ -249,11 +290,14 @@ def attribute(
     inputs : Tensor of shape (N, C, H, W)
         Model inputs (normalised images), on the model's device.
     target : "auto", None, int, sequence of int or integer Tensor of shape () or (N,)
-        Class explained per image; ``"auto"`` / ``None``: the predicted (arg-max) class.
+        Class explained per image; ``"auto"`` / ``None``: the predicted (arg-max) class,
+        which costs one forward pass. An explicit target costs none: it is checked
+        against the number of classes on the method's own first forward pass.
     **options
         Method options (``method``, ``model`` and ``inputs`` are positional-only, so an
         option may be called ``method``, as IG's integration rule is), e.g. ``layer=`` for ``"gradcam"``, ``baselines=``, ``n_steps=``,
-        ``internal_batch_size=`` for ``"ig"``, ``epsilon=`` for ``"lrp"``; see
+        ``internal_batch_size=`` for ``"ig"``, ``composite=``, ``name_map=``, ``epsilon=`` for
+        ``"lrp"``; see
         :func:`~captum_nave.attribution.gradcam.gradcam`,
         :func:`~captum_nave.attribution.integrated_gradients.integrated_gradients` and
         :func:`~captum_nave.attribution.lrp.lrp_attribute`.
@@ -289,7 +333,7 @@ def attribute(
         raise ValueError(f"method: expected one of {', '.join(map(repr, available_methods()))}, got {method!r}")
     if not callable(model):
         raise TypeError(f"model: expected an nn.Module or a callable, got {type(model).__name__}")
-    x = _check_inputs(inputs)
+    x = check_images(inputs, "inputs", dtype=model_float_dtype(model))
     module = model if isinstance(model, nn.Module) else None
     if module is not None and module.training:
         warnings.warn(
@@ -300,18 +344,29 @@ def attribute(
         )
     fn = _METHODS[key]
     with _Guard(module):
-        with torch.no_grad():
-            logits = logits_function(model)(x.detach(), *_forward_args(options.get("additional_forward_args")))
-        t = resolve_target(target, logits)
-        out = fn(model, x, t, **options)
-    if not isinstance(out, tuple) or len(out) not in (3, 4):
+        t = _target_tensor(target, x.shape[0])
+        if t is None or module is None:
+            # "auto" needs the prediction; a plain callable cannot be hooked
+            with torch.no_grad():
+                logits = logits_function(model)(x.detach(), *_forward_args(options.get("additional_forward_args")))
+            t = resolve_target(target, logits)
+            out = fn(model, x, t, **options)
+        else:
+            t = t.to(x.device)
+            check = _RangeCheck(module, t)
+            try:
+                out = fn(model, x, t, **options)
+            finally:
+                check.remove()
+    if not isinstance(out, tuple) or len(out) not in (3, 4, 5):
         raise TypeError(
             f"method {key!r} returned {type(out).__name__}; registered methods must return "
-            "(maps, raw, delta) or (maps, raw, delta, options)"
+            "(maps, raw, delta), (maps, raw, delta, options) or (maps, raw, delta, options, relative_delta)"
         )
     maps, raw, delta = out[:3]
+    relative = out[4] if len(out) == 5 else None
     used = dict(options)
-    if len(out) == 4 and out[3]:
+    if len(out) >= 4 and out[3]:
         used.update(out[3])
     expected = (x.shape[0], 1, x.shape[2], x.shape[3])
     if not isinstance(maps, Tensor) or tuple(maps.shape) != expected or not maps.is_floating_point():
@@ -324,4 +379,5 @@ def attribute(
         method=key,
         target=t.detach(),
         options=used,
+        relative_delta=relative.detach() if isinstance(relative, Tensor) else None,
     )

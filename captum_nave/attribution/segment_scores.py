@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from captum_nave.adapters import logits_function
 
+from captum_nave._validation import check_images, check_int, check_seed, model_float_dtype
 from .registry import TargetLike, _forward_args, _Guard, resolve_target
 
 __all__ = ["SegmentRelevanceTable", "segment_relevance", "segment_importance"]
@@ -123,23 +124,34 @@ class SegmentRelevanceTable:
     def to_csv(self, path: Union[str, "os.PathLike[str]"]) -> str:
         """Write the rows as CSV (header = :data:`COLUMNS`, floats with full precision).
 
+        A share whose total is 0 (``negative_share`` of a non-negative map such as
+        Grad-CAM: there is no negative relevance to share) is NaN in :attr:`rows` and an
+        empty cell in the file, as are missing names. Written atomically
+        (:func:`captum_nave.files.atomic_write`).
+
         Returns
         -------
         str
             The path written.
         """
+        from captum_nave.files import atomic_write
+
+        def cell(v: Any) -> Any:
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                return ""
+            return repr(v) if isinstance(v, float) else v
+
         path = os.fspath(path)
-        with open(path, "w", newline="", encoding="utf-8") as fh:
+        with atomic_write(path, newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=COLUMNS)
             writer.writeheader()
             for r in self.rows:
-                writer.writerow({k: ("" if r[k] is None else (repr(r[k]) if isinstance(r[k], float) else r[k])) for k in COLUMNS})
+                writer.writerow({k: cell(r[k]) for k in COLUMNS})
         return path
 
     def to_markdown(self, digits: int = 4) -> str:
         """A GitHub-flavoured Markdown table of the rows (columns that are all empty omitted)."""
-        if isinstance(digits, bool) or not isinstance(digits, Integral) or digits < 0:
-            raise ValueError(f"digits: expected a non-negative int, got {digits!r}")
+        digits = check_int(digits, "digits", low=0)
         cols = [c for c in COLUMNS if any(r[c] is not None for r in self.rows)] or COLUMNS
 
         def fmt(v: Any) -> str:
@@ -322,9 +334,7 @@ def segment_importance(
 
     if not callable(model):
         raise TypeError(f"model: expected an nn.Module or a callable, got {type(model).__name__}")
-    if not isinstance(inputs, Tensor) or inputs.dim() != 4 or not inputs.is_floating_point():
-        got = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
-        raise ValueError(f"inputs: expected a float tensor of shape (N, C, H, W), got {got}")
+    inputs = check_images(inputs, "inputs", dtype=model_float_dtype(model))
     _check_maps(segments, torch.zeros(segments.shape) if isinstance(segments, Tensor) else segments)
     if segments.shape[0] != inputs.shape[0] or segments.shape[-2:] != inputs.shape[-2:]:
         raise ValueError(
@@ -333,10 +343,9 @@ def segment_importance(
         )
     if method not in ("ablation", "shapley"):
         raise ValueError(f"method: expected 'ablation' or 'shapley', got {method!r}")
-    if isinstance(n_samples, bool) or not isinstance(n_samples, Integral) or n_samples < 1:
-        raise ValueError(f"n_samples: expected an int >= 1, got {n_samples!r}")
-    if isinstance(perturbations_per_eval, bool) or not isinstance(perturbations_per_eval, Integral) or perturbations_per_eval < 1:
-        raise ValueError(f"perturbations_per_eval: expected an int >= 1, got {perturbations_per_eval!r}")
+    n_samples = check_int(n_samples, "n_samples", low=1)
+    perturbations_per_eval = check_int(perturbations_per_eval, "perturbations_per_eval", low=1)
+    random_state = check_seed(random_state, allow_generator=False)
     if isinstance(baselines, bool) or not isinstance(baselines, (Real, Tensor)):
         raise TypeError(f"baselines: expected a number or a Tensor, got {type(baselines).__name__}")
     if isinstance(baselines, Tensor):

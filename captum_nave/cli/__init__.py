@@ -1,12 +1,18 @@
 """The ``captum-nave`` command-line tool.
 
 Each subcommand lives in its own module of this package and exposes
-``register(subparsers)``, which adds its parser and sets ``func=run`` where
-``run(args) -> int`` returns the exit code. The dispatcher only calls the
-public API through those modules.
+``register(subparsers)``, which adds its parser and sets ``func=run`` (``run(args) ->
+int`` returns the exit code) and, optionally, ``check=check``: the argument checks that
+need no model and no torch, run before anything heavy is imported. The dispatcher only
+calls the public API through those modules.
 
-Exit codes: 0 success, 1 unexpected internal error, 2 user error (bad
-argument, missing file, unavailable model), 130 interrupted.
+Start-up is light: this package, the subcommand modules and :mod:`captum_nave` itself
+import torch, timm, captum and matplotlib only when a command runs, so ``--help`` and
+argument mistakes answer at once.
+
+Exit codes: 0 success, 1 unexpected internal error, 2 user error (bad argument, missing
+file, unavailable model), 130 interrupted (Ctrl-C, also when the interrupt arrives during
+the imports or is swallowed by a library along the way).
 """
 
 from __future__ import annotations
@@ -14,9 +20,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 import traceback
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
+
+from .common import CLIError
 
 __all__ = ["main", "build_parser", "CLIError"]
 
@@ -24,8 +34,19 @@ __all__ = ["main", "build_parser", "CLIError"]
 SUBCOMMANDS: List[str] = ["explain", "compare", "compare_registers", "concepts", "corloc", "report"]
 
 
-class CLIError(Exception):
-    """A user mistake: printed as one line without a traceback (exit code 2)."""
+def _add_global_options(parser: argparse.ArgumentParser, *, on_subcommand: bool) -> None:
+    """``--debug``, ``--device``, ``--seed``: before the subcommand or after it.
+
+    On a subcommand they default to ``SUPPRESS`` so that leaving them out there keeps
+    the value given before the subcommand.
+    """
+    keep = argparse.SUPPRESS
+    group = parser.add_argument_group("global options") if on_subcommand else parser
+    group.add_argument("--debug", action="store_true", default=keep if on_subcommand else False,
+                       help="show full tracebacks on errors")
+    group.add_argument("--device", default=keep if on_subcommand else None,
+                       help="torch device to run on, e.g. cpu or cuda:0 (default: cpu)")
+    group.add_argument("--seed", type=int, default=keep if on_subcommand else 0, help="random seed (default: 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,17 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
             "NAVE (Neuro-Activated Vision Explanations): cluster the activations of a "
             "vision model into a segmentation of the input."
         ),
-        epilog="Run 'captum-nave COMMAND --help' for the options and an example of each command.",
+        epilog=(
+            "Run 'captum-nave COMMAND --help' for the options and an example of each command. "
+            "--device, --seed and --debug may also follow the command."
+        ),
     )
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    parser.add_argument(
-        "--device", default=None, help="torch device to run on, e.g. cpu or cuda:0 (default: cpu)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    _add_global_options(parser, on_subcommand=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"captum_nave.cli.{name}")
         module.register(sub)
+    for subparser in sub.choices.values():
+        _add_global_options(subparser, on_subcommand=True)
     return parser
 
 
@@ -55,7 +77,8 @@ def _error(msg: str) -> None:
 
 
 def check_device(text: Optional[str]) -> None:
-    """Refuse a ``--device`` that torch does not know or that this machine lacks (CLIError)."""
+    """Refuse a ``--device`` that torch does not know, that holds no data (``meta``) or
+    that this machine lacks (``cuda``, ``mps``, ...), with a one-line CLIError."""
     if text is None:
         return
     import torch
@@ -67,29 +90,84 @@ def check_device(text: Optional[str]) -> None:
             f"--device: expected a torch device such as cpu or cuda:0, got {text!r} "
             f"({str(exc).splitlines()[0]})"
         ) from None
+    if device.type == "cpu":
+        return
+    if device.type == "meta":
+        raise CLIError(f"--device: {text!r} holds no data (shapes only); expected cpu, cuda[:N] or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CLIError(f"--device: {text!r} requested but CUDA is not available on this machine")
+    backend = getattr(torch.backends, device.type, None) if device.type == "mps" else getattr(torch, device.type, None)
+    available = getattr(backend, "is_available", None)
+    if callable(available) and not available():
+        raise CLIError(f"--device: {text!r} requested but {device.type} is not available on this machine")
+    try:
+        torch.empty(1, device=device)
+    except Exception as exc:  # any backend failure: a usable one-line message
+        raise CLIError(f"--device: cannot use {text!r} on this machine ({str(exc).splitlines()[0]})") from None
+
+
+class _Interrupts:
+    """Turn Ctrl-C into KeyboardInterrupt and remember it, so an interrupt that a library
+    swallows (e.g. in a ``__del__`` or a broad ``except``) still ends with exit code 130."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> "_Interrupts":
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if previous is not signal.SIG_IGN:  # e.g. started with nohup: leave it ignored
+                self._previous = previous
+                signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``captum-nave``; returns the process exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
-    try:
-        check_device(args.device)
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        _error("interrupted")
-        return 130
-    except (CLIError, ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as exc:
-        if args.debug:
-            traceback.print_exc()
-        _error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        return 2 if not isinstance(exc, RuntimeError) or isinstance(exc, CLIError) else 1
+    args: Any = None
+    with _Interrupts() as interrupts:
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            if args.command is None:
+                parser.print_help()
+                return 2
+            logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
+            check = getattr(args, "check", None)
+            if check is not None:
+                check(args)  # cheap argument checks: no torch, no model
+            check_device(args.device)
+            from captum_nave.distributed import device_for_rank, distributed_session
+
+            # under torchrun / srun: one process group for the command ("cuda" -> cuda:LOCAL_RANK)
+            with distributed_session(device=args.device) as launched:
+                if launched:
+                    args.device = str(device_for_rank(args.device))
+                code = int(args.func(args) or 0)
+        except KeyboardInterrupt:
+            _error("interrupted")
+            return 130
+        except (CLIError, ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as exc:
+            if interrupts.count:  # an interrupt a library turned into another error
+                _error("interrupted")
+                return 130
+            if getattr(args, "debug", False):
+                traceback.print_exc()
+            _error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return 2 if not isinstance(exc, RuntimeError) or isinstance(exc, CLIError) else 1
+        if interrupts.count:
+            _error("interrupted")
+            return 130
+        return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,8 +1,10 @@
 """``captum-nave compare``: NAVE next to Grad-CAM, Integrated Gradients and LRP.
 
-Writes one side-by-side figure (image | NAVE | Grad-CAM | IG | LRP, one row per image)
-and one CSV with the relevance of every attribution method in every NAVE segment
-(:func:`captum_nave.attribution.segment_relevance`).
+Writes one side-by-side figure (image | NAVE | Grad-CAM | IG | LRP, one row per image),
+one CSV with the relevance of every attribution method in every NAVE segment
+(:func:`captum_nave.attribution.segment_relevance`) and one CSV with the faithfulness
+measures of every method (:func:`captum_nave.evaluation.faithfulness.faithfulness_audit`,
+optionally :func:`~captum_nave.evaluation.faithfulness.randomisation_check`).
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ import argparse
 import os
 import re
 import sys
-from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, NoReturn, Optional, Sequence, Tuple, Union
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
 
 from ._models import MODEL_HELP
 
@@ -29,9 +31,18 @@ Example:
   captum-nave compare dog.png --model tv:resnet50 --layers layer3 layer4 --target 207
 
 Writes OUT/compare.png (one row per image: the image | NAVE segments | one heatmap per
-attribution method) and OUT/segment_relevance.csv (per image, NAVE segment and method:
-area share, positive / negative / absolute relevance mass and share, density; written
-when --methods names at least one attribution method), and prints the paths. NAVE is
+attribution method), OUT/segment_relevance.csv (per image, NAVE segment and method:
+area share, positive / negative / absolute relevance mass and share, density) and
+OUT/faithfulness.csv (per image, method and ranking - pixels, NAVE segments by the
+method's relevance mass and by segment importance, SLIC superpixels, a grid - the
+deletion and insertion AUC of the explained class's probability with a blurred
+baseline: lower deletion / higher insertion AUC = a more faithful map; a random map is
+the reference), both written when --methods names at least one attribution method;
+--randomisation-stages N adds OUT/randomisation.csv (cascading model randomisation:
+Spearman / SSIM of each map with the trained model's, ARI for NAVE). Prints the paths.
+A share cell is empty when the map has no mass of that sign (negative_share of
+Grad-CAM, which is never negative). Images are resized so the shorter side matches
+--size and centre-cropped (all rows share one size). NAVE is
 always computed, since the CSV is per NAVE segment; leave 'nave' out of --methods to
 drop its panel. --target auto explains each image's
 predicted class; --target also takes an ImageNet class name ("tabby cat"). The default model, efficientnet_lite0, is ImageNet-trained and needs
@@ -83,16 +94,83 @@ def register(subparsers: Any) -> None:
         "--internal-batch-size", type=int, default=16, metavar="B",
         help="IG path points per forward pass (default: 16)",
     )
-    p.add_argument("--lrp-epsilon", type=float, default=1e-6, help="LRP epsilon (default: 1e-6)")
+    add_lrp_arguments(p)
     p.add_argument("--size", type=int, default=None, help="input size in pixels (default: the model's, 224)")
+    p.add_argument("--no-faithfulness", action="store_true", help="do not write faithfulness.csv")
+    p.add_argument("--faithfulness-steps", type=int, default=20, metavar="N",
+                   help="deletion / insertion steps per curve (default: 20)")
+    p.add_argument("--randomisation-stages", type=int, default=0, metavar="N",
+                   help="also run the cascading model-randomisation check with N stages and write "
+                   "randomisation.csv (default: 0, off)")
     p.add_argument("--out", default="nave-compare", metavar="DIR", help="output folder (default: ./nave-compare)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=check)
 
 
 def _fail(msg: str) -> NoReturn:
-    from captum_nave.cli import CLIError
+    from captum_nave.cli.common import fail
 
-    raise CLIError(msg)
+    fail(msg)
+
+
+def check(args: argparse.Namespace) -> None:
+    """Every check that needs no model (run before torch is imported)."""
+    from captum_nave.cli.common import check_out_dir
+
+    if args.n_clusters < 2:
+        _fail(f"-k/--n-clusters: expected an integer >= 2, got {args.n_clusters}")
+    if args.ig_steps < 1:
+        _fail(f"--ig-steps: expected a positive integer, got {args.ig_steps}")
+    if args.internal_batch_size < 1:
+        _fail(f"--internal-batch-size: expected a positive integer, got {args.internal_batch_size}")
+    if str(args.ig_baseline).strip().lower() not in _BASELINES:
+        _fail(f"--ig-baseline: expected one of {', '.join(_BASELINES)}, got {args.ig_baseline!r}")
+    if not args.lrp_epsilon >= 0:
+        _fail(f"--lrp-epsilon: expected a number >= 0, got {args.lrp_epsilon}")
+    if args.size is not None and args.size < 8:
+        _fail(f"--size: expected an image size of at least 8 pixels, got {args.size}")
+    if args.faithfulness_steps < 1:
+        _fail(f"--faithfulness-steps: expected a positive integer, got {args.faithfulness_steps}")
+    if args.randomisation_stages < 0:
+        _fail(f"--randomisation-stages: expected an integer >= 0, got {args.randomisation_stages}")
+    for path in args.images:
+        if not os.path.isfile(path):
+            _fail(f"image file {path!r} does not exist")
+    check_out_dir(args.out)
+
+
+#: Names of :data:`captum_nave.attribution._lrp_composites.COMPOSITES`, for ``--help``
+#: without importing torch (a test checks that the two agree).
+LRP_COMPOSITE_NAMES = (
+    "epsilon", "epsilon-plus", "epsilon-plus-flat", "epsilon-gamma-box", "epsilon-alpha2-beta1",
+    "epsilon-alpha2-beta1-flat", "cp-lrp", "attnlrp",
+)
+
+
+def add_lrp_arguments(p: argparse.ArgumentParser) -> None:
+    """``--lrp-composite`` and ``--lrp-epsilon`` (compare and report)."""
+    p.add_argument(
+        "--lrp-composite", default="auto", metavar="NAME",
+        help="LRP rules: auto (default: epsilon-plus-flat for CNNs, cp-lrp for ViTs), "
+        + ", ".join(LRP_COMPOSITE_NAMES),
+    )
+    p.add_argument(
+        "--lrp-epsilon", type=float, default=1e-6,
+        help="LRP epsilon, relative to each layer's activations (default: 1e-6)",
+    )
+
+
+def lrp_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """LRP options from ``--lrp-composite`` / ``--lrp-epsilon`` (checked)."""
+    import math
+
+    from captum_nave.attribution._lrp_composites import COMPOSITES
+
+    if not (math.isfinite(args.lrp_epsilon) and args.lrp_epsilon >= 0):
+        _fail(f"--lrp-epsilon: expected a number >= 0, got {args.lrp_epsilon}")
+    name = str(args.lrp_composite).strip().lower()
+    if name != "auto" and name not in COMPOSITES:
+        _fail(f"--lrp-composite: expected auto or one of {', '.join(COMPOSITES)}, got {args.lrp_composite!r}")
+    return {"composite": name, "epsilon": float(args.lrp_epsilon)}
 
 
 def parse_methods(text: str) -> List[str]:
@@ -141,16 +219,19 @@ def _parse_layers(specs: Optional[Sequence[str]]) -> Optional[List[Union[str, in
     return [int(s) if re.fullmatch(r"-?\d+", s.strip()) else s.strip() for s in specs]
 
 
-def _load_images(args: argparse.Namespace, size: Tuple[int, int]) -> Tuple[List[str], Tensor]:
+def _load_images(args: argparse.Namespace, size: Tuple[int, int]) -> Tuple[List[str], "Tensor"]:
+    import torch
+
+    from captum_nave.cli.common import image_names
     from captum_nave.models import load_image, resize_images, sample_images
 
     if args.images:
-        names = [os.path.splitext(os.path.basename(p))[0] for p in args.images]
+        names = image_names(args.images)
         batch = []
         for path in args.images:
             try:
                 batch.append(resize_images(load_image(path), size))
-            except ValueError as exc:
+            except (ValueError, OSError) as exc:
                 _fail(str(exc).splitlines()[0])
         return names, torch.cat(batch)
     samples = sample_images()
@@ -158,29 +239,20 @@ def _load_images(args: argparse.Namespace, size: Tuple[int, int]) -> Tuple[List[
 
 def run(args: argparse.Namespace) -> int:
     """Run ``captum-nave compare``; returns the exit code."""
+    import torch
+
     from captum_nave import LayerClusterExplainer
     from captum_nave.attribution import SegmentRelevanceTable, attribute, segment_relevance
+    from captum_nave.attribution.lrp import normalisation_bounds
     from captum_nave.cli._models import check_input_size, class_scores, load_model_cli
+    from captum_nave.cli.common import layers_error
+    from captum_nave.files import save_figure
     from captum_nave.models import imagenet_class_name, normalize
 
     methods = parse_methods(args.methods)
     target = parse_target(args.target)
-    if args.n_clusters < 2:
-        _fail(f"-k/--n-clusters: expected an integer >= 2, got {args.n_clusters}")
-    if args.ig_steps < 1:
-        _fail(f"--ig-steps: expected a positive integer, got {args.ig_steps}")
-    if args.internal_batch_size < 1:
-        _fail(f"--internal-batch-size: expected a positive integer, got {args.internal_batch_size}")
     baseline = str(args.ig_baseline).strip().lower()
-    if baseline not in _BASELINES:
-        _fail(f"--ig-baseline: expected one of {', '.join(_BASELINES)}, got {args.ig_baseline!r}")
-    if not args.lrp_epsilon >= 0:
-        _fail(f"--lrp-epsilon: expected a number >= 0, got {args.lrp_epsilon}")
-    if args.size is not None and args.size < 8:
-        _fail(f"--size: expected an image size of at least 8 pixels, got {args.size}")
-    for path in args.images:
-        if not os.path.isfile(path):
-            _fail(f"image file {path!r} does not exist")
+    lrp_opts = lrp_options(args)
     device = torch.device(args.device or "cpu")
 
     model, info = load_model_cli(args.model, pretrained=not args.no_pretrained, device=device)
@@ -190,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         explainer = LayerClusterExplainer(model, layers)
     except (ValueError, TypeError) as exc:
-        _fail(f"--layers: {str(exc).splitlines()[0]}")
+        _fail(layers_error(exc, model, info))
     size = (args.size, args.size) if args.size is not None else tuple(info["input_size"])
     check_input_size(model, size, args.model)  # type: ignore[arg-type]
     names, x01 = _load_images(args, size)  # type: ignore[arg-type]
@@ -205,12 +277,17 @@ def run(args: argparse.Namespace) -> int:
         "gradcam": {} if args.gradcam_layer is None else {"layer": _parse_layers([args.gradcam_layer])[0]},  # type: ignore[index]
         "ig": {"n_steps": args.ig_steps, "baselines": baseline, "internal_batch_size": args.internal_batch_size,
                "random_state": args.seed},
-        "lrp": {"epsilon": float(args.lrp_epsilon)},
+        # the z^B rule of epsilon-gamma-box needs the range of the normalised pixels
+        "lrp": {**lrp_opts, "input_bounds": normalisation_bounds(info["mean"], info["std"])},
     }
     attr_methods = [m for m in methods if m != "nave"]
-    panels: Dict[str, Tensor] = {}
+    panels: Dict[str, "Tensor"] = {}
+    maps: Dict[str, "Tensor"] = {}
     tables: List[SegmentRelevanceTable] = []
-    with tqdm(total=1 + len(attr_methods), desc="compare", unit="method", disable=not sys.stderr.isatty()) as bar:
+    faith = bool(attr_methods) and not args.no_faithfulness
+    show = sys.stderr.isatty()
+    steps = 1 + len(attr_methods) + int(faith) + int(faith and args.randomisation_stages > 0)
+    with tqdm(total=steps, desc="compare", unit="step", disable=not show) as bar:
         try:
             segments = explainer.attribute(x, n_clusters=args.n_clusters, random_state=args.seed).cpu()
         except ValueError as exc:
@@ -224,11 +301,14 @@ def run(args: argparse.Namespace) -> int:
                 res = attribute(meth, model, x, target, **options.get(meth, {}))
             except (ValueError, TypeError) as exc:
                 _fail(f"{meth}: {str(exc).splitlines()[0]}")
-            maps = res.maps.cpu()
-            panels[meth] = maps
+            maps[meth] = res.maps
+            panels[meth] = res.maps.cpu()
             targets = res.target.cpu()
-            tables.append(segment_relevance(segments, maps, method=meth, image_names=names))
+            tables.append(segment_relevance(segments, panels[meth], method=meth, image_names=names))
             bar.update(1)
+        if faith:
+            audit, sanity = _faithfulness(args, model, x, x01, segments, maps, targets, layers, options, names, info)
+            bar.update(1 + int(sanity is not None))
     if targets is None:
         logits = class_scores(model, x)
         targets = (logits.argmax(1) if target == "auto" else torch.full((x.shape[0],), int(target))).cpu()
@@ -247,10 +327,43 @@ def run(args: argparse.Namespace) -> int:
         f"{', '.join(str(l) for l in layers)}, K={args.n_clusters}",
         fontsize="medium",
     )
-    png = os.path.join(args.out, "compare.png")
-    fig.savefig(png, dpi=100)
+    png = save_figure(fig, os.path.join(args.out, "compare.png"), dpi=100)
     print(png)
     if tables:
         csv_path = SegmentRelevanceTable.concat(tables).to_csv(os.path.join(args.out, "segment_relevance.csv"))
         print(csv_path)
+    if faith:
+        from captum_nave.evaluation.faithfulness.audit import write_csv
+
+        print(audit.to_csv(os.path.join(args.out, "faithfulness.csv")))
+        if sanity is not None:
+            rows = sanity.summary()
+            print(write_csv(os.path.join(args.out, "randomisation.csv"), list(rows[0]), rows))
     return 0
+
+
+def _faithfulness(
+    args: argparse.Namespace, model: Any, x: Tensor, x01: Tensor, segments: Tensor, maps: Dict[str, Tensor],
+    targets: Tensor, layers: Sequence[Any], options: Dict[str, Dict[str, Any]], names: List[str], info: Dict[str, Any],
+) -> Tuple[Any, Any]:
+    """The faithfulness audit (and the randomisation check when asked) of the compared maps."""
+    from captum_nave.attribution import segment_importance
+    from captum_nave.evaluation.faithfulness import faithfulness_audit, randomisation_check
+
+    seg = segments.to(x.device)
+    t = targets.to(x.device)
+    imp = segment_importance(model, x, seg, t)
+    audit = faithfulness_audit(
+        model, x, maps, t, segments=seg, segment_scores={"segment_importance": imp}, images=x01.to(x.device),
+        n_steps=args.faithfulness_steps, image_names=names, model_name=info["name"],
+    )
+    sanity = None
+    if args.randomisation_stages > 0:
+        methods = ["nave"] + list(maps)
+        mopts = {"nave": {"layers": list(layers), "n_clusters": args.n_clusters, "random_state": args.seed}}
+        mopts.update({m: options.get(m, {}) for m in maps})
+        sanity = randomisation_check(
+            model, x, t, methods=methods, method_options=mopts, stages=args.randomisation_stages,
+            reference_maps={**maps, "nave": seg},
+        )
+    return audit, sanity

@@ -8,9 +8,6 @@ import os
 import sys
 from typing import Any, Dict, List, Sequence, Tuple
 
-import numpy as np
-import torch
-
 from ._models import MODEL_HELP
 
 NAME = "compare-registers"
@@ -25,6 +22,15 @@ OUT/aggregated.csv and OUT/figure.png (image | NAVE A | NAVE B | norm A | norm B
 CLS attention A | CLS attention B). With --boxes FILE (JSON mapping each image file name
 to a list of [x_min, y_min, x_max, y_max] boxes in original image pixels) CorLoc of both
 models and McNemar's test are added.
+
+When a model has a classifier head, the class-embedding lens (every block's tokens
+projected through the final norm and the head onto the classes) adds the lens_*
+measures to the tables, OUT/lens_layers.csv (per block: share of patch tokens, CLS
+and register tokens whose top class is the predicted one), OUT/lens_segments.csv
+(per image and NAVE segment: the first block from which at least half of its tokens
+have the predicted class on top, -1 for never) and OUT/lens.png (identifiability per
+block | segment x block | the last block's tokens on the first image, one row per
+model). --no-lens leaves it out.
 """
 
 
@@ -64,13 +70,28 @@ def register(subparsers: Any) -> None:
     p.add_argument("--corloc-border", type=int, default=None, help="CorLoc border width (default: paper's 14)")
     p.add_argument("--figure-rows", type=int, default=4, help="images shown in the figure (default: 4)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.set_defaults(func=run)
+    p.add_argument("--no-lens", action="store_true", help="leave out the class-embedding lens")
+    p.set_defaults(func=run, check=check)
 
 
 def _fail(msg: str) -> None:
-    from captum_nave.cli import CLIError
+    from captum_nave.cli.common import fail
 
-    raise CLIError(msg)
+    fail(msg)
+
+
+def check(args: argparse.Namespace) -> None:
+    """Every check that needs no model (run before torch is imported)."""
+    from captum_nave.cli.common import check_out_dir
+
+    if args.n_clusters < 2:
+        _fail(f"--n-clusters: expected an int >= 2, got {args.n_clusters}")
+    if args.figure_rows < 1:
+        _fail(f"--figure-rows: expected an int >= 1, got {args.figure_rows}")
+    for img in args.images:
+        if not os.path.isfile(img):
+            _fail(f"IMAGE: file {img!r} does not exist")
+    check_out_dir(args.out)
 
 
 def _transform_box(box: Sequence[float], hw: Tuple[int, int], target: Tuple[int, int]) -> List[float]:
@@ -87,6 +108,8 @@ def _transform_box(box: Sequence[float], hw: Tuple[int, int], target: Tuple[int,
 
 
 def _read_boxes(path: str, images: Sequence[str]) -> Dict[str, List[List[float]]]:
+    import numpy as np
+
     if not os.path.isfile(path):
         _fail(f"--boxes: file {path!r} does not exist")
     try:
@@ -109,20 +132,36 @@ def _read_boxes(path: str, images: Sequence[str]) -> Dict[str, List[List[float]]
     return out
 
 
+def _write_lens(res: Any, out: str, image_names: List[str]) -> List[str]:
+    """lens_layers.csv, lens_segments.csv and lens.png of a register comparison."""
+    from captum_nave.evaluation.faithfulness.audit import write_csv
+    from captum_nave.files import save_figure
+    from captum_nave.lens.plots import plot_lens_overview
+    from captum_nave.lens.summary import LAYER_COLUMNS, SEGMENT_COLUMNS, layer_rows, segment_rows
+    from captum_nave.visualization import _new_figure
+
+    present = [(name, lens, nave) for name, lens, nave in zip(res.names, res.lens, res.nave) if lens is not None]
+    layers = [r for name, lens, _ in present for r in layer_rows(lens, name)]
+    segs = [r for name, lens, nave in present
+            for r in segment_rows(lens, nave.segments, model=name, image_names=image_names)]
+    paths = [write_csv(os.path.join(out, "lens_layers.csv"), LAYER_COLUMNS, layers),
+             write_csv(os.path.join(out, "lens_segments.csv"), SEGMENT_COLUMNS, segs)]
+    fig, axes = _new_figure(len(present), 3, (13.0, 3.6 * len(present)), False)
+    for r, (name, lens, nave) in enumerate(present):
+        plot_lens_overview(lens, res.display[0], nave.segments, 0, name=name, plt_fig_axis=(fig, axes[r]))
+    return paths + [save_figure(fig, os.path.join(out, "lens.png"), dpi=110)]
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the comparison and write the summary, tables and figure."""
+    import torch
+
     from captum_nave.cli._models import check_input_size, load_model_cli
+    from captum_nave.files import save_figure, write_text
     from captum_nave.models import load_image, normalize, resize_images
     from captum_nave.registers.compare import compare_registers
     from captum_nave.registers.layout import vit_adapter
 
-    if args.n_clusters < 2:
-        _fail(f"--n-clusters: expected an int >= 2, got {args.n_clusters}")
-    if args.figure_rows < 1:
-        _fail(f"--figure-rows: expected an int >= 1, got {args.figure_rows}")
-    for img in args.images:
-        if not os.path.isfile(img):
-            _fail(f"IMAGE: file {img!r} does not exist")
     device = args.device or "cpu"
     torch.manual_seed(args.seed)
     pretrained = not args.no_pretrained
@@ -174,20 +213,17 @@ def run(args: argparse.Namespace) -> int:
         outlier_method="fixed" if args.outlier_threshold is not None else "robust",
         outlier_k=args.outlier_k, outlier_threshold=args.outlier_threshold,
         boxes=boxes, corloc_strategy=args.corloc_strategy, corloc_protocol=protocol,
-        random_state=args.seed, batch_size=args.batch_size, display_images=display,
+        random_state=args.seed, batch_size=args.batch_size, display_images=display, lens=not args.no_lens,
     )
     os.makedirs(args.out, exist_ok=True)
     paths = []
-    md = os.path.join(args.out, "summary.md")
-    with open(md, "w") as fh:
-        fh.write(res.to_markdown())
-    paths.append(md)
+    paths.append(write_text(os.path.join(args.out, "summary.md"), res.to_markdown()))
     paths.append(res.to_csv(os.path.join(args.out, "per_image.csv")))
     paths.append(res.to_csv(os.path.join(args.out, "aggregated.csv"), which="aggregated"))
     fig, _ = res.plot(list(range(min(args.figure_rows, res.n_images))))
-    png = os.path.join(args.out, "figure.png")
-    fig.savefig(png, dpi=120, bbox_inches="tight")
-    paths.append(png)
+    paths.append(save_figure(fig, os.path.join(args.out, "figure.png"), dpi=120, bbox_inches="tight"))
+    if any(lens is not None for lens in res.lens):
+        paths += _write_lens(res, args.out, [os.path.splitext(os.path.basename(p))[0] for p in args.images])
     for p in paths:
         sys.stdout.write(p + "\n")
     return 0

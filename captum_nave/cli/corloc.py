@@ -21,7 +21,10 @@ Example:
   captum-nave corloc --format coco --root train2014 --annotations instances_train2014.json \\
       --file-list coco_20k_filenames.txt --model tv:resnet50 tv:resnet50@random --baseline slic
   captum-nave corloc --format folder --root my_images --model efficientnet_lite0 --limit 100
-  # split a large dataset over 4 machines, then combine:
+  # 4 GPUs (or 4 CPU processes with --device cpu): the shards are the processes, rank 0
+  # merges the tables when all are done; rerunning the command resumes every shard
+  torchrun --standalone --nproc-per-node 4 -m captum_nave.cli corloc ... --device cuda --out run
+  # without a launcher: split a large dataset over 4 machines, then combine:
   captum-nave corloc ... --num-shards 4 --shard-index 0 --out run/shard0   (and 1, 2, 3)
   captum-nave corloc --merge run/shard0 run/shard1 run/shard2 run/shard3 --out run
 
@@ -127,20 +130,56 @@ def register(subparsers: Any) -> None:
 
     r = p.add_argument_group("run")
     r.add_argument("--out", default=None, metavar="DIR", help="output folder (default: ./corloc-results)")
-    r.add_argument("--num-shards", type=int, default=1, metavar="N", help="split the images into this many shards")
-    r.add_argument("--shard-index", type=int, default=0, metavar="I", help="which shard to evaluate (0-based)")
+    r.add_argument("--num-shards", type=int, default=None, metavar="N",
+                   help="split the images into this many shards (machines without a launcher; under "
+                   "torchrun the shards are the processes)")
+    r.add_argument("--shard-index", type=int, default=None, metavar="I", help="which shard to evaluate (0-based)")
+    r.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="processes decoding images ahead of the model (default: 0, decode in-process)")
     r.add_argument("--merge", nargs="+", default=None, metavar="DIR",
                    help="merge the results of these output folders (shards, datasets) and write "
                    "the tables to --out; evaluates nothing")
     r.add_argument("--overwrite", action="store_true", help="discard earlier results in --out instead of resuming")
     r.add_argument("--overlays", action="store_true", help="save a PNG of the selected boxes per image and method")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=check)
 
 
 def _fail(msg: str) -> NoReturn:
-    from captum_nave.cli import CLIError
+    from captum_nave.cli.common import fail
 
-    raise CLIError(msg)
+    fail(msg)
+
+
+def check(args: argparse.Namespace) -> None:
+    """Every check that needs no model and no dataset (run before torch is imported)."""
+    from captum_nave.cli.common import check_out_dir
+
+    if args.merge:
+        check_out_dir(args.out or args.merge[0])
+        return
+    k_text = str(args.n_clusters).strip().lower()
+    if k_text != "auto" and (not re.fullmatch(r"\d+", k_text) or int(k_text) < 2):
+        _fail(f"-k/--n-clusters: expected an integer >= 2 or auto, got {args.n_clusters!r}")
+    k_min, k_max = args.k_range
+    if not 2 <= k_min <= k_max:
+        _fail(f"--k-range: expected 2 <= MIN <= MAX, got {k_min} {k_max}")
+    if args.limit is not None and args.limit < 1:
+        _fail(f"--limit: expected a positive integer, got {args.limit}")
+    if args.pad_multiple is not None and args.pad_multiple < 1:
+        _fail(f"--pad-multiple: expected a positive integer, got {args.pad_multiple}")
+    world = os.environ.get("WORLD_SIZE", "1")  # set by torchrun (the process group starts later)
+    if world.isdigit() and int(world) > 1 and (args.num_shards is not None or args.shard_index is not None):
+        _fail(f"--num-shards/--shard-index: under torchrun the shards are the {world} processes; leave them out")
+    if args.num_shards is not None and args.num_shards < 1:
+        _fail(f"--num-shards: expected a positive integer, got {args.num_shards}")
+    n_shards = args.num_shards or 1
+    if args.shard_index is not None and not 0 <= args.shard_index < n_shards:
+        _fail(f"--shard-index: expected 0 <= index < --num-shards ({n_shards}), got {args.shard_index}")
+    if args.workers < 0:
+        _fail(f"--workers: expected an integer >= 0, got {args.workers}")
+    if args.grid < 1 or (args.slic_segments is not None and args.slic_segments < 1):
+        _fail("--grid / --slic-segments: expected positive integers")
+    check_out_dir(args.out or "corloc-results")
 
 
 def parse_layers(specs: Optional[Sequence[str]]) -> Optional[List[Union[str, int]]]:
@@ -174,6 +213,12 @@ def allow_any_input_size(model: Any) -> bool:
     from captum_nave.adapters import get_adapter
 
     return isinstance(model, nn.Module) and get_adapter(model).allow_any_input_size()
+
+
+def _dist_world() -> int:
+    from captum_nave.distributed import get_world_size
+
+    return get_world_size()
 
 
 def _strategies(choice: str) -> Tuple[str, ...]:
@@ -263,30 +308,23 @@ def run(args: argparse.Namespace) -> int:
     from captum_nave.evaluation import CorLocProtocol, merge_runs, run_corloc
 
     if args.merge:
+        from captum_nave.distributed import is_main_process, run_on_main
+
         out = args.out or args.merge[0]
-        summaries = merge_runs(args.merge, out)
+        summaries = run_on_main(merge_runs, args.merge, out)  # once, also under a launcher
+        if not is_main_process():
+            return 0
         for s in summaries:
             if not s.complete:
                 sys.stderr.write(f"captum-nave: warning: results for {s.dataset} are incomplete\n")
         _print_paths(out, ["summary.md", "summary.json", "per_image.csv"])
         return 0
 
-    # cheap checks first, so that mistakes fail before any model is loaded
+    check(args)  # also when run() is called directly
     k_text = str(args.n_clusters).strip().lower()
-    if k_text != "auto" and (not re.fullmatch(r"\d+", k_text) or int(k_text) < 2):
-        _fail(f"-k/--n-clusters: expected an integer >= 2 or auto, got {args.n_clusters!r}")
     args.n_clusters = "auto" if k_text == "auto" else int(k_text)
-    k_min, k_max = args.k_range
-    if not 2 <= k_min <= k_max:
-        _fail(f"--k-range: expected 2 <= MIN <= MAX, got {k_min} {k_max}")
-    if args.limit is not None and args.limit < 1:
-        _fail(f"--limit: expected a positive integer, got {args.limit}")
-    if args.pad_multiple is not None and args.pad_multiple < 1:
-        _fail(f"--pad-multiple: expected a positive integer, got {args.pad_multiple}")
-    if args.num_shards < 1 or not 0 <= args.shard_index < args.num_shards:
-        _fail(f"--shard-index: expected 0 <= index < --num-shards ({args.num_shards}), got {args.shard_index}")
-    if args.grid < 1 or (args.slic_segments is not None and args.slic_segments < 1):
-        _fail("--grid / --slic-segments: expected positive integers")
+    launched = _dist_world() > 1
+    n_shards = args.num_shards or 1
     given = {"min_area": args.min_area, "border": args.border, "iou_threshold": args.iou_threshold}
     try:  # constants not given keep the paper's values (CorLocProtocol's defaults)
         protocol = CorLocProtocol(conventions=args.protocol, **{k: v for k, v in given.items() if v is not None})
@@ -307,10 +345,15 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             overlays=args.overlays,
             progress=sys.stderr.isatty(),
+            workers=args.workers,
         )
     except AssertionError as exc:  # models that check their input size with assert
         _fail(f"a model rejected an input image: {str(exc).splitlines()[0]}")
-    if args.num_shards == 1:
+    from captum_nave.distributed import is_main_process
+
+    if not is_main_process():  # rank 0 prints the merged results
+        return 0
+    if launched or n_shards == 1:
         _print_paths(out, ["summary.md", "summary.json", "per_image.csv"])
     else:
         print(os.path.join(out, "records"))

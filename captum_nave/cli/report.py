@@ -6,10 +6,10 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Dict, List, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, NoReturn, Sequence
 
-import numpy as np
-import torch
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 from ._models import MODEL_HELP
 
@@ -25,10 +25,18 @@ Example:
       vit_small_patch14_dinov2.lvd142m vit_small_patch14_reg4_dinov2.lvd142m --size 518
   captum-nave report photos/*.jpg --boxes boxes.json --out audit.html
 
-Writes ONE HTML file (default: report.html) and prints its path. The file is
+Writes ONE HTML file (default: report.html; missing folders are created) and prints
+its path. Folders given as IMAGE are read non-recursively; images in them that cannot
+be read (over Pillow's decompression-bomb limit, damaged, a mode without a faithful
+conversion) are skipped, counted and listed in the report's configuration; a named
+file that cannot be read is an error. The file is
 self-contained: figures are embedded, there is no JavaScript and nothing is loaded
 from the network. Sections: side-by-side grids (NAVE | Grad-CAM | IG | LRP) per
-model, per-segment relevance tables, stability across the k-means --seeds, a
+model, per-segment relevance tables, faithfulness (deletion / insertion AUCs per
+method with pixels, NAVE segments, SLIC and a grid as units, and the cascading
+model-randomisation check; --no-faithfulness leaves it out), stability across the
+k-means --seeds, the class-embedding lens for ViTs with a classifier head
+(--no-lens leaves it out), a
 register comparison (--register-pair A B, two of the --model names), a CorLoc
 table (--boxes), and a reproducibility section (configuration, package versions,
 model weight hashes, seeds, timings).
@@ -43,6 +51,8 @@ access; other timm / torchvision ('tv:NAME') names download their weights.
 
 def register(subparsers: Any) -> None:
     """Add the ``report`` subcommand to ``subparsers``."""
+    from captum_nave.cli.compare import add_lrp_arguments
+
     p = subparsers.add_parser(
         NAME,
         help="write one self-contained HTML audit report (NAVE beside Grad-CAM / IG / LRP, stability, registers, CorLoc)",
@@ -56,7 +66,8 @@ def register(subparsers: Any) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (default: scikit-image sample photos)")
+    p.add_argument("images", nargs="*", metavar="IMAGE_OR_DIR",
+                   help="image files and/or folders of images (default: scikit-image sample photos)")
     p.add_argument(
         "--model", action="append", default=None, metavar="NAME",
         help="model to explain; repeat for several (default: efficientnet_lite0, offline): " + MODEL_HELP,
@@ -80,6 +91,7 @@ def register(subparsers: Any) -> None:
                    help="class to explain: an index, an ImageNet class name (\"tabby cat\"), or auto (the prediction; default)")
     p.add_argument("--ig-steps", type=int, default=32, metavar="N", help="Integrated Gradients steps (default: 32)")
     p.add_argument("--internal-batch-size", type=int, default=16, metavar="B", help="IG path points per forward pass (default: 16)")
+    add_lrp_arguments(p)
     p.add_argument(
         "--register-pair", nargs=2, default=None, metavar=("A", "B"),
         help="compare ViT A (without registers) with ViT B (with registers); both must be --model names",
@@ -87,19 +99,28 @@ def register(subparsers: Any) -> None:
     p.add_argument("--boxes", default=None, metavar="FILE", help="JSON ground-truth boxes per image: adds the CorLoc section")
     p.add_argument("--min-area", type=int, default=None, metavar="PX", help="CorLoc minimum component area (default: the paper's 784)")
     p.add_argument("--border", type=int, default=None, metavar="PX", help="CorLoc border removed from components (default: the paper's 14)")
+    p.add_argument("--no-faithfulness", action="store_true",
+                   help="leave out the Faithfulness section (deletion / insertion AUCs, model randomisation)")
+    p.add_argument("--faithfulness-steps", type=int, default=20, metavar="N",
+                   help="deletion / insertion steps per curve (default: 20)")
+    p.add_argument("--randomisation-stages", type=int, default=4, metavar="N",
+                   help="stages of the cascading model-randomisation check, spread from the classifier to the "
+                   "input (default: 4; 0 skips the check)")
+    p.add_argument("--no-lens", action="store_true",
+                   help="leave out the class-embedding lens section (ViTs with a classifier head)")
     p.add_argument("--title", default="captum-nave report", help="report title")
     p.add_argument(
         "--keep-going", action="store_true",
         help="record a method that fails on a model in the report instead of stopping",
     )
     p.add_argument("--out", default="report.html", metavar="FILE", help="output HTML file (default: report.html)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=check)
 
 
 def _fail(msg: str) -> NoReturn:
-    from captum_nave.cli import CLIError
+    from captum_nave.cli.common import fail
 
-    raise CLIError(msg)
+    fail(msg)
 
 
 def _methods(text: str) -> List[str]:
@@ -113,7 +134,7 @@ def _methods(text: str) -> List[str]:
     return (["nave"] if "nave" not in items else []) + items
 
 
-def read_boxes(path: str, image_paths: Sequence[str]) -> List[np.ndarray]:
+def read_boxes(path: str, image_paths: Sequence[str]) -> List["np.ndarray"]:
     """Boxes of every image from a JSON file (see the command's help).
 
     An image matches a key equal to its path as given, its file name, or its file name
@@ -123,6 +144,8 @@ def read_boxes(path: str, image_paths: Sequence[str]) -> List[np.ndarray]:
     -------
     list of ndarray of shape (M, 4), one per image
     """
+    import numpy as np
+
     if not os.path.isfile(path):
         _fail(f"--boxes: file {path!r} does not exist")
     try:
@@ -154,16 +177,10 @@ def read_boxes(path: str, image_paths: Sequence[str]) -> List[np.ndarray]:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
-    from captum_nave.cli._models import load_model_cli
-    from captum_nave.models import sample_images
-    from captum_nave.report import build_report
+def check(args: argparse.Namespace) -> None:
+    """Every check that needs no model (run before torch is imported)."""
+    from captum_nave.cli.common import check_out_file, collect_images
 
-    from captum_nave.cli.compare import parse_target
-    from captum_nave.cli.explain import parse_layers
-
-    methods = _methods(args.methods)
-    target = parse_target(args.target)
     if args.n_clusters < 2:
         _fail(f"-k/--n-clusters: expected an integer >= 2, got {args.n_clusters}")
     if args.size is not None and args.size < 8:
@@ -172,12 +189,15 @@ def run(args: argparse.Namespace) -> int:
         _fail(f"--ig-steps: expected a positive integer, got {args.ig_steps}")
     if args.internal_batch_size < 1:
         _fail(f"--internal-batch-size: expected a positive integer, got {args.internal_batch_size}")
+    if args.faithfulness_steps < 1:
+        _fail(f"--faithfulness-steps: expected a positive integer, got {args.faithfulness_steps}")
+    if args.randomisation_stages < 0:
+        _fail(f"--randomisation-stages: expected an integer >= 0, got {args.randomisation_stages}")
     seeds = list(args.seeds) if args.seeds is not None else [args.seed, args.seed + 1, args.seed + 2]
     if len(set(seeds)) != len(seeds):
         _fail(f"--seeds: expected distinct seeds, got {' '.join(map(str, seeds))}")
-    for path in args.images:
-        if not os.path.isfile(path):
-            _fail(f"image file {path!r} does not exist")
+    collect_images(args.images, option="IMAGE_OR_DIR")
+    check_out_file(args.out)
     model_names = list(args.model) if args.model else ["efficientnet_lite0"]
     if len(set(model_names)) != len(model_names):
         _fail(f"--model: each model once, got {' '.join(model_names)}")
@@ -189,10 +209,35 @@ def run(args: argparse.Namespace) -> int:
             _fail("--register-pair: expected two different models")
     if args.boxes is not None and not args.images:
         _fail("--boxes: give the IMAGE files the boxes belong to")
-    boxes = read_boxes(args.boxes, args.images) if args.boxes is not None else None
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir):
-        _fail(f"--out: folder {out_dir!r} does not exist")
+    if args.boxes is not None and not os.path.isfile(args.boxes):
+        _fail(f"--boxes: file {args.boxes!r} does not exist")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from captum_nave.cli.common import ImageLoader, collect_images, image_names
+    from captum_nave.cli.compare import lrp_options, parse_target
+    from captum_nave.cli.explain import parse_layers
+    from captum_nave.cli._models import load_model_cli
+    from captum_nave.models import sample_images
+    from captum_nave.report import build_report
+
+    methods = _methods(args.methods)
+    target = parse_target(args.target)
+    seeds = list(args.seeds) if args.seeds is not None else [args.seed, args.seed + 1, args.seed + 2]
+    model_names = list(args.model) if args.model else ["efficientnet_lite0"]
+    paths: List[str] = []
+    skipped: List[str] = []
+    if args.images:
+        found = collect_images(args.images, option="IMAGE_OR_DIR")
+        loader = ImageLoader()
+        paths = [it.path for it in loader.usable(found)]
+        loader.summary(len(found))
+        skipped = [f"{p}: {why}" for p, why in loader.skipped]
+        if not paths:
+            _fail(f"no image could be read ({len(skipped)} skipped)")
+    boxes = read_boxes(args.boxes, paths) if args.boxes is not None else None
     protocol = None
     if args.min_area is not None or args.border is not None:
         from captum_nave.evaluation import CorLocProtocol
@@ -214,25 +259,34 @@ def run(args: argparse.Namespace) -> int:
         model, info = load_model_cli(name, pretrained=not args.no_pretrained, device=device)
         models[name] = (model, info)
 
-    if args.images:
-        images: Any = list(args.images)
-    else:
-        images = sample_images()
-    options = {"ig": {"n_steps": args.ig_steps, "internal_batch_size": args.internal_batch_size}}
-    cli_args = {k: v for k, v in vars(args).items() if k != "func"}
+    images: Any = list(paths) if paths else sample_images()
+    options = {
+        "ig": {"n_steps": args.ig_steps, "internal_batch_size": args.internal_batch_size},
+        "lrp": lrp_options(args),  # input bounds: from each model's normalisation (build_report)
+    }
+    cli_args = {k: v for k, v in vars(args).items() if k not in ("func", "check")}
+    extra: Dict[str, Any] = {"command-line arguments": cli_args}
+    if skipped:
+        extra["skipped images"] = skipped
     try:
         path = build_report(
-            images, models, out_path=args.out, methods=methods, layers=parse_layers(args.layers),
+            images, models, out_path=args.out, image_names=image_names(paths) if paths else None,
+            methods=methods, layers=parse_layers(args.layers),
             n_clusters=args.n_clusters, seeds=seeds, size=args.size, target=target,
             method_options={k: v for k, v in options.items() if k in methods},
             register_pair=tuple(args.register_pair) if args.register_pair else None,
-            boxes=boxes, corloc_protocol=protocol, title=args.title,
+            boxes=boxes, corloc_protocol=protocol, title=args.title, faithfulness=not args.no_faithfulness,
+            lens=not args.no_lens,
+            faithfulness_options={"n_steps": args.faithfulness_steps, "randomisation_stages": args.randomisation_stages},
             on_error="record" if args.keep_going else "raise",
-            progress=sys.stderr.isatty(), extra_config={"command-line arguments": cli_args},
+            progress=sys.stderr.isatty(), extra_config=extra,
         )
     except (ValueError, TypeError) as exc:
         _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     except AssertionError as exc:  # models that check their input size with assert
         _fail(f"a model rejected the input: {str(exc).splitlines()[0] if str(exc) else 'assertion failed'}")
-    print(str(path))
+    from captum_nave.distributed import is_main_process
+
+    if is_main_process():  # under torchrun rank 0 wrote the file
+        print(str(path))
     return 0

@@ -27,9 +27,18 @@ from typing import List, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from .._validation import check_seed
 from ..features import ImplicitFeatures
 
-__all__ = ["KMeansResult", "kmeans_plusplus", "lloyd", "implicit_kmeans", "make_generator", "make_generators"]
+__all__ = [
+    "KMEANS_MAX_PIXELS", "KMeansResult", "kmeans_plusplus", "lloyd", "implicit_kmeans", "make_generator",
+    "make_generators",
+]
+
+#: Most pixels one k-means problem (an image, or the whole batch when shared) may have:
+#: k-means++ draws its candidates with ``torch.multinomial``, which accepts at most 2**24
+#: categories. Checked up front by :func:`captum_nave.clustering.check_grid_size`.
+KMEANS_MAX_PIXELS = 2**24
 
 
 @dataclass
@@ -55,15 +64,14 @@ class KMeansResult:
 
 def make_generator(random_state, device: torch.device) -> torch.Generator:
     """A ``torch.Generator`` on ``device`` seeded from an int, a Generator or None."""
+    random_state = check_seed(random_state)
     if isinstance(random_state, torch.Generator):
         return random_state
     g = torch.Generator(device=device)
     if random_state is None:
         g.seed()
     else:
-        if isinstance(random_state, bool) or not isinstance(random_state, int):
-            raise TypeError(f"random_state: expected an int, a torch.Generator or None, got {random_state!r}")
-        g.manual_seed(int(random_state))
+        g.manual_seed(random_state)
     return g
 
 
@@ -216,7 +224,8 @@ def lloyd(
     changes (strict convergence) or when its squared centre shift is at most ``tol``
     times its mean feature variance (scikit-learn's criterion); converged images drop
     out of the batch, so the work is the sum, not the maximum, of the iterations.
-    Empty clusters are moved to the pixel farthest from its centre.
+    Empty clusters are moved to the pixel farthest from its centre (which leaves its
+    old cluster), as in scikit-learn.
 
     Parameters
     ----------
@@ -246,11 +255,11 @@ def lloyd(
         ca = centers[active]
         labels = _assign(fa, ca, shared).reshape(fa.n_images, H, W)
         sums, counts = _update(fa, labels, K, shared)
-        new = sums / counts.clamp_min(1).unsqueeze(-1)
         empty = counts == 0
         if bool(empty.any()):
             mind = _sq_dist(fa, ca, shared).min(1).values
-            new = _relocate_empty(fa, new, empty, mind, shared)
+            sums, counts = _relocate_empty(fa, sums, counts, empty, mind, _flat_pixels(labels, shared), shared)
+        new = sums / counts.clamp_min(1).unsqueeze(-1)
         shift = (new - ca).pow(2).sum((1, 2))
         centers[active] = new
         if shared:
@@ -281,18 +290,26 @@ def _mean_variance(feats: ImplicitFeatures, shared: bool) -> Tensor:
     return (msq - mu.pow(2).sum(-1)).clamp_min(0) / feats.dim
 
 
-def _relocate_empty(feats, centers, empty, mind, shared):
-    """Give each empty cluster the pixel currently farthest from its centre."""
-    centers = centers.clone()
-    for g in range(centers.shape[0]):
+def _relocate_empty(feats, sums, counts, empty, mind, labels, shared):
+    """Give each empty cluster the pixel farthest from its centre, as scikit-learn does:
+    that pixel becomes the cluster's only member and leaves its old cluster's sum.
+
+    ``sums`` (G, K, D) and ``counts`` (G, K) per cluster, ``mind`` (G, P) the squared
+    distance of each pixel to its centre, ``labels`` (G, P); returns new sums and counts.
+    """
+    sums, counts = sums.clone(), counts.clone()
+    for g in range(sums.shape[0]):
         ks = torch.nonzero(empty[g]).flatten()
         if ks.numel() == 0:
             continue
         far = torch.topk(mind[g], int(ks.numel())).indices
-        gid = torch.full_like(far, g)
-        rows = feats.rows(*_pixel_coords(far, gid, feats, shared))
-        centers[g, ks] = rows
-    return centers
+        rows = feats.rows(*_pixel_coords(far, torch.full_like(far, g), feats, shared))
+        old = labels[g, far]
+        sums[g].index_add_(0, old, -rows)
+        counts[g].index_add_(0, old, -torch.ones_like(old, dtype=counts.dtype))
+        sums[g, ks] = rows
+        counts[g, ks] = 1
+    return sums, counts
 
 
 def implicit_kmeans(

@@ -22,6 +22,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from captum_nave._validation import check_int
+
 #: What a reader does with a box that leaves its image: keep it as annotated (the
 #: authors' script does), stop with an error, clip it to the image, or drop it.
 INVALID_BOX_POLICIES: Tuple[str, ...] = ("keep", "raise", "clip", "drop")
@@ -233,6 +235,4 @@ def no_duplicate_keys(pairs: List[Tuple[str, object]]) -> Dict[str, object]:
 
 def check_limit(limit: object) -> int:
     """``limit`` as a positive int, else ``ValueError``."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"limit: expected a positive int, got {limit!r}")
-    return limit
+    return check_int(limit, "limit", low=1)  # type: ignore[return-value]

@@ -16,6 +16,7 @@ from typing import Any, Dict, Sequence, Union
 
 import numpy as np
 
+from captum_nave._validation import check_int, check_real
 from .segmenters import _check_image, _pair, padded_size
 
 __all__ = ["SlicSegmenter", "GridSegmenter", "slic_labels", "grid_labels"]
@@ -60,10 +61,9 @@ def slic_labels(
     from skimage.segmentation import slic
 
     img = _check_image(image)
-    if isinstance(n_segments, bool) or not isinstance(n_segments, int) or n_segments < 1:
-        raise ValueError(f"n_segments: expected a positive int, got {n_segments!r}")
-    if not compactness > 0:
-        raise ValueError(f"compactness: expected a positive float, got {compactness!r}")
+    n_segments = check_int(n_segments, "n_segments", low=1)
+    compactness = check_real(compactness, "compactness", low=0.0, low_open=True)
+    sigma = check_real(sigma, "sigma", low=0.0)
     labels = slic(
         img,
         n_segments=n_segments,
@@ -78,8 +78,7 @@ def slic_labels(
 def grid_labels(height: int, width: int, rows: int = 3, cols: int = 3) -> np.ndarray:
     """A ``rows x cols`` grid of (nearly) equal cells as a label map (H, W), int64."""
     for name, v in (("height", height), ("width", width), ("rows", rows), ("cols", cols)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name}: expected a positive int, got {v!r}")
+        check_int(v, name, low=1)
     r = (np.arange(height) * rows) // height
     c = (np.arange(width) * cols) // width
     return (r[:, None] * cols + c[None, :]).astype(np.int64)
@@ -104,11 +103,9 @@ class SlicSegmenter:
         sigma: float = 0.0,
         pad_multiple: Union[int, Sequence[int]] = 1,
     ) -> None:
-        if isinstance(n_segments, bool) or not isinstance(n_segments, int) or n_segments < 1:
-            raise ValueError(f"n_segments: expected a positive int, got {n_segments!r}")
-        self.n_segments = n_segments
-        self.compactness = float(compactness)
-        self.sigma = float(sigma)
+        self.n_segments = check_int(n_segments, "n_segments", low=1)
+        self.compactness = check_real(compactness, "compactness", low=0.0, low_open=True)
+        self.sigma = check_real(sigma, "sigma", low=0.0)
         self.pad_multiple = _pair(pad_multiple, "pad_multiple")
 
     def __call__(self, image: np.ndarray) -> np.ndarray:

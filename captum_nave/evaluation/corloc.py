@@ -66,6 +66,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from captum_nave._validation import InvalidParameterError, check_int, check_int_pair, check_real
 from captum_nave.segments import resize_labels
 
 from .boxes import CONVENTIONS, as_boxes, authors_box_iou, box_iou, check_conventions, inner_box, outer_box
@@ -411,10 +412,12 @@ class CorLocProtocol:
     conventions: str = DEFAULT_CONVENTIONS
 
     def __post_init__(self) -> None:
-        _check_nonneg_int(self.min_area, "min_area")
-        _check_nonneg_int(self.border, "border")
-        _check_threshold(self.iou_threshold)
+        # plain Python numbers: the protocol is written to JSON with the results
+        object.__setattr__(self, "min_area", _check_nonneg_int(self.min_area, "min_area"))
+        object.__setattr__(self, "border", _check_nonneg_int(self.border, "border"))
+        object.__setattr__(self, "iou_threshold", _check_threshold(self.iou_threshold))
         _structure(self.connectivity)
+        object.__setattr__(self, "connectivity", int(self.connectivity))
         check_conventions(self.conventions)
 
     def to_dict(self) -> Dict[str, object]:
@@ -529,24 +532,17 @@ def _resize_nearest(lab: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
 
 
 def _check_size(size: object) -> Tuple[int, int]:
-    if (
-        not isinstance(size, (tuple, list))
-        or len(size) != 2
-        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in size)
-        or min(size) < 1
-    ):
-        raise ValueError(f"image_size: expected (height, width) positive ints, got {size!r}")
-    return int(size[0]), int(size[1])
+    if not isinstance(size, (tuple, list)):
+        raise InvalidParameterError(f"image_size: expected (height, width), got {size!r}")
+    return check_int_pair(size, "image_size")
 
 
-def _check_nonneg_int(value: object, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name}: expected a non-negative int, got {value!r}")
+def _check_nonneg_int(value: object, name: str) -> int:
+    return check_int(value, name, low=0)  # type: ignore[return-value]
 
 
-def _check_threshold(value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise ValueError(f"iou_threshold: expected a float in (0, 1], got {value!r}")
+def _check_threshold(value: object) -> float:
+    return check_real(value, "iou_threshold", low=0.0, high=1.0, low_open=True)  # type: ignore[return-value]
 
 
 def _check_strategy(strategy: object) -> None:

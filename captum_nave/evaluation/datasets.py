@@ -70,15 +70,17 @@ DATASET_FORMATS: Tuple[str, ...] = ("voc", "coco", "folder")
 def load_image(record_or_path: Union[ImageRecord, PathLike]) -> np.ndarray:
     """Read an image as an RGB ``uint8`` array of shape (H, W, 3).
 
+    Decoded by :func:`captum_nave.images.read_image_array` (16-bit and float files
+    scaled by their real range, unconvertible modes refused, decompression-bomb limit),
+    without applying the EXIF orientation: boxes are annotated on the stored pixel grid.
     When given an :class:`ImageRecord`, the size is checked against the annotation.
     """
-    from PIL import Image
+    from captum_nave.images import read_image_array
 
     path = Path(record_or_path.path if isinstance(record_or_path, ImageRecord) else record_or_path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
-    with Image.open(path) as img:
-        arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    arr = np.rint(read_image_array(path, exif_orientation=False) * 255.0).astype(np.uint8)
     if isinstance(record_or_path, ImageRecord):
         rec = record_or_path
         if arr.shape[:2] != (rec.height, rec.width):

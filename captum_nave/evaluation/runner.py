@@ -36,7 +36,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -44,6 +43,9 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import numpy as np
 
+from .. import distributed as dist_utils
+from ..data import IndexedDataset, iterate_items, loader_kwargs, shard_indices
+from ..files import save_figure, write_text
 from .corloc import STRATEGIES, CorLocProtocol, Selection, _check_strategies, as_protocol
 from .datasets import BoxDataset, ImageRecord, load_image
 from .records import RECORD_KEYS, check_resumable, combine_records, image_record
@@ -77,17 +79,22 @@ def _shard_tag(index: int, num: int) -> str:
 
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    write_text(path, text)
+
+
+def _read_meta(path: Path) -> Dict[str, Any]:
+    """A run's ``meta.*.json``; a damaged file raises ValueError naming it."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(
+            f"{path}: damaged run metadata, not valid JSON ({' '.join(str(exc).split())}); "
+            "remove the file to start this output folder afresh, or rerun with overwrite=True "
+            "(CLI: --overwrite)"
+        ) from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: damaged run metadata, expected a JSON object, got a {type(meta).__name__}")
+    return meta
 
 
 def read_records(path: PathLike, *, repair: bool = False) -> List[Dict[str, Any]]:
@@ -132,7 +139,8 @@ class _AppendLog:
     """Append complete lines with one ``os.write`` each, then ``fsync``."""
 
     def __init__(self, path: Path, fsync: bool = True) -> None:
-        self.fd = os.open(str(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        # 0o666: the user's umask decides the permissions, as for every output
+        self.fd = os.open(str(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         self.fsync = fsync
 
     def append(self, record: Mapping[str, Any]) -> None:
@@ -185,22 +193,10 @@ def _save_overlay(
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(str(path))
+    save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- runner
-def _check_shards(num_shards: object, shard_index: object) -> Tuple[int, int]:
-    if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
-        raise ValueError(f"num_shards: expected a positive int, got {num_shards!r}")
-    if (
-        isinstance(shard_index, bool)
-        or not isinstance(shard_index, int)
-        or not 0 <= shard_index < num_shards
-    ):
-        raise ValueError(f"shard_index: expected an int in [0, {num_shards - 1}], got {shard_index!r}")
-    return num_shards, shard_index
-
-
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True, default=repr))
 
@@ -212,13 +208,14 @@ def run_corloc(
     *,
     strategies: Sequence[str] = STRATEGIES,
     protocol: Union[None, str, CorLocProtocol] = None,
-    num_shards: int = 1,
-    shard_index: int = 0,
+    num_shards: Optional[int] = None,
+    shard_index: Optional[int] = None,
     overwrite: bool = False,
     overlays: bool = False,
     progress: bool = False,
     fsync: bool = True,
     on_record: Optional[Callable[[str, Dict[str, Any]], None]] = None,
+    workers: int = 0,
 ) -> CorLocSummary:
     """Evaluate segmenters on a box dataset with the CorLoc protocol.
 
@@ -238,9 +235,12 @@ def run_corloc(
         comparable with the paper's); ``"clean"`` for the float conventions of
         captum-nave 0.1 (see :class:`CorLocProtocol`). Recorded in the run's
         metadata and in the summary table.
-    num_shards, shard_index : int, default 1, 0
-        Evaluate only the images with ``index % num_shards == shard_index``.
-        Combine shards with :func:`merge_runs`.
+    num_shards, shard_index : int, optional
+        Evaluate only the images with ``index % num_shards == shard_index``
+        (default: all) and combine the shards with :func:`merge_runs`. Under
+        ``torchrun`` (an initialised process group with several ranks) leave them
+        unset: the shards are the ranks, and after every rank has finished, rank 0
+        merges the records and writes the reports (the same code path, merged for you).
     overwrite : bool, default False
         Discard this shard's previous records instead of resuming from them.
     overlays : bool, default False
@@ -251,6 +251,10 @@ def run_corloc(
         ``fsync`` after every record (durability against power loss / kills).
     on_record : callable, optional
         Called as ``on_record(method, record)`` after each record is on disk.
+    workers : int, default 0
+        DataLoader worker processes decoding the images ahead of the segmenters
+        (0: decode in this process). Records are written in dataset order whatever
+        the number of workers.
 
     Returns
     -------
@@ -258,7 +262,8 @@ def run_corloc(
         Scores of this shard's images, for ``methods`` and any other method
         evaluated into ``out_dir`` by earlier runs (the folder accumulates a
         comparison). With a single shard, ``per_image.csv``,
-        ``summary.md`` and ``summary.json`` are written too.
+        ``summary.md`` and ``summary.json`` are written too. Under ``torchrun``,
+        every rank returns the merged scores of the whole dataset.
 
     Raises
     ------
@@ -283,13 +288,84 @@ def run_corloc(
         raise ValueError(f"methods: names collide once made file-safe: {safe}")
     strategies = _check_strategies(strategies)
     protocol = as_protocol(protocol)
-    num_shards, shard_index = _check_shards(num_shards, shard_index)
+    num_shards, shard_index, launched = dist_utils.resolve_shards(num_shards, shard_index)
+    loader_kwargs(workers, None)  # validates workers before any work
+    if launched:
+        return _run_on_every_rank(
+            dataset, methods, out_dir, strategies=strategies, protocol=protocol, num_shards=num_shards,
+            shard_index=shard_index, overwrite=overwrite, overlays=overlays, progress=progress, fsync=fsync,
+            on_record=on_record, workers=workers,
+        )
+    return _run_shard(
+        dataset, methods, out_dir, safe=safe, strategies=strategies, protocol=protocol, num_shards=num_shards,
+        shard_index=shard_index, overwrite=overwrite, overlays=overlays, progress=progress, fsync=fsync,
+        on_record=on_record, workers=workers,
+    )
 
+
+def _run_on_every_rank(dataset: BoxDataset, methods: Mapping[str, Any], out_dir: PathLike, **kw: Any) -> CorLocSummary:
+    """torchrun: every rank evaluates its shard; after all have finished, rank 0 merges.
+
+    An error on one rank is raised on every rank (no rank waits forever); the records
+    written so far stay on disk, so rerunning the job resumes every rank's shard.
+    """
+    error: Optional[BaseException] = None
+    try:
+        _check_layout(out_dir, dataset.name, kw["num_shards"])
+        _run_shard(dataset, methods, out_dir, safe={n: _safe_name(n) for n in methods}, **kw)
+    except Exception as exc:  # told to every rank by check_all_ok, then re-raised here
+        error = exc
+    dist_utils.check_all_ok(error)
+    summaries = dist_utils.run_on_main(merge_runs, out_dir)
+    for s in summaries:
+        if s.dataset == dataset.name:
+            return s
+    raise RuntimeError(f"merge: no records of dataset {dataset.name!r} in {out_dir}")  # pragma: no cover
+
+
+def _check_layout(out_dir: PathLike, name: str, num_shards: int) -> None:
+    """Refuse a folder whose records of ``name`` were split into another number of shards.
+
+    A job restarted with another number of processes would not find its records (they
+    are per shard) and its merge would mix two splits.
+    """
+    rec_dir = Path(out_dir) / RECORDS_DIR
+    for mp in sorted(rec_dir.glob("meta.shard-*-of-*.json")) if rec_dir.is_dir() else []:
+        try:
+            meta = json.loads(mp.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # reported by the shard that owns it
+        if meta.get("dataset") == name and meta.get("num_shards") != num_shards:
+            raise ValueError(
+                f"out_dir: {out_dir} holds records of {name!r} split into {meta.get('num_shards')} shards "
+                f"({mp.name}); restart with {meta.get('num_shards')} processes to resume them, or use "
+                "another output folder"
+            )
+
+
+def _run_shard(
+    dataset: BoxDataset,
+    methods: Mapping[str, Any],
+    out_dir: PathLike,
+    *,
+    safe: Mapping[str, str],
+    strategies: Tuple[str, ...],
+    protocol: CorLocProtocol,
+    num_shards: int,
+    shard_index: int,
+    overwrite: bool,
+    overlays: bool,
+    progress: bool,
+    fsync: bool,
+    on_record: Optional[Callable[[str, Dict[str, Any]], None]],
+    workers: int,
+) -> CorLocSummary:
+    """Evaluate shard ``shard_index`` of ``num_shards`` into ``out_dir`` (resuming its records)."""
     out = Path(out_dir)
     rec_dir = out / RECORDS_DIR
     rec_dir.mkdir(parents=True, exist_ok=True)
     tag = _shard_tag(shard_index, num_shards)
-    indices = [i for i in range(len(dataset)) if i % num_shards == shard_index]
+    indices = shard_indices(len(dataset), num_shards, shard_index)
     meta = {
         "dataset": dataset.name,
         "format": dataset.format,
@@ -311,7 +387,7 @@ def run_corloc(
         for n in methods:
             (rec_dir / meta["files"][n]).unlink(missing_ok=True)
     elif meta_path.is_file():
-        old = json.loads(meta_path.read_text())
+        old = _read_meta(meta_path)
         check_resumable(out, old, meta)
         # keep methods of earlier runs in the meta so that merges still find them
         for n, cfg in old.get("methods", {}).items():
@@ -327,16 +403,20 @@ def run_corloc(
         path = rec_dir / meta["files"][n]
         done[n] = combine_records([(path, read_records(path, repair=True))], n)
     logs = {n: _AppendLog(rec_dir / meta["files"][n], fsync=fsync) for n in methods}
+    bar = None
     try:
         from tqdm.auto import tqdm
 
-        bar = tqdm(indices, desc=f"CorLoc {dataset.name}", unit="img", disable=not progress)
-        for idx in bar:
+        # only the images some method still lacks are decoded (ahead, by the DataLoader's workers)
+        todo_indices = [i for i in indices if any(dataset[i].image_id not in done[n] for n in methods)]
+        show = progress and dist_utils.is_main_process()
+        bar = tqdm(total=len(indices), initial=len(indices) - len(todo_indices), desc=f"CorLoc {dataset.name}",
+                   unit="img", disable=not show)
+        for idx, image in iterate_items(IndexedDataset(dataset.records, load=load_image), todo_indices,
+                                        workers=workers):
+            bar.update(1)
             rec = dataset[idx]
             todo = [n for n in methods if rec.image_id not in done[n]]
-            if not todo:
-                continue
-            image = load_image(rec)
             for n in todo:
                 t0 = time.perf_counter()
                 labels = methods[n](image)
@@ -352,6 +432,8 @@ def run_corloc(
                 if on_record is not None:
                     on_record(n, record)
     finally:
+        if bar is not None:
+            bar.close()
         for log in logs.values():
             log.close()
 
@@ -426,10 +508,7 @@ def merge_runs(
         if not found:
             raise FileNotFoundError(f"run_dirs: no CorLoc records in {d} (expected {rd}/meta.shard-*.json)")
         for mp in found:
-            try:
-                metas.append((mp.parent, json.loads(mp.read_text())))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{mp}: malformed JSON ({exc})") from None
+            metas.append((mp.parent, _read_meta(mp)))
 
     by_dataset: Dict[str, List[Tuple[Path, Dict[str, Any]]]] = {}
     for rd, meta in metas:

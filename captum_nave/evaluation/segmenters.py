@@ -15,6 +15,8 @@ import math
 from typing import Any, Dict, Mapping, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
 
 import numpy as np
+
+from captum_nave._validation import check_int, check_int_pair
 import torch
 from torch import nn
 
@@ -43,19 +45,7 @@ class Segmenter(Protocol):
 
 
 def _pair(value: Union[int, Sequence[int]], name: str) -> Tuple[int, int]:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        pair = (int(value), int(value))
-    elif (
-        isinstance(value, (tuple, list))
-        and len(value) == 2
-        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
-    ):
-        pair = (int(value[0]), int(value[1]))
-    else:
-        raise ValueError(f"{name}: expected a positive int or (int, int), got {value!r}")
-    if min(pair) < 1:
-        raise ValueError(f"{name}: expected a positive int or (int, int), got {value!r}")
-    return pair
+    return check_int_pair(value, name)
 
 
 def padded_size(height: int, width: int, multiple: Union[int, Sequence[int]]) -> Tuple[int, int]:
@@ -175,10 +165,8 @@ class NaveSegmenter:
 
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-        if n_clusters != "auto" and (
-            isinstance(n_clusters, bool) or not isinstance(n_clusters, int) or n_clusters < 2
-        ):
-            raise ValueError(f"n_clusters: expected an int >= 2 or 'auto', got {n_clusters!r}")
+        if not (isinstance(n_clusters, str) and n_clusters == "auto"):
+            n_clusters = check_int(n_clusters, "n_clusters", low=2, expected="an int >= 2 or 'auto'")
         self.model = model
         self.layers = layers
         self.n_clusters = n_clusters

@@ -6,6 +6,8 @@ import difflib
 import functools
 from typing import Any, Dict, List
 
+from .._validation import check_int
+
 __all__ = ["imagenet_class_index", "imagenet_class_name"]
 
 
@@ -18,8 +20,7 @@ def _imagenet_info() -> Any:
 
 def imagenet_class_name(index: int) -> str:
     """Short English name of ImageNet-1k class ``index`` (0..999), e.g. 281 -> "tabby"."""
-    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 1000:
-        raise ValueError(f"index: expected an ImageNet-1k class index in 0..999, got {index!r}")
+    index = check_int(index, "index", low=0, high=999)
     return _imagenet_info().index_to_description(index).split(",")[0].strip()
 
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .weights import one_line
+from ..images import _parse_size, _resize, load_image
 
 __all__ = [
     "SAMPLE_IMAGE_NAMES",
@@ -22,60 +20,6 @@ __all__ = [
 
 #: The scikit-image photos returned by :func:`sample_images`, in this order.
 SAMPLE_IMAGE_NAMES: Tuple[str, ...] = ("chelsea", "coffee", "astronaut", "rocket")
-
-
-def _parse_size(size: Any, param: str = "size") -> Optional[Tuple[int, int]]:
-    if size is None:
-        return None
-    if isinstance(size, bool):
-        raise TypeError(f"{param}: expected an int or (height, width), got {size!r}")
-    if isinstance(size, int):
-        size = (size, size)
-    if not isinstance(size, (tuple, list)) or len(size) != 2:
-        raise TypeError(f"{param}: expected an int or (height, width), got {size!r}")
-    h, w = size
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (h, w)):
-        raise ValueError(f"{param}: expected positive integers, got {size!r}")
-    return int(h), int(w)
-
-
-def load_image(path: Union[str, "os.PathLike[str]"], size: Optional[Union[int, Tuple[int, int]]] = None) -> Tensor:
-    """Read an image file as an RGB float tensor in [0, 1].
-
-    Parameters
-    ----------
-    path : str or path-like
-        Any format Pillow reads (PNG, JPEG, ...). Grey and RGBA images are converted to RGB.
-    size : int or (int, int), optional
-        ``int``: the shorter side is resized to ``size`` (aspect ratio kept);
-        ``(H, W)``: resized to exactly that size. Bilinear with anti-aliasing.
-
-    Returns
-    -------
-    Tensor of shape (3, H, W), float32 in [0, 1]
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    target = _parse_size(size)
-    p = os.fspath(path)
-    if not os.path.isfile(p):
-        raise FileNotFoundError(f"path: image file {p!r} does not exist")
-    try:
-        with Image.open(p) as img:
-            rgb = img.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"path: cannot read {p!r} as an image ({one_line(exc)})") from exc
-    import numpy as np
-
-    arr = np.asarray(rgb, dtype=np.uint8).copy()
-    x = torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
-    if target is None:
-        return x
-    if isinstance(size, int):
-        h, w = x.shape[-2:]
-        s = size / min(h, w)
-        target = (max(1, round(h * s)), max(1, round(w * s)))
-    return _resize(x[None], target)[0]
 
 
 def sample_images() -> Dict[str, Tensor]:
@@ -96,12 +40,6 @@ def sample_images() -> Dict[str, Tensor]:
         arr = getattr(data, key)()
         out[key] = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
     return out
-
-
-def _resize(x: Tensor, size: Tuple[int, int]) -> Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
 
 
 def _as_batch(images: Tensor, param: str = "images") -> Tensor:

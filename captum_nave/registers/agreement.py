@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from captum_nave._validation import check_int, check_real
 from captum_nave.adapters import ViTLayout
 
 from .layout import resolve_blocks
@@ -62,8 +63,7 @@ def nave_grid_labels(
     from captum_nave import LayerClusterExplainer
 
     blocks = resolve_blocks(model, layout)
-    if isinstance(layer, bool) or not isinstance(layer, int) or not -len(blocks) <= layer < len(blocks):
-        raise ValueError(f"layer: expected a block index in [{-len(blocks)}, {len(blocks) - 1}], got {layer!r}")
+    layer = check_int(layer, "layer", low=-len(blocks), high=len(blocks) - 1)
     explainer = LayerClusterExplainer(
         model,
         layers=[blocks[layer]],
@@ -157,8 +157,7 @@ def outlier_cluster_share(
         raise ValueError(
             f"outlier_mask: expected {lab.shape[1]} tokens per image like labels, got {mask.shape[1]}"
         )
-    if not isinstance(min_fraction, (int, float)) or not 0.0 <= min_fraction < 1.0:
-        raise ValueError(f"min_fraction: expected a float in [0, 1), got {min_fraction!r}")
+    min_fraction = check_real(min_fraction, "min_fraction", low=0.0, high=1.0, high_open=True)
     out = np.zeros(n, dtype=np.float64)
     for i in range(n):
         ids = torch.unique(lab[i])

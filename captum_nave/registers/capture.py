@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from numbers import Integral
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
+from captum_nave._validation import check_int
 from captum_nave.adapters import AttentionAccess, ViTLayout
 
 from .attention import mean_query_attention, query_attention, split_heads
@@ -89,11 +91,8 @@ class TokenStatistics:
 
     def block_index(self, layer: int) -> int:
         """Normalise a (possibly negative) block index."""
-        if isinstance(layer, bool) or not isinstance(layer, int) or not -self.num_blocks <= layer < self.num_blocks:
-            raise ValueError(
-                f"layer: expected a block index in [{-self.num_blocks}, {self.num_blocks - 1}], got {layer!r}"
-            )
-        return layer % self.num_blocks
+        layer = check_int(layer, "layer", low=-self.num_blocks, high=self.num_blocks - 1)
+        return layer % self.num_blocks  # type: ignore[operator]
 
     def attention_at(self, layer: int) -> Tensor:
         """Attention rows ``(N, H, T)`` of one block."""
@@ -165,13 +164,13 @@ def _normalise_layers(spec: Union[str, Sequence[int], None], n: int, name: str) 
         if spec != "all":
             raise ValueError(f"{name}: expected 'all' or a sequence of block indices, got {spec!r}")
         return tuple(range(n))
-    if isinstance(spec, int) and not isinstance(spec, bool):
+    if isinstance(spec, Integral) and not isinstance(spec, bool):
         spec = [spec]
     out = []
     for l in spec:
-        if isinstance(l, bool) or not isinstance(l, int) or not -n <= l < n:
+        if isinstance(l, bool) or not isinstance(l, Integral) or not -n <= l < n:
             raise ValueError(f"{name}: expected block indices in [{-n}, {n - 1}], got {list(spec)!r}")
-        out.append(l % n)
+        out.append(int(l) % n)
     return tuple(sorted(set(out)))
 
 
@@ -224,8 +223,7 @@ def collect_token_statistics(
         )
     if images.shape[0] == 0:
         raise ValueError("images: expected at least one image, got 0")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+    batch_size = check_int(batch_size, "batch_size", low=1)
     adapter = vit_adapter(model, layout)
     layout = adapter.layout
     assert layout is not None

@@ -49,6 +49,9 @@ MEASURES: Dict[str, str] = {
     "nave_seed_ari": "ARI between two k-means seeds of the same model (noise floor)",
     "outlier_cluster_share": "share of NAVE clusters dominated by outlier tokens",
     "corloc_hit": "object correctly localised (IoU >= threshold)",
+    "lens_patches": "class-embedding lens: share of patch tokens with the predicted class on top (block output)",
+    "lens_registers": "class-embedding lens: share of register tokens with the predicted class on top",
+    "lens_cls_first_layer": "class-embedding lens: first block from which the CLS token keeps the predicted class on top",
 }
 
 PAIR_MEASURES: Dict[str, str] = {
@@ -115,6 +118,9 @@ class RegisterComparison:
     display : Tensor of shape (N, 3, H, W)
         Images in [0, 1] for figures.
     config : dict
+    lens : (LensResult or None, LensResult or None)
+        The class-embedding lens of each model (:func:`captum_nave.lens.class_lens`,
+        the model's predicted class); ``None`` for a model without a classifier head.
     """
 
     names: Tuple[str, str]
@@ -131,6 +137,7 @@ class RegisterComparison:
     nave: Tuple[Any, Any]
     display: Tensor
     config: Dict[str, Any] = field(default_factory=dict)
+    lens: Tuple[Any, Any] = (None, None)
 
     @property
     def n_images(self) -> int:
@@ -219,8 +226,10 @@ class RegisterComparison:
         """
         if which not in ("per_image", "aggregated"):
             raise ValueError(f"which: expected 'per_image' or 'aggregated', got {which!r}")
+        from captum_nave.files import atomic_write
+
         p = os.fspath(path)
-        with open(p, "w", newline="") as fh:
+        with atomic_write(p, newline="") as fh:
             w = csv.writer(fh)
             if which == "per_image":
                 w.writerow(["image", "model", "measure", "value"])
@@ -369,6 +378,7 @@ def compare_registers(
     attention_method: str = "auto",
     batch_size: int = 16,
     display_images: Optional[Tensor] = None,
+    lens: bool = True,
 ) -> RegisterComparison:
     """Run every register measure on two ViTs and compare them image by image.
 
@@ -415,6 +425,9 @@ def compare_registers(
     batch_size : int, default 16
     display_images : Tensor of shape (N, 3, H, W) in [0, 1], optional
         Images for the figure; default: ``images`` min-max scaled per image.
+    lens : bool, default True
+        Run the class-embedding lens (:func:`captum_nave.lens.class_lens`) on every
+        model that has a classifier head and add its ``lens_*`` measures.
 
     Returns
     -------
@@ -469,6 +482,7 @@ def compare_registers(
     reg_share: List[Optional[np.ndarray]] = []
     cls_cos: List[Optional[np.ndarray]] = []
     hits: List[np.ndarray] = []
+    lens_l: List[Any] = []
 
     for k in range(2):
         model, x, lay = models[k], inputs[k], layouts[k]
@@ -522,6 +536,11 @@ def compare_registers(
             hits.append(_corloc_hits(r0.segments, boxes, images.shape[-2:], x.shape[-2:],
                                      corloc_strategy, corloc_protocol))
             vals["corloc_hit"] = hits[-1].astype(np.float64)
+        lens_l.append(_lens(model, x, batch_size) if lens else None)
+        if lens_l[-1] is not None:
+            from captum_nave.lens.summary import image_measures
+
+            vals.update(image_measures(lens_l[-1], bl))
         for m in MEASURES:
             per[m].append(np.asarray(vals.get(m, np.full(n, np.nan)), dtype=np.float64))
         reg_share.append(rep.register_high.double().mean(dim=0).numpy() if lay.num_registers else None)
@@ -581,7 +600,16 @@ def compare_registers(
         nave=(nave_l[0], nave_l[1]),
         display=display.detach().float().cpu(),
         config=config,
+        lens=(lens_l[0], lens_l[1]),
     )
+
+
+def _lens(model: nn.Module, x: Tensor, batch_size: int) -> Any:
+    """The class-embedding lens of a ViT classifier, or None without a classifier head."""
+    from captum_nave.lens import class_lens
+    from captum_nave.lens.summary import lens_available
+
+    return class_lens(model, x, batch_size=batch_size) if lens_available(model) else None
 
 
 def _nanmean(v: np.ndarray) -> float:

@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from captum_nave._validation import check_real
 from captum_nave.adapters import ViTLayout
 
 __all__ = [
@@ -90,17 +91,13 @@ def detect_outliers(
     if norms.dim() < 1 or norms.shape[-1] == 0:
         raise ValueError(f"norms: expected shape (..., P) with P >= 1, got {tuple(norms.shape)}")
     if method == "fixed":
-        if threshold is None or not isinstance(threshold, (int, float)) or isinstance(threshold, bool):
-            raise ValueError(
-                f"threshold: method='fixed' needs a numeric threshold, got {threshold!r}"
-            )
-        return norms > float(threshold)
-    if isinstance(k, bool) or not isinstance(k, (int, float)) or k < 0:
-        raise ValueError(f"k: expected a number >= 0, got {k!r}")
+        if threshold is None:
+            raise ValueError("threshold: method='fixed' needs a numeric threshold, got None")
+        return norms > check_real(threshold, "threshold")  # type: ignore[operator]
+    k = check_real(k, "k", low=0.0)
     mask = norms > robust_threshold(norms, float(k)).unsqueeze(-1)
     if min_ratio is not None:
-        if isinstance(min_ratio, bool) or not isinstance(min_ratio, (int, float)) or min_ratio < 0:
-            raise ValueError(f"min_ratio: expected None or a number >= 0, got {min_ratio!r}")
+        min_ratio = check_real(min_ratio, "min_ratio", low=0.0, allow_none=True)
         med = norms.median(dim=-1).values.unsqueeze(-1)
         mask &= norms >= float(min_ratio) * med
     return mask

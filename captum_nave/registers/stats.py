@@ -19,6 +19,8 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from captum_nave._validation import check_int, check_real
+
 __all__ = ["McNemarResult", "mcnemar_test", "BootstrapCI", "paired_bootstrap_ci"]
 
 ArrayLike = Union[Sequence[float], np.ndarray]
@@ -141,10 +143,8 @@ def paired_bootstrap_ci(
             f"first, second: expected two 1-D sequences of the same length, got shapes {a.shape} "
             f"and {b.shape}"
         )
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
-        raise ValueError(f"n_boot: expected an int >= 1, got {n_boot!r}")
-    if not isinstance(confidence, (int, float)) or not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence: expected a float in (0, 1), got {confidence!r}")
+    n_boot = check_int(n_boot, "n_boot", low=1)
+    confidence = check_real(confidence, "confidence", low=0.0, high=1.0, low_open=True, high_open=True)
     ok = np.isfinite(a) & np.isfinite(b)
     d = b[ok] - a[ok]
     if d.size == 0:

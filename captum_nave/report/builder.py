@@ -15,6 +15,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -22,7 +23,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from captum_nave._validation import InvalidParameterError, check_bool, check_int, check_int_pair, check_seed
+
+from .. import distributed as dist_utils
+from ..data import shard_indices
 from .environment import package_versions, platform_info, tensor_sha256
+from .shards import gather_model_run, shard_target
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -81,8 +87,16 @@ class ModelRun:
         Per attribution method, the split of its map over the NAVE segments.
     importance : Tensor of shape (N, K) or None
         Drop of the target score when each NAVE segment is ablated (FeatureAblation).
+    faithfulness : FaithfulnessAudit or None
+        Deletion / insertion AUCs of every map (:mod:`captum_nave.evaluation.faithfulness`).
+    randomisation : RandomisationResult or None
+        Cascading model-randomisation check of every method, NAVE included.
+    lens : LensResult or None
+        Class-embedding lens (:func:`captum_nave.lens.class_lens`) of a ViT with a
+        classifier head, for the explained classes.
     timings : dict of str to float
-        Seconds per stage (``nave``, each method, ``relevance``, ``importance``).
+        Seconds per stage (``nave``, each method, ``relevance``, ``importance``,
+        ``faithfulness curves``, ``randomisation``).
     """
 
     name: str
@@ -100,6 +114,9 @@ class ModelRun:
     errors: Dict[str, str] = field(default_factory=dict)
     relevance: Dict[str, Any] = field(default_factory=dict)
     importance: Optional[Tensor] = None
+    faithfulness: Any = None
+    randomisation: Any = None
+    lens: Any = None
     timings: Dict[str, float] = field(default_factory=dict)
 
 
@@ -312,14 +329,7 @@ def _parse_models(models: Any) -> List[Tuple[str, nn.Module, Dict[str, Any]]]:
 def _parse_size(size: Any) -> Optional[Tuple[int, int]]:
     if size is None:
         return None
-    if isinstance(size, bool):
-        raise TypeError(f"size: expected an int or (height, width), got {size!r}")
-    if isinstance(size, int):
-        size = (size, size)
-    if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in size)):
-        raise TypeError(f"size: expected an int or (height, width), got {size!r}")
-    if min(size) < 8:
-        raise ValueError(f"size: expected at least 8 pixels per side, got {tuple(size)}")
+    size = check_int_pair(size, "size", low=8)
     return int(size[0]), int(size[1])
 
 
@@ -404,10 +414,11 @@ def _check_choice_list(values: Any, param: str) -> List[str]:
 
 
 def _check_seeds(seeds: Any) -> List[int]:
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
+    if isinstance(seeds, Integral) and not isinstance(seeds, bool):
         seeds = [seeds]
-    if not isinstance(seeds, (list, tuple)) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise TypeError(f"seeds: expected a non-empty sequence of ints, got {seeds!r}")
+    if not isinstance(seeds, (list, tuple)) or not seeds or not all(isinstance(s, Integral) and not isinstance(s, bool) for s in seeds):
+        raise InvalidParameterError(f"seeds: expected a non-empty sequence of ints, got {seeds!r}")
+    seeds = [check_seed(s, "seeds", allow_generator=False) for s in seeds]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds: expected distinct seeds, got {list(seeds)!r}")
     return [int(s) for s in seeds]
@@ -426,6 +437,161 @@ def _one_line(exc: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- collect
+def _add_faithfulness(
+    run: ModelRun,
+    model: nn.Module,
+    info: Dict[str, Any],
+    x01: Tensor,
+    names: List[str],
+    *,
+    n_clusters: int,
+    seed: int,
+    opts: Dict[str, Dict[str, Any]],
+    boxes: Optional[List[np.ndarray]],
+    faith_opts: Dict[str, Any],
+    on_error: str,
+    warnings_out: List[str],
+) -> None:
+    """The faithfulness audit and randomisation check of ``run``'s maps (in place, all images)."""
+    from captum_nave.models import normalize
+
+    from .faithfulness import collect_faithfulness
+
+    x = normalize(x01, info).to(_model_device(model))
+    try:
+        run.faithfulness, run.randomisation, faith_times = collect_faithfulness(
+            run, model, x, x01, image_names=names, n_clusters=n_clusters, seed=seed,
+            nave_options=dict(opts.get("nave", {})), method_options=opts, boxes=boxes, options=faith_opts,
+        )
+        run.timings.update(faith_times)
+    except (ValueError, TypeError, RuntimeError, NotImplementedError) as exc:
+        if on_error == "raise":
+            raise
+        msg = _one_line(exc)
+        run.errors["faithfulness"] = msg
+        text = f"report: the faithfulness measures failed on model {run.name!r}: {msg}"
+        warnings_out.append(text)
+        warnings.warn(text, RuntimeWarning, stacklevel=3)
+
+
+def _model_run(
+    name: str,
+    model: nn.Module,
+    info: Dict[str, Any],
+    x01: Tensor,
+    names: List[str],
+    target: Any,
+    *,
+    layers: Any,
+    methods: List[str],
+    opts: Dict[str, Dict[str, Any]],
+    seeds: List[int],
+    n_clusters: int,
+    class_names: Any,
+    importance: bool,
+    on_error: str,
+    bar: Any,
+    warnings_out: List[str],
+) -> ModelRun:
+    """Everything the report computes for one model on the images ``x01`` (N, 3, H, W) in [0, 1].
+
+    Each image's results depend on that image only (per-image NAVE seeds, per-image
+    attributions and ablations), so the images may be split over processes and the
+    parts merged (:func:`~captum_nave.report.shards.gather_model_run`).
+    """
+    from captum_nave import LayerClusterExplainer
+    from captum_nave.attribution import attribute, segment_importance, segment_relevance
+    from captum_nave.adapters import logits_function
+    from captum_nave.attribution.registry import resolve_target
+    from captum_nave.models import normalize, state_dict_sha256
+    from captum_nave.visualization import stability_ari
+
+    timings: Dict[str, float] = {}
+    device = _model_device(model)
+    sha_before = state_dict_sha256(model)
+    x = normalize(x01, info).to(device)
+    explainer = LayerClusterExplainer(model, layers)
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        logits = logits_function(model)(x)
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        raise ValueError(f"models[{name!r}]: expected class scores of shape (N, K), got {getattr(logits, 'shape', type(logits))}")
+    targets = resolve_target(target, logits)
+    probs = logits.float().softmax(-1).gather(1, targets[:, None])[:, 0].cpu()
+    namer = _class_namer(class_names, int(logits.shape[1]), info.get("pretrained"))
+    target_names = [namer(int(k)) for k in targets.cpu()]
+    timings["prediction"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    nave_opts = dict(opts.get("nave", {}))
+    results = [
+        explainer.explain(x, n_clusters, random_state=s, **nave_opts) for s in seeds
+    ]
+    seed_maps = torch.stack([r.segments.cpu() for r in results])  # (R, N, 1, H, W)
+    timings["nave"] = time.perf_counter() - t0
+    stability = (
+        [stability_ari(seed_maps[:, i]) for i in range(len(names))] if len(seeds) >= 2 else None
+    )
+    bar.update(1)
+    run = ModelRun(
+        name=name,
+        info={k: info.get(k) for k in ("mean", "std", "source", "pretrained", "num_classes", "input_size")},
+        layers=list(explainer.layer_names),
+        weights_sha256=sha_before,
+        weights_unchanged=True,
+        targets=targets.cpu(),
+        target_names=target_names,
+        target_probs=probs,
+        nave=results[0],
+        seed_maps=seed_maps,
+        stability=stability,
+        timings=timings,
+    )
+    seg = results[0].segments
+    for method in methods:
+        if method == "nave":
+            continue
+        t0 = time.perf_counter()
+        method_opts = dict(opts.get(method, {}))
+        if method == "lrp" and "input_bounds" not in method_opts:
+            # the z^B rule (epsilon-gamma-box) needs the range of the normalised pixels
+            from captum_nave.attribution.lrp import normalisation_bounds
+
+            method_opts["input_bounds"] = normalisation_bounds(info["mean"], info["std"])
+        try:
+            res = attribute(method, model, x, target=targets, **method_opts)
+        except (ValueError, TypeError, RuntimeError, NotImplementedError) as exc:
+            if on_error == "raise":
+                raise
+            msg = _one_line(exc)
+            run.errors[method] = msg
+            text = f"report: method {method!r} failed on model {name!r}: {msg}"
+            warnings_out.append(text)
+            warnings.warn(text, RuntimeWarning, stacklevel=3)
+            bar.update(1)
+            continue
+        timings[method] = time.perf_counter() - t0
+        run.attributions[method] = res
+        t0 = time.perf_counter()
+        run.relevance[method] = segment_relevance(
+            seg.cpu(), res.maps.cpu(), method=method, image_names=names
+        )
+        timings["relevance"] = timings.get("relevance", 0.0) + time.perf_counter() - t0
+        bar.update(1)
+    if importance:
+        t0 = time.perf_counter()
+        run.importance = segment_importance(model, x, seg, target=targets).cpu()
+        timings["importance"] = time.perf_counter() - t0
+        bar.update(1)
+    run.weights_unchanged = state_dict_sha256(model) == sha_before
+    if not run.weights_unchanged:  # pragma: no cover - a bug in a method
+        text = f"report: the weights of model {name!r} changed during the run"
+        warnings_out.append(text)
+        warnings.warn(text, RuntimeWarning, stacklevel=3)
+    return run
+
+
 def collect_report(
     images: Any,
     models: Any,
@@ -441,6 +607,9 @@ def collect_report(
     class_names: Any = None,
     method_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
     importance: bool = True,
+    faithfulness: bool = True,
+    faithfulness_options: Optional[Mapping[str, Any]] = None,
+    lens: bool = True,
     register_pair: Optional[Tuple[str, str]] = None,
     register_options: Optional[Mapping[str, Any]] = None,
     boxes: Optional[Sequence[Any]] = None,
@@ -450,13 +619,20 @@ def collect_report(
     progress: Optional[bool] = None,
     extra_config: Optional[Mapping[str, Any]] = None,
 ) -> ReportData:
-    """Compute everything the report shows (see :func:`build_report` for the parameters)."""
-    from captum_nave import LayerClusterExplainer
-    from captum_nave.attribution import attribute, available_methods, segment_importance, segment_relevance
-    from captum_nave.attribution.registry import resolve_target
-    from captum_nave.adapters import get_adapter, logits_function
-    from captum_nave.models import default_layers, normalize, resize_images, state_dict_sha256
-    from captum_nave.visualization import stability_ari
+    """Compute everything the report shows (see :func:`build_report` for the parameters).
+
+    Under ``torchrun`` every rank computes the per-image results of its images
+    (``i % world == rank``) for every model; the parts are merged in image order on
+    every rank, and the set-level sections (faithfulness, lens, register comparison,
+    CorLoc) follow on the merged results, so every rank returns the same data (the
+    faithfulness measures and the lens are not split over the ranks yet: every rank
+    computes them for all images).
+    """
+    from captum_nave.adapters import get_adapter
+    from captum_nave.attribution import available_methods
+    from captum_nave.lens import class_lens
+    from captum_nave.lens.summary import lens_available
+    from captum_nave.models import default_layers, normalize, resize_images
 
     t_start = time.perf_counter()
     if not isinstance(title, str):
@@ -471,8 +647,7 @@ def collect_report(
     if unknown:
         raise ValueError(f"methods: expected names from {sorted(known)}, got unknown {unknown!r}")
     seed_list = _check_seeds(seeds)
-    if isinstance(n_clusters, bool) or not isinstance(n_clusters, int) or n_clusters < 2:
-        raise ValueError(f"n_clusters: expected an int >= 2, got {n_clusters!r}")
+    n_clusters = check_int(n_clusters, "n_clusters", low=2)
     opts: Dict[str, Dict[str, Any]] = {}
     if method_options is not None:
         if not isinstance(method_options, Mapping):
@@ -484,8 +659,12 @@ def collect_report(
             if not isinstance(v, Mapping):
                 raise TypeError(f"method_options[{k!r}]: expected a mapping of options, got {type(v).__name__}")
             opts[key] = dict(v)
-    if not isinstance(crop, bool):
-        raise TypeError(f"crop: expected a bool, got {crop!r}")
+    check_bool(crop, "crop")
+    check_bool(faithfulness, "faithfulness")
+    check_bool(lens, "lens")
+    from .faithfulness import check_faithfulness_options
+
+    faith_opts = check_faithfulness_options(faithfulness_options)
 
     raw_images, names = _parse_images(images, image_names)
     specs = _parse_models(models)
@@ -535,99 +714,56 @@ def collect_report(
                 f"{target_size[0]}x{target_size[1]}; pass size={fixed[0]}"
             )
 
-    show = progress if progress is not None else False
+    show = (progress if progress is not None else False) and dist_utils.is_main_process()
     collected_warnings: List[str] = []
     runs: List[ModelRun] = []
     inputs_of: Dict[str, Tensor] = {}
     from tqdm.auto import tqdm
 
-    steps = len(specs) * (len(method_list) + int(importance)) + int(register_pair is not None) + int(report_boxes is not None)
+    steps = (len(specs) * (len(method_list) + int(importance) + int(faithfulness)) + int(register_pair is not None)
+             + int(report_boxes is not None))
     bar = tqdm(total=steps, desc="report", unit="step", disable=not show)
     try:
+        world = dist_utils.get_world_size()
         for name, model, info in specs:
-            timings: Dict[str, float] = {}
-            device = _model_device(model)
-            sha_before = state_dict_sha256(model)
-            x = normalize(x01, info).to(device)
-            inputs_of[name] = x
             spec_layers = layers_of.get(name, layers if not isinstance(layers, Mapping) else None)
             if spec_layers is None:
                 spec_layers = info.get("default_layers") or default_layers(model)
             if not spec_layers:
                 raise ValueError(f"layers: model {name!r} has no default layers; name them with layers=")
-            explainer = LayerClusterExplainer(model, spec_layers)
-
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                logits = logits_function(model)(x)
-            if not isinstance(logits, Tensor) or logits.dim() != 2:
-                raise ValueError(f"models[{name!r}]: expected class scores of shape (N, K), got {getattr(logits, 'shape', type(logits))}")
-            targets = resolve_target(target, logits)
-            probs = logits.float().softmax(-1).gather(1, targets[:, None])[:, 0].cpu()
-            namer = _class_namer(class_names, int(logits.shape[1]), info.get("pretrained"))
-            target_names = [namer(int(k)) for k in targets.cpu()]
-            timings["prediction"] = time.perf_counter() - t0
-
-            t0 = time.perf_counter()
-            nave_opts = dict(opts.get("nave", {}))
-            results = [
-                explainer.explain(x, n_clusters, random_state=s, **nave_opts) for s in seed_list
-            ]
-            seed_maps = torch.stack([r.segments.cpu() for r in results])  # (R, N, 1, H, W)
-            timings["nave"] = time.perf_counter() - t0
-            stability = (
-                [stability_ari(seed_maps[:, i]) for i in range(n)] if len(seed_list) >= 2 else None
+            common = dict(
+                layers=spec_layers, methods=method_list, opts=opts, seeds=seed_list, n_clusters=n_clusters,
+                class_names=class_names, importance=importance, on_error=on_error, bar=bar,
+                warnings_out=collected_warnings,
             )
-            bar.update(1)
-            run = ModelRun(
-                name=name,
-                info={k: info.get(k) for k in ("mean", "std", "source", "pretrained", "num_classes", "input_size")},
-                layers=list(explainer.layer_names),
-                weights_sha256=sha_before,
-                weights_unchanged=True,
-                targets=targets.cpu(),
-                target_names=target_names,
-                target_probs=probs,
-                nave=results[0],
-                seed_maps=seed_maps,
-                stability=stability,
-                timings=timings,
-            )
-            seg = results[0].segments
-            for method in method_list:
-                if method == "nave":
-                    continue
-                t0 = time.perf_counter()
+            if world == 1:
+                run = _model_run(name, model, info, x01, names, target, **common)
+            else:  # torchrun: every rank explains its images; the parts are merged in image order
+                idx = shard_indices(n, world, dist_utils.get_rank())
+                mine: List[str] = []
+                part, error = None, None
                 try:
-                    res = attribute(method, model, x, target=targets, **opts.get(method, {}))
-                except (ValueError, TypeError, RuntimeError, NotImplementedError) as exc:
-                    if on_error == "raise":
-                        raise
-                    msg = _one_line(exc)
-                    run.errors[method] = msg
-                    text = f"report: method {method!r} failed on model {name!r}: {msg}"
-                    collected_warnings.append(text)
-                    warnings.warn(text, RuntimeWarning, stacklevel=2)
-                    bar.update(1)
-                    continue
-                timings[method] = time.perf_counter() - t0
-                run.attributions[method] = res
-                t0 = time.perf_counter()
-                run.relevance[method] = segment_relevance(
-                    seg.cpu(), res.maps.cpu(), method=method, image_names=names
-                )
-                timings["relevance"] = timings.get("relevance", 0.0) + time.perf_counter() - t0
+                    if idx:
+                        common["warnings_out"] = mine
+                        part = _model_run(name, model, info, x01[idx], [names[i] for i in idx],
+                                          shard_target(target, idx, n), **common)
+                except Exception as exc:  # raised on every rank by check_all_ok
+                    error = exc
+                dist_utils.check_all_ok(error)
+                run, texts = gather_model_run(part, idx, n, mine)
+                collected_warnings.extend(t for t in texts if t not in collected_warnings)
+            if register_pair is not None and name in register_pair:
+                inputs_of[name] = normalize(x01, info).to(_model_device(model))
+            if faithfulness:
+                _add_faithfulness(run, model, info, x01, names, n_clusters=n_clusters, seed=seed_list[0], opts=opts,
+                                  boxes=report_boxes, faith_opts=faith_opts, on_error=on_error,
+                                  warnings_out=collected_warnings)
                 bar.update(1)
-            if importance:
+            if lens and lens_available(model):
                 t0 = time.perf_counter()
-                run.importance = segment_importance(model, x, seg, target=targets).cpu()
-                timings["importance"] = time.perf_counter() - t0
-                bar.update(1)
-            run.weights_unchanged = state_dict_sha256(model) == sha_before
-            if not run.weights_unchanged:  # pragma: no cover - a bug in a method
-                text = f"report: the weights of model {name!r} changed during the run"
-                collected_warnings.append(text)
-                warnings.warn(text, RuntimeWarning, stacklevel=2)
+                run.lens = class_lens(model, normalize(x01, info).to(_model_device(model)),
+                                      run.targets.to(_model_device(model)))
+                run.timings["lens"] = time.perf_counter() - t0
             runs.append(run)
 
         register = None
@@ -673,6 +809,8 @@ def collect_report(
         "layers": {r.name: r.layers for r in runs},
         "method options": {m: {k: _plain(v) for k, v in o.items()} for m, o in opts.items()},
         "segment importance": "FeatureAblation, baseline 0 (normalised input)" if importance else False,
+        "faithfulness": {k: _plain(v) for k, v in faith_opts.items()} if faithfulness else False,
+        "class-embedding lens": [r.name for r in runs if r.lens is not None] if lens else False,
         "register pair": list(register_pair) if register_pair is not None else None,
         "register options": {k: _plain(v) for k, v in (register_options or {}).items()},
         "boxes given": boxes is not None,
@@ -680,6 +818,8 @@ def collect_report(
         "on_error": on_error,
         "nave config": {r.name: {k: _plain(v) for k, v in r.nave.config.items()} for r in runs},
     }
+    if dist_utils.get_world_size() > 1:
+        config["processes"] = f"{dist_utils.get_world_size()} (torchrun; images split by index modulo the rank)"
     if extra_config:
         config.update({str(k): _plain(v) for k, v in extra_config.items()})
     return ReportData(
@@ -778,6 +918,9 @@ def build_report(
     class_names: Any = None,
     method_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
     importance: bool = True,
+    faithfulness: bool = True,
+    faithfulness_options: Optional[Mapping[str, Any]] = None,
+    lens: bool = True,
     register_pair: Optional[Tuple[str, str]] = None,
     register_options: Optional[Mapping[str, Any]] = None,
     boxes: Optional[Sequence[Any]] = None,
@@ -800,6 +943,15 @@ def build_report(
     * **Per-segment relevance**: per model and image, each NAVE segment's area share,
       its share of every attribution map's absolute relevance and its density (share /
       area), and the drop of the target score when the segment is ablated;
+    * **Faithfulness** (``faithfulness``): deletion / insertion AUC of every map with
+      pixels, NAVE segments (by each map's relevance mass and by segment importance),
+      SLIC superpixels and a grid as units, against a random map; the cascading
+      model-randomisation check of every method (NAVE included); pointing game and
+      energy in box when ``boxes`` are given (:mod:`captum_nave.evaluation.faithfulness`);
+    * **Class-embedding lens** (``lens``, ViTs with a classifier head): every block's
+      tokens projected through the final norm and the head onto the classes; from which
+      block patch tokens, CLS, registers and each NAVE segment carry the explained class
+      (:mod:`captum_nave.lens`);
     * **Stability**: mean pairwise ARI of the NAVE maps over the k-means ``seeds`` and
       the paper's Fig. 4 (mean segment colour over seeds);
     * **Register comparison** (``register_pair``): :func:`captum_nave.registers.compare_registers`
@@ -820,7 +972,8 @@ def build_report(
         ``pretrained_cfg``'s or ImageNet's. Models are used as they are (call ``.eval()``
         first) and never modified.
     out_path : str or path-like
-        The HTML file to write (written atomically).
+        The HTML file to write (missing folders are created; written to a temporary file
+        in the same folder and renamed). A folder is refused before anything is computed.
     image_names : sequence of str, optional
         Default: mapping keys, file stems, or ``"image i"``.
     methods : sequence of str, default ("nave", "gradcam", "ig", "lrp")
@@ -847,6 +1000,17 @@ def build_report(
         (``{"nave": {"resolution": "input"}}``).
     importance : bool, default True
         Score every segment by ablation (:func:`captum_nave.attribution.segment_importance`).
+    faithfulness : bool, default True
+        Add the Faithfulness section.
+    lens : bool, default True
+        Add the Class-embedding lens section for ViT models with a classifier head.
+    faithfulness_options : mapping, optional
+        Settings of the Faithfulness section (defaults in
+        :data:`captum_nave.report.faithfulness.DEFAULT_FAITHFULNESS`): ``n_steps`` (20),
+        ``baseline`` (``"blur"``), ``blur_sigma``, ``output`` (``"probability"``),
+        ``rankings``, ``slic_segments`` (50), ``grid`` ((4, 4)), ``tolerance`` (pointing
+        game, 0 px), ``batch_size`` (32), ``randomisation_stages`` (4 stages spread over
+        the cascade; ``None`` or ``True``: every stage; ``0``: no randomisation check).
     register_pair : (str, str), optional
         Names of a ViT without and one with registers among ``models``.
     register_options : mapping, optional
@@ -882,19 +1046,24 @@ def build_report(
     ...                     out_path="report.html", size=160,
     ...                     method_options={"ig": {"n_steps": 16}})
     """
+    from captum_nave.files import write_text
+
+    path = Path(os.fspath(out_path))
+    if path.is_dir():  # checked before hours of computing, not after
+        raise IsADirectoryError(f"out_path: {os.fspath(path)!r} is a folder, expected an HTML file name")
     data = collect_report(
         images, models, image_names=image_names, methods=methods, layers=layers,
         n_clusters=n_clusters, seeds=seeds, size=size, crop=crop, target=target,
         class_names=class_names, method_options=method_options, importance=importance,
-        register_pair=register_pair, register_options=register_options, boxes=boxes,
+        faithfulness=faithfulness, faithfulness_options=faithfulness_options, lens=lens, register_pair=register_pair, register_options=register_options, boxes=boxes,
         corloc_protocol=corloc_protocol, title=title, on_error=on_error, progress=progress,
         extra_config=extra_config,
     )
-    text = render_report(data, dpi=dpi)
-    path = Path(os.fspath(out_path))
-    if path.parent and not path.parent.exists():
+
+    def write() -> Path:  # once, by rank 0 under torchrun; every rank returns when it is written
+        text = render_report(data, dpi=dpi)
         path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+        write_text(path, text, param="out_path", newline=None)
+        return path
+
+    return dist_utils.run_on_main(write)

@@ -25,14 +25,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["SECTION_IDS", "render", "load_template"]
 
-#: Element ids of the sections, in page order (``registers`` and ``corloc`` only when
-#: their inputs were given).
+#: Element ids of the sections, in page order (``faithfulness``, ``registers``, ``lens``
+#: and ``corloc`` only when computed / their inputs were given).
 SECTION_IDS: Tuple[str, ...] = (
     "overview",
     "side-by-side",
     "segment-relevance",
+    "faithfulness",
     "stability",
     "registers",
+    "lens",
     "corloc",
     "reproducibility",
 )
@@ -96,6 +98,10 @@ def _figure(uri: str, alt: str, caption: Optional[Any] = None, id_: Optional[str
 def _rgb(color: Sequence[float]) -> str:
     r, g, b = (int(round(255 * float(c))) for c in color[:3])
     return f"rgb({r}, {g}, {b})"
+
+
+#: Opacity of the segment overlays next to the relevance tables (and of their swatches).
+_RELEVANCE_ALPHA = 0.5
 
 
 def _swatch(seg_id: int, colors: np.ndarray) -> Markup:
@@ -168,14 +174,43 @@ def _overview(data: "ReportData") -> Markup:
     return _section("overview", "Overview", *parts)
 
 
+#: What each method's convergence delta should be compared with, and what a large one means.
+DELTA_MEANING: Dict[str, Tuple[str, str]] = {
+    "ig": ("F(x) - F(baseline)", "too few integration steps: raise --ig-steps (n_steps)"),
+    "lrp": ("the target logit", "relevance absorbed by bias terms (and epsilon) never reaches the pixels"),
+}
+
+
+def convergence_text(method: str, raw: Any, delta: Any) -> str:
+    """The |convergence delta| cell: absolute, relative to the conserved quantity, meaning.
+
+    For IG and LRP the delta is ``sum(raw) - reference`` (reference: ``F(x) - F(baseline)``,
+    the target logit), so ``reference = sum(raw) - delta`` and the relative delta is
+    ``|delta| / |reference|`` per image.
+    """
+    if delta is None:
+        return "n/a"
+    d = delta.detach().double().cpu().reshape(-1)
+    text = f"mean {_num(float(d.abs().mean()))}, max {_num(float(d.abs().max()))}"
+    meaning = DELTA_MEANING.get(method)
+    if meaning is None or raw is None:
+        return text
+    total = raw.detach().double().cpu().reshape(d.shape[0], -1).sum(1)
+    ref = (total - d).abs()
+    rel = d.abs() / ref.clamp_min(1e-12)
+    return (f"{text}; relative to |{meaning[0]}| (mean {_num(float(ref.mean()))}): mean {_pct(float(rel.mean()))}, "
+            f"max {_pct(float(rel.max()))}. A large value: {meaning[1]}")
+
+
 def _side_by_side(data: "ReportData", dpi: float) -> Markup:
     from captum_nave.visualization import plot_side_by_side
 
     parts: List[Any] = [
         tag("p", "Each row is one image: the image, its NAVE segments (categorical colours, boundaries in white), "
-                 "and the pixel attribution maps of the class in the Overview. Grad-CAM is non-negative (viridis); "
-                 "IG and LRP are signed (red positive, blue negative, centred at 0); colour limits are at the 99th "
-                 "percentile of |value| of each map.", class_="note"),
+                 "and the pixel attribution maps of the class in the Overview. Maps without negative values (Grad-CAM; "
+                 "LRP with the z+ rules of its default composite for CNNs, epsilon-plus-flat) are drawn in viridis; "
+                 "signed maps (IG; LRP-epsilon) in red (positive) and blue (negative), centred at 0; colour limits "
+                 "are at the 99th percentile of |value| of each map.", class_="note"),
     ]
     for m_idx, run in enumerate(data.runs):
         panels: Dict[str, Any] = {"nave": run.nave.segments.cpu()}
@@ -193,13 +228,16 @@ def _side_by_side(data: "ReportData", dpi: float) -> Markup:
                 rows.append([_td(_title(method), "text"), _td(join([tag("span", "failed: ", class_="fail"), run.errors[method]]), "text"), _td("n/a"), _td("n/a")])
                 continue
             res = run.attributions[method]
-            delta = "n/a"
-            if res.delta is not None:
-                d = res.delta.detach().abs().float().cpu()
-                delta = f"mean {_num(float(d.mean()))}, max {_num(float(d.max()))}"
+            delta = convergence_text(method, res.raw, res.delta)
             rows.append([_td(_title(method), "text"), _td(_options_text(res.options), "text"), _td(delta, "text"), _td(_num(run.timings.get(method)))])
         table = _table(["method", "options used", "|convergence delta|", "time (s)"], rows,
-                       caption="Options of every panel. The convergence delta is IG's sum(attributions) - (F(x) - F(baseline)) and LRP's sum(relevance) - logit.",
+                       caption="Options of every panel. The convergence delta is how far the map's total is from "
+                               "the quantity it should add up to: IG's sum(attributions) - (F(x) - F(baseline)), "
+                               "LRP's sum(relevance) - target logit; it is given relative to that quantity, per image "
+                               "(mean and max over the images). For IG a large relative delta means too few "
+                               "integration steps (raise --ig-steps); for LRP it is the relevance that the bias terms "
+                               "(and epsilon) absorb on the way down, so the map accounts for only part of the logit; the z+ and gamma "
+                               "rules of the CNN composites send most of it to the biases of a network with BatchNorm.",
                        text_cols=(0, 1, 2))
         parts.append(tag("h3", f"Model: {run.name}", id=safe_id("sbs-model", m_idx)))
         parts.append(_figure(uri, f"side-by-side maps of model {run.name}",
@@ -212,7 +250,7 @@ def _side_by_side(data: "ReportData", dpi: float) -> Markup:
 
 
 def _relevance(data: "ReportData") -> Markup:
-    from captum_nave.visualization import overlay_segments, segment_colors
+    from captum_nave.visualization import legend_colors, overlay_segments
 
     methods = [m for m in data.methods if m != "nave"]
     parts: List[Any] = [
@@ -229,7 +267,7 @@ def _relevance(data: "ReportData") -> Markup:
         for i, name in enumerate(data.image_names):
             seg = seg_all[i, 0]
             ids = [int(k) for k in torch.unique(seg)]
-            colors = segment_colors(max(ids) + 1)
+            colors = legend_colors(max(ids) + 1, _RELEVANCE_ALPHA)  # swatches match the overlay
             area = {k: float((seg == k).sum()) / seg.numel() for k in ids}
             per_method: Dict[str, Dict[int, Dict[str, Any]]] = {}
             for method in methods:
@@ -255,7 +293,7 @@ def _relevance(data: "ReportData") -> Markup:
                     v = float(run.importance[i, k]) if k < run.importance.shape[1] else float("nan")
                     cells.append(_td(_num(v)))
                 rows.append(cells)
-            overlay = overlay_segments(data.images[i], seg, alpha=0.5)
+            overlay = overlay_segments(data.images[i], seg, alpha=_RELEVANCE_ALPHA)
             thumb = tag("figure", tag("img", src=_array_png(overlay), alt=f"NAVE segments of {name} ({run.name})", style="width: 180px"),
                         tag("figcaption", f"NAVE segments, explained class: {run.target_names[i]}"))
             details = []
@@ -473,10 +511,20 @@ def render(data: "ReportData", *, dpi: float = 80, max_stability_figures: int = 
         ("overview", "Overview", _overview(data)),
         ("side-by-side", "Side by side", _side_by_side(data, dpi)),
         ("segment-relevance", "Per-segment relevance", _relevance(data)),
+    ]
+    if any(getattr(r, "faithfulness", None) is not None for r in data.runs):
+        from .faithfulness import render_faithfulness
+
+        sections.append(("faithfulness", "Faithfulness", render_faithfulness(data, dpi)))
+    sections += [
         ("stability", "Stability", _stability(data, dpi, max_stability_figures)),
     ]
     if data.register is not None:
         sections.append(("registers", "Registers", _registers(data, dpi)))
+    if any(getattr(r, "lens", None) is not None for r in data.runs):
+        from .lens import render_lens
+
+        sections.append(("lens", "Lens", render_lens(data, dpi)))
     if data.corloc is not None:
         sections.append(("corloc", "CorLoc", _corloc(data, dpi)))
     sections.append(("reproducibility", "Reproducibility", _reproducibility(data)))
