@@ -149,7 +149,7 @@ def _layer_name(model: nn.Module, layer: nn.Module) -> str:
 
 def _prefix_count(model: nn.Module, given: Optional[int]) -> Optional[int]:
     if given is not None:
-        return check_int(given, "num_prefix_tokens", low=0)
+        return check_int(given, "num_prefix_tokens", low=0, allow_none=True)
     return get_adapter(model).num_prefix_tokens
 
 
