@@ -66,6 +66,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--outlier-threshold", type=float, default=None, help="fixed norm threshold instead of the robust rule")
     p.add_argument("--boxes", default=None, help="JSON file: {image file name: [[x0, y0, x1, y1], ...]}")
     p.add_argument("--corloc-strategy", choices=("inner", "outer"), default="inner")
+    p.add_argument("--corloc-protocol", choices=("authors", "clean"), default="authors",
+                   help="CorLoc conventions: authors (default; the authors' evaluation script exactly) or clean "
+                   "(float conventions of captum-nave 0.1)")
     p.add_argument("--corloc-min-area", type=int, default=None, help="CorLoc min component area (default: paper's 784)")
     p.add_argument("--corloc-border", type=int, default=None, help="CorLoc border width (default: paper's 14)")
     p.add_argument("--figure-rows", type=int, default=4, help="images shown in the figure (default: 4)")
@@ -199,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
         ]
         from captum_nave.evaluation.corloc import CorLocProtocol
 
-        kw = {}
+        kw: Dict[str, Any] = {"conventions": args.corloc_protocol}
         if args.corloc_min_area is not None:
             kw["min_area"] = args.corloc_min_area
         if args.corloc_border is not None:

@@ -97,6 +97,9 @@ def register(subparsers: Any) -> None:
         help="compare ViT A (without registers) with ViT B (with registers); both must be --model names",
     )
     p.add_argument("--boxes", default=None, metavar="FILE", help="JSON ground-truth boxes per image: adds the CorLoc section")
+    p.add_argument("--protocol", choices=("authors", "clean"), default="authors",
+                   help="CorLoc conventions: authors (default; the authors' evaluation script exactly) or clean "
+                   "(float conventions of captum-nave 0.1)")
     p.add_argument("--min-area", type=int, default=None, metavar="PX", help="CorLoc minimum component area (default: the paper's 784)")
     p.add_argument("--border", type=int, default=None, metavar="PX", help="CorLoc border removed from components (default: the paper's 14)")
     p.add_argument("--no-faithfulness", action="store_true",
@@ -239,10 +242,10 @@ def run(args: argparse.Namespace) -> int:
             _fail(f"no image could be read ({len(skipped)} skipped)")
     boxes = read_boxes(args.boxes, paths) if args.boxes is not None else None
     protocol = None
-    if args.min_area is not None or args.border is not None:
+    if args.min_area is not None or args.border is not None or args.protocol != "authors":
         from captum_nave.evaluation import CorLocProtocol
 
-        kw: Dict[str, int] = {}
+        kw: Dict[str, Any] = {"conventions": args.protocol}
         if args.min_area is not None:
             kw["min_area"] = args.min_area
         if args.border is not None:

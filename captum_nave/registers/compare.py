@@ -192,6 +192,11 @@ class RegisterComparison:
                 f"{'exact binomial' if c.mcnemar.exact else 'chi-square (continuity corrected)'}: "
                 f"n01={c.mcnemar.n01}, n10={c.mcnemar.n10}, p={c.mcnemar.pvalue:.4g}."
             )
+            proto = self.config.get("corloc_protocol")
+            if proto is not None:
+                from captum_nave.evaluation.corloc import CorLocProtocol
+
+                lines.append(f"CorLoc {CorLocProtocol.from_dict(dict(proto)).describe()}.")
         for name, share in zip(self.names, self.register_high_share):
             if share is not None:
                 last = ", ".join(f"r{i}: {f(float(v))}" for i, v in enumerate(share[-1]))
@@ -413,9 +418,10 @@ def compare_registers(
         enables CorLoc with :class:`captum_nave.evaluation.corloc.CorLocProtocol`
         (scaled to ``images_b`` when its size differs).
     corloc_strategy : {"inner", "outer"}, default "inner"
-    corloc_protocol : CorLocProtocol, optional
-        Protocol constants (default: the paper's; scale ``min_area`` / ``border`` for
-        small images).
+    corloc_protocol : CorLocProtocol or {"authors", "clean"}, optional
+        Protocol constants and conventions (default: the paper's constants with the
+        authors' conventions; scale ``min_area`` / ``border`` for small images). Recorded
+        in ``config["corloc_protocol"]`` and stated in :meth:`to_markdown`.
     mcnemar_exact : bool, default True
         Exact binomial McNemar test, else chi-square with continuity correction.
     n_boot, confidence, random_state
@@ -463,6 +469,7 @@ def compare_registers(
         raise ValueError(f"seeds: expected two different ints, got {seeds!r}")
     if corloc_strategy not in ("inner", "outer"):
         raise ValueError(f"corloc_strategy: expected 'inner' or 'outer', got {corloc_strategy!r}")
+    corloc_protocol = _as_protocol(corloc_protocol)
     n = images.shape[0]
     if boxes is not None and len(boxes) != n:
         raise ValueError(f"boxes: expected one array of boxes per image ({n}), got {len(boxes)}")
@@ -579,7 +586,9 @@ def compare_registers(
         names=tuple(names), layer=layer, n_clusters=n_clusters, seeds=tuple(seeds),
         outlier_method=outlier_method, outlier_k=outlier_k, outlier_threshold=outlier_threshold,
         outlier_min_ratio=outlier_min_ratio, outlier_cluster_fraction=outlier_cluster_fraction,
-        corloc_strategy=corloc_strategy if boxes is not None else None, mcnemar_exact=mcnemar_exact,
+        corloc_strategy=corloc_strategy if boxes is not None else None,
+        corloc_protocol=corloc_protocol.to_dict() if boxes is not None else None,
+        mcnemar_exact=mcnemar_exact,
         n_boot=n_boot, confidence=confidence, random_state=random_state,
         attention_method=(stats_l[0].method, stats_l[1].method),
         attention_query=(stats_l[0].attention_query, stats_l[1].attention_query),
@@ -627,6 +636,13 @@ def _minmax(x: Tensor) -> Tensor:
     return (x - lo) / (hi - lo).clamp_min(1e-12)
 
 
+def _as_protocol(protocol: Any) -> Any:
+    """``corloc_protocol`` as a :class:`CorLocProtocol` (None: the paper's, authors' conventions)."""
+    from captum_nave.evaluation.corloc import as_protocol
+
+    return as_protocol(protocol, "corloc_protocol")
+
+
 def _corloc_hits(
     segments: Tensor,
     boxes: Sequence[Any],
@@ -635,9 +651,7 @@ def _corloc_hits(
     strategy: str,
     protocol: Any,
 ) -> np.ndarray:
-    from captum_nave.evaluation.corloc import CorLocProtocol
-
-    proto = protocol if protocol is not None else CorLocProtocol()
+    proto = _as_protocol(protocol)
     sy = float(hw_model[0]) / float(hw_boxes[0])
     sx = float(hw_model[1]) / float(hw_boxes[1])
     out = np.zeros(segments.shape[0], dtype=bool)
