@@ -6,8 +6,8 @@ activation tensor ``(N, C, h, w)`` per selected layer.
 CNN layers already produce ``(N, C, h, w)``. ViT blocks produce tokens
 ``(N, T, C)``; the prefix tokens (CLS, distillation and register tokens) are
 removed and the remaining patch tokens are reshaped to the patch grid. The
-number of prefix tokens is read from the model (timm ``num_prefix_tokens``,
-torch-hub DINOv2 ``num_register_tokens`` + CLS, Hugging Face ``config``) or
+number of prefix tokens is read from the model's adapter
+(:mod:`captum_nave.adapters`: timm, torch-hub DINOv2, Hugging Face, ...) or
 given explicitly; the grid is derived from the input size and the patch size.
 """
 
@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Uni
 import torch
 from torch import Tensor, nn
 
+from .adapters import get_adapter
 from ._validation import InvalidParameterError
 
 __all__ = [
@@ -50,20 +51,13 @@ def layer_names(model: nn.Module) -> List[str]:
 
 
 def find_blocks(model: nn.Module) -> Optional[Tuple[str, nn.Module]]:
-    """The dotted path and container of a ViT-like model's sequence of blocks, if any.
+    """The dotted path and container of the model's sequence of blocks, if any.
 
-    Looks for timm's ``blocks``, Hugging Face's ``encoder.layer``, torchvision's
-    ``encoder.layers``, OpenCLIP's ``transformer.resblocks`` and a plain ``layers``.
+    As reported by the model's adapter (:meth:`captum_nave.adapters.ModelAdapter.block_container`):
+    timm ``blocks``, Hugging Face ``encoder.layer`` / ``layers``, torchvision
+    ``encoder.layers``, torch-hub DINOv2 ``blocks`` (possibly chunked), ...
     """
-    for path in ("blocks", "encoder.layer", "encoder.layers", "transformer.resblocks", "layers"):
-        obj: Any = model
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if isinstance(obj, (nn.Sequential, nn.ModuleList)) and len(obj) > 0:
-            return path, obj
-    return None
+    return get_adapter(model).block_container()
 
 
 def _resolve_one(model: nn.Module, spec: LayerSpec, names: List[str]) -> nn.Module:
@@ -79,17 +73,16 @@ def _resolve_one(model: nn.Module, spec: LayerSpec, names: List[str]) -> nn.Modu
             f"got {type(spec).__name__}: {spec!r}"
         )
     if isinstance(spec, int):
-        found = find_blocks(model)
-        if found is None:
+        blocks = get_adapter(model).blocks()
+        if not blocks:
             raise ValueError(
                 f"layers: integer index {spec} needs a model with a sequence of blocks "
                 "(e.g. timm ViT 'blocks'); give a dotted layer name instead"
             )
-        blocks = found[1]
         n = len(blocks)
         if not -n <= spec < n:
             raise ValueError(f"layers: block index must be in [{-n}, {n - 1}], got {spec}")
-        return blocks[spec]
+        return blocks[spec][1]
     # dotted name; each integer part may be negative (e.g. "blocks.-1")
     obj: nn.Module = model
     for part in spec.split("."):
@@ -172,36 +165,17 @@ def resolve_layers(model: nn.Module, specs: Union[LayerSpec, Sequence[LayerSpec]
 def num_prefix_tokens(model: nn.Module) -> Optional[int]:
     """Number of non-patch tokens (CLS, distillation, registers) that precede the patches.
 
-    Read, in order, from timm's ``num_prefix_tokens``; torch-hub DINOv2's
-    ``num_register_tokens`` (+1 for its CLS token); a Hugging Face ``config``
-    (``num_register_tokens`` + 1 CLS). Returns ``None`` when the model says nothing
-    (CNNs, unknown transformers: pass ``num_prefix_tokens=`` explicitly).
+    As reported by the model's adapter (:func:`captum_nave.adapters.get_adapter`): timm
+    ``num_prefix_tokens``, torch-hub DINOv2 ``num_register_tokens`` + CLS, Hugging Face
+    configs (DeiT: CLS + distillation; SigLIP: none), ... ``None`` when the model says
+    nothing (CNNs, unknown transformers: pass ``num_prefix_tokens=`` explicitly).
     """
-    n = getattr(model, "num_prefix_tokens", None)
-    if isinstance(n, int):
-        return n
-    if isinstance(getattr(model, "num_register_tokens", None), int) and hasattr(model, "cls_token"):
-        return int(model.num_register_tokens) + 1
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "patch_size"):
-        regs = int(getattr(config, "num_register_tokens", 0) or 0)
-        return regs + 1
-    return None
+    return get_adapter(model).num_prefix_tokens
 
 
 def patch_size_of(model: nn.Module) -> Optional[Tuple[int, int]]:
-    """Patch size ``(ph, pw)`` of a ViT-like model, or ``None`` if it exposes none."""
-    candidates = [
-        getattr(getattr(model, "patch_embed", None), "patch_size", None),
-        getattr(model, "patch_size", None),
-        getattr(getattr(model, "config", None), "patch_size", None),
-    ]
-    for p in candidates:
-        if isinstance(p, int):
-            return (p, p)
-        if isinstance(p, (tuple, list)) and len(p) == 2:
-            return (int(p[0]), int(p[1]))
-    return None
+    """Patch size ``(ph, pw)`` of a ViT-like model (from its adapter), or ``None``."""
+    return get_adapter(model).patch_size
 
 
 def tokens_to_grid(

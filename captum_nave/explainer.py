@@ -28,10 +28,9 @@ from .activations import (
     LayerSpec,
     capture_activations,
     layer_spec_list,
-    num_prefix_tokens as _read_num_prefix,
-    patch_size_of,
     resolve_layers,
 )
+from .adapters import get_adapter
 from .clustering import BUILTIN_CLUSTERERS, check_grid_memory, check_grid_size, cluster
 from .features import ImplicitFeatures
 from .segments import relabel_by_area, resize_labels
@@ -110,12 +109,11 @@ class LayerClusterExplainer(LayerAttribution):
         Captum's argument for DataParallel models (accepted for API compatibility).
     num_prefix_tokens : int, optional
         Number of non-patch tokens (CLS, distillation, registers) before the patch
-        tokens of transformer layers. Default: read from the model (timm
-        ``num_prefix_tokens``, torch-hub ``num_register_tokens`` + CLS, Hugging Face
-        ``config.num_register_tokens`` + CLS).
+        tokens of transformer layers. Default: read from the model's adapter
+        (:func:`captum_nave.adapters.get_adapter`: timm ``num_prefix_tokens``, torch-hub
+        ``num_register_tokens`` + CLS, Hugging Face configs, ...).
     patch_size : int or (int, int), optional
-        Patch size of a ViT; default: read from ``model.patch_embed.patch_size`` /
-        ``config.patch_size``. Inputs that are not a multiple of it: the grid is
+        Patch size of a ViT; default: read from the model's adapter. Inputs that are not a multiple of it: the grid is
         ``floor(H / p)`` if the model crops the remainder (timm's default strict
         patch embedding rejects such inputs; convolution-style embeddings crop) or
         ``ceil(H / p)`` if it pads (timm ``dynamic_img_pad=True``); the token count
@@ -166,14 +164,15 @@ class LayerClusterExplainer(LayerAttribution):
                         f"{_spec_text(spec)} (both the module {self.layer_names[i]!r})"
                     )
         num_prefix_tokens = check_int(num_prefix_tokens, "num_prefix_tokens", low=0, allow_none=True)
+        adapter = get_adapter(model) if model is not None else None
         self.num_prefix_tokens = (
             num_prefix_tokens if num_prefix_tokens is not None
-            else (_read_num_prefix(model) if model is not None else None)
+            else (adapter.num_prefix_tokens if adapter is not None else None)
         )
         if patch_size is not None:
             patch_size = check_int_pair(patch_size, "patch_size")
         self.patch_size = patch_size if patch_size is not None else (
-            patch_size_of(model) if model is not None else None
+            adapter.patch_size if adapter is not None else None
         )
 
     def _name_of(self, spec: LayerSpec, module: nn.Module) -> str:

@@ -219,7 +219,7 @@ def test_torchvision_vit_class_token() -> None:
     nn.init.normal_(model.heads.head.weight)  # torchvision initialises the head to zero
     x = torch.randn(2, 3, 32, 32)
     res = attribute("gradcam", model, x, "auto", relu_attributions=False)
-    assert res.options["layer"] == "encoder.layers.1.ln_1"
+    assert res.options["layer"] == "encoder.layers.encoder_layer_1.ln_1"  # its named_modules() path
     assert res.options["num_prefix_tokens"] == 1
     assert res.raw.shape == (2, 1, 4, 4) and torch.count_nonzero(res.raw) == res.raw.numel()
 
@@ -245,7 +245,7 @@ def test_default_layers_per_family() -> None:
     assert default_gradcam_layer(_tiny_vit(0)) == "blocks.1.norm1"
     assert default_gradcam_layer(_tiny_vit(0, global_pool="map")) == "blocks.1"
     tv_vit = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64)
-    assert default_gradcam_layer(tv_vit) == "encoder.layers.1.ln_1"
+    assert default_gradcam_layer(tv_vit) == "encoder.layers.encoder_layer_1.ln_1"
 
 
 def test_generic_fallback_is_the_last_spatial_module() -> None:

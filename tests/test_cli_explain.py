@@ -138,12 +138,16 @@ def test_unknown_layer_and_offline_model_errors(cached_model, tiny_image, tmp_pa
 
     import timm
 
+    from captum_nave.models import network
+
     def offline(name, pretrained=False, **kw):
         raise OSError("[Errno -2] Name or service not known")
 
+    monkeypatch.setattr(network, "unreachable", lambda *a, **k: None)  # the host answers, the download fails
     monkeypatch.setattr(timm, "create_model", offline)
     rc = main(["explain", str(tiny_image), "--model", "resnet18", "--out", str(tmp_path / "o")])
     assert rc == 2
     line = _one_line_error(capsys)
     assert "'resnet18'" in line and "download" in line and "efficientnet_lite0" in line
+    assert "--no-pretrained" in line and "pretrained=False" not in line
     assert not (tmp_path / "o").exists()

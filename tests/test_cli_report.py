@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 
@@ -90,8 +91,8 @@ def test_register_pair_and_boxes(tmp_path, capsys):
     out = tmp_path / "vit.html"
     args = ["report", *map(str, imgs), "--model", "test_vit", "--model", "test_vit4", "--no-pretrained",
             "--register-pair", "test_vit", "test_vit4", "--boxes", str(tmp_path / "boxes.json"),
-            "--min-area", "16", "--border", "2", "--methods", "nave,gradcam", "--size", "64", "-k", "3",
-            "--seeds", "0", "1", "--no-faithfulness", "--out", str(out)]
+            "--min-area", "16", "--border", "2", "--protocol", "clean", "--methods", "nave,gradcam", "--size", "64",
+            "-k", "3", "--seeds", "0", "1", "--no-faithfulness", "--out", str(out)]
     assert cli.main(args) == 0
     page = parse(out.read_text(encoding="utf-8"))
     assert {"registers", "corloc", "registers-table", "corloc-table"} <= set(page.ids)
@@ -103,8 +104,9 @@ def test_register_pair_and_boxes(tmp_path, capsys):
     data = collect_report(
         [str(p) for p in imgs], models, methods=("nave", "gradcam"), n_clusters=3, seeds=(0, 1), size=64,
         register_pair=("test_vit", "test_vit4"), boxes=[np.array(boxes["im0.png"]), np.array(boxes["im1"])],
-        corloc_protocol=CorLocProtocol(min_area=16, border=2), faithfulness=False,
+        corloc_protocol=CorLocProtocol(min_area=16, border=2, conventions="clean"), faithfulness=False,
     )
+    assert "protocol 'clean': a hit is IoU >= 0.5" in html.unescape(out.read_text(encoding="utf-8"))
     api = parse(render_report(data))
     assert api.table("corloc-table") == corloc
     assert api.table("registers-table") == page.table("registers-table")

@@ -169,11 +169,12 @@ def _np_curve(model, x, a, target, *, mode, baseline, n_steps=None, units=None, 
         masks = []
         if units is None:
             rank = np.argsort(-sign * v, kind="stable")
-            for s in range(n_steps + 1):
+            ks = [int(np.floor(s * v.size / n_steps + 0.5)) for s in range(n_steps + 1)]  # round(s HW / S)
+            for k in ks:
                 m = np.zeros(v.size, dtype=bool)
-                m[rank[: s * v.size // n_steps]] = True
+                m[rank[:k]] = True
                 masks.append(m)
-            grid_x = np.arange(n_steps + 1) / n_steps
+            grid_x = np.asarray(ks, dtype=np.float64) / v.size  # the fraction actually perturbed
         else:
             ids = units[i, 0].numpy().reshape(-1)
             present = np.unique(ids)
@@ -219,10 +220,12 @@ def test_curves_and_auc_equal_an_independent_numpy_computation(linear, mode, bas
         units[2, :, :, :3] = 6
     agg = ranking.split("-")[1] if units is not None else "sum"
     ref_base = perturbation_baseline(x, "blur") if baseline == "blur" else baseline
+    # pixels: 7 steps over 144 pixels, so that round(s * 144 / 7) differs from the floor (20.57 -> 21)
+    steps = 7 if ranking == "pixels" else 12
     for order, output in (("most", "logit"), ("least", "probability")):
-        res = perturbation_curve(model, x, a, 3, mode=mode, baseline=baseline, n_steps=12, units=units,
+        res = perturbation_curve(model, x, a, 3, mode=mode, baseline=baseline, n_steps=steps, units=units,
                                  unit_aggregate=agg, order=order, output=output, batch_size=7)
-        curves, aucs = _np_curve(model, x, a, 3, mode=mode, baseline=ref_base, n_steps=12, units=units,
+        curves, aucs = _np_curve(model, x, a, 3, mode=mode, baseline=ref_base, n_steps=steps, units=units,
                                  aggregate=agg, order=order, output=output)
         for i, ref in enumerate(curves):  # float64 on both sides: rounding of a 432-term dot product
             np.testing.assert_allclose(res.curve(i)[1].numpy(), ref, rtol=1e-10, atol=1e-12)

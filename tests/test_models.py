@@ -87,14 +87,14 @@ def test_default_model_uses_tensorflow_same_padding_and_bn_eps(lite0):
 
 
 def test_mapping_rejects_a_tampered_state_dict(packaged_state):
-    target = models._lite0_architecture().state_dict()
+    target = models.weights._lite0_architecture().state_dict()
     tampered = OrderedDict(packaged_state)
     key = "_blocks.3._project_conv.weight"
     tampered[key] = tampered[key][:-1]  # one output channel fewer
     with pytest.raises(ValueError, match=r"shape .*_blocks\.3\._project_conv\.weight.*expects"):
         map_state_dict_in_order(tampered, target)
     with pytest.raises(ValueError, match="shape"):
-        models._load_lite0_offline(state_dict=tampered)
+        models.weights._load_lite0_offline(state_dict=tampered)
 
     # same shapes but a weight/bias swap is caught by the kind check
     keys = list(packaged_state)
@@ -133,6 +133,9 @@ def test_unknown_model_name_lists_close_names():
 def test_offline_timm_download_failure_is_explained(monkeypatch):
     import timm
 
+    from captum_nave.models import network
+
+    monkeypatch.setattr(network, "unreachable", lambda *a, **k: None)  # the host answers, the download fails
     real = timm.create_model
 
     def fake_create(name, pretrained=False, **kw):
@@ -157,6 +160,10 @@ def test_offline_torchvision_download_failure_is_explained(monkeypatch):
     import urllib.error
 
     import torchvision
+
+    from captum_nave.models import network
+
+    monkeypatch.setattr(network, "unreachable", lambda *a, **k: None)
 
     real = torchvision.models.get_model
 

@@ -59,7 +59,7 @@ def test_cli_writes_summary_tables_and_figure(main, tiny_loader, images, tmp_pat
     out = tmp_path / "out"
     rc = main(["compare-registers", "--model-a", "tiny-plain", "--model-b", "tiny-reg", "--n-clusters", "3",
                "--boxes", str(boxes), "--corloc-min-area", "10", "--corloc-border", "0",
-               "--out", str(out), *images])
+               "--corloc-protocol", "clean", "--out", str(out), *images])
     assert rc == 0
     printed = capsys.readouterr().out.split()
     files = ("summary.md", "per_image.csv", "aggregated.csv", "figure.png", "lens_layers.csv", "lens_segments.csv",
@@ -68,10 +68,11 @@ def test_cli_writes_summary_tables_and_figure(main, tiny_loader, images, tmp_pat
     md = (out / "summary.md").read_text()
     assert "tiny-plain vs tiny-reg" in md and "CorLoc (inner)" in md and "| mass_registers |" in md
     assert "| lens_patches |" in md and "| lens_registers |" in md
+    assert "CorLoc protocol 'clean': a hit is IoU >= 0.5" in md and "min_area=10, border=0" in md
     rows = list(csv.DictReader(open(out / "per_image.csv")))
     assert {r["image"] for r in rows} == {"0", "1", "2"}
     # the files are the public API's result on the same models, images and boxes
-    res = _api_result(images, json.loads(boxes.read_text()), n_clusters=3, min_area=10, border=0)
+    res = _api_result(images, json.loads(boxes.read_text()), n_clusters=3, min_area=10, border=0, conventions="clean")
     assert md == res.to_markdown()
     for name, which in (("per_image.csv", "per_image"), ("aggregated.csv", "aggregated")):
         expected = res.to_csv(tmp_path / f"api_{name}", which=which)
@@ -104,7 +105,7 @@ def test_cli_writes_summary_tables_and_figure(main, tiny_loader, images, tmp_pat
     assert all(-1 <= int(r["first_layer"]) < 3 for r in segs)  # 3 blocks
 
 
-def _api_result(images, box_table, *, n_clusters, min_area, border, seed=0):
+def _api_result(images, box_table, *, n_clusters, min_area, border, seed=0, conventions="authors"):
     """``compare_registers`` called as the CLI documents it, with the tiny models."""
     from captum_nave.cli.compare_registers import _transform_box
     from captum_nave.evaluation.corloc import CorLocProtocol
@@ -118,7 +119,7 @@ def _api_result(images, box_table, *, n_clusters, min_area, border, seed=0):
              for p, r in zip(images, raw)]
     return compare_registers(
         model_a, model_b, x, images_b=x, names=("tiny-plain", "tiny-reg"), n_clusters=n_clusters,
-        seeds=(seed, seed + 1), boxes=boxes, corloc_protocol=CorLocProtocol(min_area=min_area, border=border),
+        seeds=(seed, seed + 1), boxes=boxes, corloc_protocol=CorLocProtocol(min_area=min_area, border=border, conventions=conventions),
         random_state=seed, batch_size=8, display_images=torch.cat([models.resize_images(r, (48, 48)) for r in raw]),
     )
 

@@ -246,7 +246,7 @@ class HFStyleViT(nn.Module):
 def test_timm_layouts_are_read_from_the_model():
     reg = vit_layout(tiny_timm(reg_tokens=4))
     assert (reg.num_prefix_tokens, reg.cls_index, reg.register_indices) == (5, 0, (1, 2, 3, 4))
-    assert reg.patch_size == (8, 8) and reg.source == "timm"
+    assert reg.patch_size == (8, 8) and reg.source == "timm-vit"
     plain = vit_layout(tiny_timm())
     assert (plain.num_prefix_tokens, plain.cls_index, plain.register_indices) == (1, 0, ())
     nocls = vit_layout(tiny_timm(class_token=False, global_pool="avg", reg_tokens=2))

@@ -18,6 +18,19 @@ from captum_nave.registers.norms import (
 from test_registers_models import HAND_LAYOUT, hand_vit, tiny_timm
 
 
+def assert_planted_outliers_found(st, planted, block):
+    """The outlier measure finds exactly the planted patches (3 of a 6x6 grid), from ``block`` on."""
+    rep = outlier_report(st.block_norms, st.layout)
+    n = st.norms.shape[0]
+    for i in range(n):
+        assert rep.outlier_indices(i, block) == planted
+        assert rep.outlier_indices(i, block + 1) == planted  # the residual stream keeps them
+    assert rep.first_layer.tolist() == [block] * n
+    assert not rep.mask[:, :block].any()
+    np.testing.assert_allclose(rep.fraction[:, block].numpy(), 3 / 36)
+    assert (rep.max_median_ratio[:, block] > 10).all() and (rep.max_median_ratio[:, 0] < 3).all()
+
+
 def plant(block, positions, factor=20.0):
     """Forward hook that multiplies the given sequence positions of the block output."""
 
@@ -43,14 +56,7 @@ def test_planted_patch_outliers_are_found_exactly(kw):
         st = collect_token_statistics(model, torch.randn(4, 3, 48, 48), attention_layers=None)
     finally:
         h.remove()
-    rep = outlier_report(st.block_norms, st.layout)
-    for i in range(4):
-        assert rep.outlier_indices(i, block) == planted
-        assert rep.outlier_indices(i, block + 1) == planted  # the residual stream keeps them
-    assert rep.first_layer.tolist() == [block] * 4
-    assert not rep.mask[:, :block].any()
-    np.testing.assert_allclose(rep.fraction[:, block].numpy(), 3 / 36)
-    assert (rep.max_median_ratio[:, block] > 10).all() and (rep.max_median_ratio[:, 0] < 3).all()
+    assert_planted_outliers_found(st, planted, block)
     # fixed threshold between normal and planted norms finds the same set
     patch = st.block_norms[:, block, npfx:]
     thr = float(patch.median()) * 5

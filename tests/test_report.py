@@ -470,6 +470,22 @@ def test_register_and_corloc_sections(vit_pair, vit_report):
     assert len(_section_images(vit_report["text"], "corloc")) == 1
 
 
+def test_faithfulness_with_boxes_has_pointing_game_and_energy(vit_pair, vit_report):
+    from captum_nave.evaluation.faithfulness import energy_in_box, pointing_game
+
+    page = vit_report["page"]
+    rows = page.table("faithfulness-table")
+    assert rows[0][-2:] == ["pointing game", "energy in box"]
+    x = normalize(vit_report["x01"], {"mean": (0.5,) * 3, "std": (0.5,) * 3})
+    boxes = vit_report["boxes"]  # the images are 64 x 64: report pixels = original pixels
+    for name, model in zip(("plain ViT", "ViT+reg"), vit_pair):
+        maps = attribute("gradcam", model, x, "auto").maps
+        row = next(r for r in rows[1:] if r[0] == name and r[1] == "Grad-CAM" and r[2] == "pixels")
+        assert _pct(row[6]) == pytest.approx(np.nanmean(pointing_game(maps, boxes).numpy()), abs=6e-4)
+        assert float(row[7]) == pytest.approx(np.nanmean(energy_in_box(maps, boxes).numpy()), abs=6e-4)
+        assert all(r[6] == "" for r in rows[1:] if r[2] != "pixels")
+
+
 def test_lens_section_matches_the_public_api(vit_pair, vit_report):
     from captum_nave.lens import class_lens
 

@@ -312,8 +312,9 @@ NAVE agreement between the models with the seed noise floor, and CorLoc when box
 given.
 
 This notebook runs offline, so it builds two **tiny** timm ViTs with random weights (one
-with 4 registers) from keyword arguments. With real models, pass names instead - see the
-end of the notebook.
+with 4 registers) from keyword arguments, and the same pair as Hugging Face `transformers`
+models (DINOv2 and DINOv2 with registers) from config classes. With real models, pass
+names instead - see the end of the notebook.
 """),
     code("""
 %matplotlib inline
@@ -399,8 +400,57 @@ x = preprocess(images, info_a, size=518)                          # patch 14: 37
 result = compare_registers(a, b, x, names=("DINOv2", "DINOv2 + reg4"))
 ```
 
-torch-hub DINOv2 models (`torch.hub.load("facebookresearch/dinov2", "dinov2_vits14_reg")`)
-and Hugging Face ViTs work too; `ViTLayout` describes any other model by hand.
+## The Hugging Face route
+
+Most people load DINOv2 through Hugging Face `transformers` (`pip install
+"captum-nave[hf]"`). Every function above takes those models as they are: the model
+adapter (`captum_nave.adapters.get_adapter`) reads the token layout from the config
+(CLS, 4 registers), finds the blocks and the separate q / k / v projections, and unwraps
+the `ModelOutput` where a class score is needed. Here the same experiment with tiny
+random models built from config classes:
+"""),
+    code("""
+import transformers
+
+from captum_nave.adapters import get_adapter
+
+cfg = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2, image_size=64, patch_size=8)
+torch.manual_seed(0)
+hf_plain = transformers.Dinov2Model(transformers.Dinov2Config(**cfg)).eval()
+hf_regs = transformers.Dinov2WithRegistersModel(
+    transformers.Dinov2WithRegistersConfig(num_register_tokens=4, **cfg)).eval()
+for name, m in [("hf plain", hf_plain), ("hf registers", hf_regs)]:
+    adapter = get_adapter(m)
+    layout = adapter.layout
+    print(f"{name}: {adapter.family}, {layout.num_prefix_tokens} prefix tokens (registers "
+          f"{layout.register_indices}), blocks {[n for n, _ in adapter.blocks()][-1]} ...")
+    seg = LayerClusterExplainer(m, [-1]).attribute(x, n_clusters=3, random_state=0)
+    print("   NAVE segments", tuple(seg.shape))
+
+hf_result = compare_registers(hf_plain, hf_regs, x, names=("DINOv2", "DINOv2 + reg4"), n_clusters=3,
+                              n_boot=500, display_images=images)
+print("attention mass on registers:", round(hf_result.row("mass_registers").mean_b, 3))
+"""),
+    md("""
+The attention rows are recomputed from the q / k projections, so the model's
+`attn_implementation` ("sdpa" by default) is left as it is. Grad-CAM, IG and LRP take
+these models too (`captum_nave.attribution.attribute("lrp", hf_regs, x, target=0)`
+explains feature 0 of the pooled CLS embedding of a backbone, or a class of a
+`...ForImageClassification` model).
+
+With real weights (network access once):
+
+```python
+a, info_a = load_model("hf:facebook/dinov2-small")                      # no registers
+b, info_b = load_model("hf:facebook/dinov2-with-registers-small")       # 4 registers
+x = preprocess(images, info_a, size=224)
+result = compare_registers(a, b, x, names=("DINOv2", "DINOv2 + reg4"))
+```
+
+and from the command line `captum-nave compare-registers --model-a hf:facebook/dinov2-small
+--model-b hf:facebook/dinov2-with-registers-small IMAGES...`. torch-hub DINOv2
+(`load_model("hub:facebookresearch/dinov2:dinov2_vits14_reg")`) works the same way;
+`captum_nave.adapters.ViTLayout` describes any other model by hand.
 """),
 ]
 

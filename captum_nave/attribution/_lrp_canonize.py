@@ -3,8 +3,13 @@
 :func:`canonize` deep-copies a model and rewrites the copy so that every
 operation that mixes values is a leaf module that can carry an LRP rule (see
 :mod:`captum_nave.attribution._lrp_modules`; the rules are chosen by
-:mod:`._lrp_composites`); :func:`audit_graph` runs one forward pass and proves
-that the copy has no operation outside those modules that would silently
+:mod:`._lrp_composites`). Which modules of a model family form a residual block, a
+transformer or a stem is known by the family's model adapter
+(:meth:`captum_nave.adapters.ModelAdapter.lrp_rewrite`); this module provides the
+building blocks they use (:class:`LRPKit`: BatchNorm fusion, residual blocks, the
+transformer of :mod:`._lrp_transformer`) and the generic rewrites (LayerNorm, in-place
+activations, conv + BN in ``nn.Sequential``). :func:`audit_graph` runs one forward pass
+and proves that the copy has no operation outside those modules that would silently
 corrupt the relevance (e.g. a residual ``x + f(x)`` written in ``forward`` code).
 Every module of the copy remembers the name and type of the module of the
 original model it came from (:func:`module_origins`), so that rules can be
@@ -23,6 +28,8 @@ import torch
 from torch import Tensor, nn
 from captum.attr._utils.custom_modules import Addition_Module
 
+from captum_nave.adapters import TransformerParts, adapter_classes
+from captum_nave.adapters.modules import QuickGELU
 from captum_nave.attribution._lrp_modules import (
     Add,
     AddConstant,
@@ -31,6 +38,8 @@ from captum_nave.attribution._lrp_modules import (
     DetachedLayerNorm,
     TokenMean,
 )
+from captum_nave.attribution._lrp_transformer import _ORIGIN_ATTRS, HOOK_DICTS, LRPTransformer
+from captum_nave.attribution._lrp_transformer import fresh_activation as _fresh_activation
 
 __all__ = ["audit_graph", "canonize", "check_supported", "fuse_conv_bn", "module_origins"]
 
@@ -61,6 +70,7 @@ IDENTITY_ACTIVATIONS: tuple[type, ...] = (
     nn.LeakyReLU,
     nn.ELU,
     nn.Hardtanh,
+    QuickGELU,
 )
 #: Further activations and eval-mode no-ops: ``Pass`` as well.
 CAPTUM_NONLINEAR: tuple[type, ...] = (nn.ReLU, nn.Tanh, nn.Dropout)
@@ -98,42 +108,10 @@ _STRUCTURAL_NODES = frozenset(
 
 
 def _timm_types() -> dict[str, type]:
-    """timm classes the canonicaliser knows, looked up lazily (timm is a dependency)."""
-    from timm.layers import Conv2dSame, LayerScale, Mlp, PatchEmbed
-    from timm.layers.norm_act import BatchNormAct2d
-    from timm.models._efficientnet_blocks import (
-        ConvBnAct,
-        DepthwiseSeparableConv,
-        InvertedResidual,
-    )
-    from timm.models.efficientnet import EfficientNet
-    from timm.models.vision_transformer import Attention, Block, VisionTransformer
+    """timm leaf types that carry rules, looked up lazily (timm is a dependency)."""
+    from timm.layers import Conv2dSame, LayerScale
 
-    try:
-        from timm.layers import DropPath
-    except ImportError:  # pragma: no cover - very old timm
-        DropPath = nn.Identity  # type: ignore[misc,assignment]
-    return {
-        "Conv2dSame": Conv2dSame,
-        "LayerScale": LayerScale,
-        "Mlp": Mlp,
-        "PatchEmbed": PatchEmbed,
-        "BatchNormAct2d": BatchNormAct2d,
-        "ConvBnAct": ConvBnAct,
-        "DepthwiseSeparableConv": DepthwiseSeparableConv,
-        "InvertedResidual": InvertedResidual,
-        "EfficientNet": EfficientNet,
-        "Attention": Attention,
-        "Block": Block,
-        "VisionTransformer": VisionTransformer,
-        "DropPath": DropPath,
-    }
-
-
-def _torchvision_types() -> dict[str, type]:
-    from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
-
-    return {"BasicBlock": BasicBlock, "Bottleneck": Bottleneck, "ResNet": ResNet}
+    return {"Conv2dSame": Conv2dSame, "LayerScale": LayerScale}
 
 
 # --------------------------------------------------------------------------- #
@@ -200,22 +178,6 @@ def _conv_types() -> tuple[type, ...]:
     return (nn.Conv2d, _timm_types()["Conv2dSame"])
 
 
-def _fresh_activation(act: Optional[nn.Module]) -> nn.Module:
-    """A non-inplace, unshared copy of an activation module (Identity for None)."""
-    if act is None or type(act) is nn.Identity:
-        return nn.Identity()
-    new = copy.deepcopy(act)
-    if hasattr(new, "inplace"):
-        new.inplace = False
-    return new
-
-
-def _bn_act(bn: nn.Module) -> tuple[nn.BatchNorm2d, nn.Module]:
-    """Split a (timm) BatchNorm(+act) module into the BN part and its activation."""
-    act = getattr(bn, "act", None)
-    return bn, _fresh_activation(act)  # type: ignore[return-value]
-
-
 class ResidualBlock(nn.Module):
     """Canonical residual block: ``post_act(add(body(x), shortcut(x)))``.
 
@@ -244,196 +206,26 @@ class ResidualBlock(nn.Module):
         return out if self.post_act is None else self.post_act(out)
 
 
-def _torchvision_block(block: nn.Module, name: str) -> ResidualBlock:
-    """BasicBlock / Bottleneck -> ResidualBlock with fused BN and unshared ReLUs."""
-    pairs = [("conv1", "bn1"), ("conv2", "bn2")]
-    if hasattr(block, "conv3"):
-        pairs.append(("conv3", "bn3"))
-    layers: list[nn.Module] = []
-    for i, (c, b) in enumerate(pairs):
-        layers.append(fuse_conv_bn(getattr(block, c), getattr(block, b), f"{name}.{b}"))
-        if i < len(pairs) - 1:
-            layers.append(nn.ReLU())
-    shortcut = None
-    if block.downsample is not None:
-        ds = block.downsample
-        if not (
-            isinstance(ds, nn.Sequential)
-            and len(ds) == 2
-            and type(ds[0]) in _conv_types()
-            and isinstance(ds[1], nn.BatchNorm2d)
-        ):
-            raise TypeError(
-                f"LRP canonicalisation: unsupported downsample at '{name}.downsample' "
-                f"({ds!r}); expected Sequential(Conv2d, BatchNorm2d)"
-            )
-        shortcut = fuse_conv_bn(ds[0], ds[1], f"{name}.downsample")
-    return ResidualBlock(nn.Sequential(*layers), shortcut, nn.ReLU())
+class LRPKit:
+    """The builders family adapters use in :meth:`~captum_nave.adapters.ModelAdapter.lrp_rewrite`."""
 
+    def fuse(self, conv: nn.Module, bn: nn.Module, where: str) -> nn.Module:
+        """Convolution with an eval-mode BatchNorm folded in (see :func:`fuse_conv_bn`)."""
+        return fuse_conv_bn(conv, bn, where)  # type: ignore[arg-type]
 
-def _check_identity(module: nn.Module, attr: str, name: str) -> None:
-    sub = getattr(module, attr, None)
-    if sub is not None and type(sub) is not nn.Identity:
-        raise TypeError(
-            f"LRP canonicalisation: '{name}.{attr}' is {type(sub).__name__}; this block "
-            f"type is supported only without {attr} (e.g. no squeeze-excite / anti-aliasing)"
-        )
+    def activation(self, act: Optional[nn.Module]) -> nn.Module:
+        """A fresh, non-inplace copy of an activation (Identity for None)."""
+        return _fresh_activation(act)
 
+    def residual(
+        self, body: list, shortcut: Optional[nn.Module], post_act: Optional[nn.Module]
+    ) -> nn.Module:
+        """:class:`ResidualBlock` ``post_act(add(body(x), shortcut(x)))``."""
+        return ResidualBlock(nn.Sequential(*body), shortcut, post_act)
 
-def _timm_efficientnet_block(block: nn.Module, name: str, kind: str) -> nn.Module:
-    """timm DepthwiseSeparableConv / InvertedResidual / ConvBnAct -> canonical form."""
-    if getattr(block, "conv_s2d", None) is not None:
-        raise TypeError(
-            f"LRP canonicalisation: '{name}' uses space-to-depth (conv_s2d); not supported"
-        )
-    for attr in ("aa", "se"):
-        _check_identity(block, attr, name)
-    if kind == "DepthwiseSeparableConv":
-        pairs = [("conv_dw", "bn1"), ("conv_pw", "bn2")]
-    elif kind == "InvertedResidual":
-        pairs = [("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")]
-    else:  # ConvBnAct
-        pairs = [("conv", "bn1")]
-    layers: list[nn.Module] = []
-    for c, b in pairs:
-        bn, act = _bn_act(getattr(block, b))
-        layers.append(fuse_conv_bn(getattr(block, c), bn, f"{name}.{b}"))
-        if type(act) is not nn.Identity:
-            layers.append(act)
-    body = nn.Sequential(*layers)
-    if getattr(block, "has_skip", False):
-        return ResidualBlock(body, None, None)
-    return body
-
-
-class _LRPAttention(nn.Module):
-    """timm ``Attention`` computed explicitly: scores and their application to the values."""
-
-    def __init__(self, attn: nn.Module) -> None:
-        super().__init__()
-        self.num_heads = int(attn.num_heads)
-        self.head_dim = int(attn.head_dim)
-        self.qkv = attn.qkv
-        norms = []
-        for key in ("q_norm", "k_norm"):
-            norm = getattr(attn, key)
-            if type(norm) is nn.Identity:
-                norms.append(None)
-            elif isinstance(norm, nn.LayerNorm):
-                norms.append(norm)
-            else:
-                raise TypeError(
-                    f"LRP: attention {key} of type {type(norm).__name__} is not supported "
-                    "(Identity or LayerNorm)"
-                )
-        self.scores = AttentionScores(float(attn.scale), norms[0], norms[1])
-        self.mix = AttentionMix()
-        self.norm = attn.norm
-        self.proj = attn.proj
-
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
-        b, n, _ = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        out = self.mix(v, attn=self.scores(q, k))
-        out = out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
-        return self.proj(self.norm(out))
-
-
-class _LRPViTBlock(nn.Module):
-    """timm ViT ``Block`` with explicit residual additions."""
-
-    def __init__(self, blk: nn.Module) -> None:
-        super().__init__()
-        self.norm1 = blk.norm1
-        self.attn = _LRPAttention(blk.attn)
-        self.ls1 = blk.ls1
-        self.add1 = Add()
-        self.norm2 = blk.norm2
-        self.mlp = blk.mlp
-        self.ls2 = blk.ls2
-        self.add2 = Add()
-
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
-        x = self.add1(x, self.ls1(self.attn(self.norm1(x))))
-        return self.add2(x, self.ls2(self.mlp(self.norm2(x))))
-
-
-class _LRPVisionTransformer(nn.Module):
-    """timm ``VisionTransformer`` (class token / registers / abs. pos. embed.)."""
-
-    def __init__(self, vit: nn.Module, name: str) -> None:
-        super().__init__()
-        t = _timm_types()
-        where = name or "<model>"
-        if getattr(vit, "attn_pool", None) is not None:
-            raise TypeError(f"LRP: ViT '{where}' uses attention pooling (attn_pool); not supported")
-        if vit.global_pool not in ("token", "avg"):
-            raise TypeError(
-                f"LRP: ViT '{where}' has global_pool={vit.global_pool!r}; supported: 'token', 'avg'"
-            )
-        if getattr(vit, "dynamic_img_size", False):
-            raise TypeError(f"LRP: ViT '{where}' uses dynamic_img_size=True; not supported")
-        if type(vit.patch_embed) is not t["PatchEmbed"]:
-            raise TypeError(
-                f"LRP: '{where}.patch_embed' is {type(vit.patch_embed).__name__}; "
-                "only timm PatchEmbed is supported"
-            )
-        blocks = []
-        for i, blk in enumerate(vit.blocks):
-            bname = f"{where}.blocks.{i}"
-            if type(blk) is not t["Block"]:
-                raise TypeError(
-                    f"LRP: '{bname}' is {type(blk).__name__}; only timm vision_transformer.Block "
-                    "is supported"
-                )
-            if type(blk.attn) is not t["Attention"] or getattr(blk.attn, "gate", None) is not None:
-                raise TypeError(
-                    f"LRP: '{bname}.attn' is {type(blk.attn).__name__} (or gated); only plain "
-                    "timm Attention is supported"
-                )
-            if type(blk.mlp) is not t["Mlp"]:
-                raise TypeError(
-                    f"LRP: '{bname}.mlp' is {type(blk.mlp).__name__}; only timm Mlp is supported"
-                )
-            blocks.append(_LRPViTBlock(blk))
-        self.patch_embed = vit.patch_embed
-        self.cls_token = vit.cls_token
-        self.reg_token = getattr(vit, "reg_token", None)
-        self.no_embed_class = bool(getattr(vit, "no_embed_class", False))
-        self.pos = None if vit.pos_embed is None else AddConstant(vit.pos_embed)
-        self.norm_pre = vit.norm_pre
-        self.blocks = nn.Sequential(*blocks)
-        self.norm = vit.norm
-        self.num_prefix_tokens = int(vit.num_prefix_tokens)
-        self.global_pool = vit.global_pool
-        start = 0 if getattr(vit, "pool_include_prefix", False) else self.num_prefix_tokens
-        self.token_mean = TokenMean(start) if vit.global_pool == "avg" else None
-        self.fc_norm = vit.fc_norm
-        self.head_drop = vit.head_drop
-        self.head = vit.head
-
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
-        x = self.patch_embed(x)
-        x = x.reshape(x.shape[0], -1, x.shape[-1])
-        prefix = [
-            t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.reg_token) if t is not None
-        ]
-        if self.no_embed_class:
-            if self.pos is not None:
-                x = self.pos(x)
-            x = torch.cat(prefix + [x], dim=1) if prefix else x
-        else:
-            x = torch.cat(prefix + [x], dim=1) if prefix else x
-            if self.pos is not None:
-                x = self.pos(x)
-        x = self.norm_pre(x)
-        x = self.blocks(x)
-        x = self.norm(x)
-        x = x[:, 0] if self.token_mean is None else self.token_mean(x)
-        x = self.fc_norm(x)
-        x = self.head_drop(x)
-        return self.head(x)
+    def transformer(self, parts: TransformerParts, where: str) -> nn.Module:
+        """:class:`~captum_nave.attribution._lrp_transformer.LRPTransformer` of the parts."""
+        return LRPTransformer(parts, where)
 
 
 # --------------------------------------------------------------------------- #
@@ -441,53 +233,17 @@ class _LRPVisionTransformer(nn.Module):
 # --------------------------------------------------------------------------- #
 
 
-def _rewrite_block(module: nn.Module, name: str) -> Optional[nn.Module]:
-    """Return the canonical replacement of a known composite module, or None."""
-    tv = _torchvision_types()
-    tm = _timm_types()
-    kind = type(module)
-    if kind in (tv["BasicBlock"], tv["Bottleneck"]):
-        return _torchvision_block(module, name)
-    for key in ("DepthwiseSeparableConv", "InvertedResidual", "ConvBnAct"):
-        if kind is tm[key]:
-            return _timm_efficientnet_block(module, name, key)
-    if kind is tm["VisionTransformer"]:
-        return _LRPVisionTransformer(module, name)
-    if kind is tm["BatchNormAct2d"]:
-        # A BatchNormAct2d not preceded by a fusable conv: BN (epsilon rule) + act.
-        bn = nn.BatchNorm2d(module.num_features, eps=module.eps, affine=module.affine)
-        bn.load_state_dict(
-            {k: v for k, v in module.state_dict().items() if not k.startswith(("act.", "drop."))}
-        )
-        bn = bn.to(module.weight.device if module.weight is not None else "cpu")
-        return nn.Sequential(bn, _fresh_activation(getattr(module, "act", None)))
-    if kind is tm["DropPath"]:
-        return nn.Identity()  # eval mode: no-op
+def _rewrite_block(module: nn.Module, name: str, kit: LRPKit) -> Optional[nn.Module]:
+    """The canonical replacement of a module: family rewrites first, then generic ones."""
+    for adapter_cls in adapter_classes():
+        new = adapter_cls.lrp_rewrite(module, name, kit)
+        if new is not None:
+            return new
     if isinstance(module, nn.LayerNorm):
         return DetachedLayerNorm.from_layer_norm(module)
-    if kind in IDENTITY_ACTIVATIONS + (nn.ReLU,) and getattr(module, "inplace", False):
+    if type(module) in IDENTITY_ACTIVATIONS + (nn.ReLU,) and getattr(module, "inplace", False):
         return _fresh_activation(module)
-    if kind is tm["LayerScale"] and getattr(module, "inplace", False):
-        module.inplace = False
     return None
-
-
-def _fuse_stems(model: nn.Module) -> None:
-    """Fuse the conv+BN pairs that live directly on known top-level models."""
-    tv = _torchvision_types()
-    tm = _timm_types()
-    for name, module in list(model.named_modules()):
-        if type(module) is tv["ResNet"]:
-            module.conv1 = fuse_conv_bn(module.conv1, module.bn1, f"{name}.bn1")
-            module.bn1 = nn.Identity()
-            module.relu = nn.ReLU()
-        elif type(module) is tm["EfficientNet"]:
-            for conv_attr, bn_attr in (("conv_stem", "bn1"), ("conv_head", "bn2")):
-                conv, bnm = getattr(module, conv_attr), getattr(module, bn_attr)
-                if type(conv) in _conv_types() and isinstance(bnm, nn.BatchNorm2d):
-                    bn, act = _bn_act(bnm)
-                    setattr(module, conv_attr, fuse_conv_bn(conv, bn, f"{name}.{bn_attr}"))
-                    setattr(module, bn_attr, act)
 
 
 def _fuse_sequentials(model: nn.Module) -> None:
@@ -504,8 +260,7 @@ def _fuse_sequentials(model: nn.Module) -> None:
 
 
 #: attribute names of the copy's modules holding the original name and type
-_ORIGIN = "_lrp_origin"
-_ORIGIN_TYPE = "_lrp_origin_type"
+_ORIGIN, _ORIGIN_TYPE = _ORIGIN_ATTRS
 
 
 def _adopt_origin(new: nn.Module, old: nn.Module) -> nn.Module:
@@ -516,14 +271,14 @@ def _adopt_origin(new: nn.Module, old: nn.Module) -> nn.Module:
     return new
 
 
-def _rewrite(module: nn.Module, prefix: str) -> None:
+def _rewrite(module: nn.Module, prefix: str, kit: LRPKit) -> None:
     for child_name, child in list(module.named_children()):
         name = f"{prefix}.{child_name}" if prefix else child_name
-        new = _rewrite_block(child, name)
+        new = _rewrite_block(child, name, kit)
         if new is not None:
             module._modules[child_name] = _adopt_origin(new, child)
             child = new
-        _rewrite(child, name)
+        _rewrite(child, name, kit)
 
 
 def _tag_origins(work: nn.Module) -> None:
@@ -560,15 +315,7 @@ def module_origins(model: nn.Module) -> dict[nn.Module, tuple[str, str, type]]:
 
 def _clear_hooks(model: nn.Module) -> None:
     for m in model.modules():
-        for attr in (
-            "_forward_hooks",
-            "_forward_pre_hooks",
-            "_backward_hooks",
-            "_backward_pre_hooks",
-            "_forward_hooks_with_kwargs",
-            "_forward_pre_hooks_with_kwargs",
-            "_forward_hooks_always_called",
-        ):
+        for attr in HOOK_DICTS:
             d = getattr(m, attr, None)
             if d is not None:
                 d.clear()
@@ -579,19 +326,25 @@ def canonize(model: nn.Module) -> nn.Module:
     """Make an LRP-ready working copy of ``model``.
 
     The copy (``copy.deepcopy``) is put in eval mode, its parameters stop
-    requiring gradients, hooks copied from the original are dropped, and:
+    requiring gradients, hooks copied from the original are dropped, and every
+    module (root first) is offered to the model adapters' ``lrp_rewrite``:
 
     * torchvision ``BasicBlock``/``Bottleneck`` and timm ``DepthwiseSeparableConv``/
       ``InvertedResidual``/``ConvBnAct`` become :class:`ResidualBlock` s with an
       explicit :class:`~captum_nave.attribution._lrp_modules.Add`, BatchNorm fused
       into the preceding convolution, and one non-inplace activation per use;
-    * conv+BN pairs on the stem/head of torchvision ``ResNet`` and timm
-      ``EfficientNet`` and inside ``nn.Sequential`` containers are fused;
-    * timm ``VisionTransformer`` is re-expressed with explicit attention
-      (:class:`AttentionScores` and :class:`AttentionMix`), explicit residual additions, the positional embedding
-      as a bias-like :class:`AddConstant` and average pooling as :class:`TokenMean`;
-    * every ``LayerNorm`` becomes a :class:`DetachedLayerNorm`; in-place
-      activations become non-inplace ones.
+      conv+BN pairs on the stem/head of torchvision ``ResNet`` and timm
+      ``EfficientNet`` are fused;
+    * ViTs (timm ``VisionTransformer``, Hugging Face ViT / DeiT / DINOv2 / CLIP /
+      SigLIP, torch-hub DINOv2) are rebuilt by
+      :class:`~captum_nave.attribution._lrp_transformer.LRPTransformer`: explicit
+      attention (detached softmax), explicit residual additions, layer scale as a
+      per-channel linear map, the embedding constants (prefix tokens, positions) as a
+      bias-like :class:`AddConstant`, average pooling as :class:`TokenMean`;
+
+    then, generically, conv+BN pairs inside ``nn.Sequential`` containers are fused,
+    every ``LayerNorm`` becomes a :class:`DetachedLayerNorm` and in-place
+    activations become non-inplace ones.
 
     Parameters
     ----------
@@ -616,11 +369,11 @@ def canonize(model: nn.Module) -> nn.Module:
     _clear_hooks(work)
     _tag_origins(work)
     work.eval()
-    _fuse_stems(work)
-    root_new = _rewrite_block(work, "")
+    kit = LRPKit()
+    root_new = _rewrite_block(work, "", kit)
     if root_new is not None:
         work = _adopt_origin(root_new, work)
-    _rewrite(work, "")
+    _rewrite(work, "", kit)
     _fuse_sequentials(work)
     work.eval()
     for p in work.parameters():
@@ -655,7 +408,8 @@ def check_supported(model: nn.Module) -> None:
             f"{type(m).__qualname__} has no LRP rule. Supported leaf types: "
             + ", ".join(sorted({t.__name__ for t in known}))
             + "; composite blocks supported: torchvision BasicBlock/Bottleneck/ResNet/VGG, "
-            "timm EfficientNet blocks without SE, timm VisionTransformer"
+            "timm EfficientNet blocks without SE, timm VisionTransformer, Hugging Face "
+            "ViT/DeiT/DINOv2/CLIP/SigLIP vision models, torch-hub DINOv2"
         )
 
 
@@ -733,7 +487,8 @@ def audit_graph(model: nn.Module, inputs: Tensor, order: Optional[list[str]] = N
                 continue
             seen.add(id(node))
             visited.append(node)
-            if id(node) in boundaries:
+            structural = id(node) not in boundaries
+            if not structural:
                 mname, ins, _ = boundaries[id(node)]
                 edges, consumer = ins, mname
             else:

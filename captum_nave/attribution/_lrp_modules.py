@@ -44,8 +44,11 @@ class AddConstant(nn.Module):
 
     Parameters
     ----------
-    constant : Tensor
-        Broadcastable to the input, e.g. of shape (1, T, D).
+    constant : Tensor, optional
+        Broadcastable to the input, e.g. of shape (1, T, D). ``None``: the constant is
+        passed to each call as the keyword argument ``constant`` (e.g. a ViT's embedding
+        constant, which depends on the input size); it is detached, so only ``x``
+        receives relevance.
 
     Notes
     -----
@@ -53,12 +56,15 @@ class AddConstant(nn.Module):
     of the relevance is absorbed by the constant, exactly like a bias.
     """
 
-    def __init__(self, constant: Tensor) -> None:
+    def __init__(self, constant: Optional[Tensor] = None) -> None:
         super().__init__()
-        self.constant = nn.Parameter(constant.detach().clone(), requires_grad=False)
+        self.constant = None if constant is None else nn.Parameter(constant.detach().clone(), requires_grad=False)
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
-        return x + self.constant
+    def forward(self, x: Tensor, *, constant: Optional[Tensor] = None) -> Tensor:  # noqa: D102
+        c = self.constant if constant is None else constant.detach()
+        if c is None:
+            raise ValueError("AddConstant: no constant given")
+        return x + c
 
 
 def layer_norm_detached(

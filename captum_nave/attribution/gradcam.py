@@ -13,8 +13,8 @@ identity module (:class:`_GridView`, not part of the model):
 
 * a CNN map ``(N, C, h, w)`` goes through unchanged;
 * ViT tokens ``(N, T, C)`` are split into the prefix tokens (class, distillation and
-  register tokens; their number is read with
-  :func:`captum_nave.activations.num_prefix_tokens`, never assumed to be 1) and the
+  register tokens; their number is read from the model's adapter,
+  :func:`captum_nave.adapters.get_adapter`, never assumed to be 1) and the
   patch tokens, which are reshaped to the patch grid ``(N, C, h, w)`` with
   :func:`captum_nave.activations.tokens_to_grid`, passed through the identity module
   and flattened back; the hook returns the same values, so the model computes exactly
@@ -24,8 +24,8 @@ identity module (:class:`_GridView`, not part of the model):
 prefix tokens are neither weighted nor summed into the map. The hook is removed in a
 ``finally`` block.
 
-Default layers (:func:`default_gradcam_layer`)
-----------------------------------------------
+Default layers (:func:`default_gradcam_layer`, from the model's adapter)
+-------------------------------------------------------------------------
 =========================================  ==========================================
 family                                     default layer
 =========================================  ==========================================
@@ -39,7 +39,12 @@ torchvision EfficientNet / MobileNet       ``features.{n-1}`` (the 1x1 head conv
 ConvNeXt and other staged models           ``stages.{n-1}``
 timm ViT, ``global_pool="token"``          ``blocks.{n-1}.norm1`` (see below)
 timm ViT, other pooling (avg, max, map)    ``blocks.{n-1}``
-torchvision ViT (class token)              ``encoder.layers.{n-1}.ln_1``
+torchvision ViT (class token)              ``encoder.layers.encoder_layer_{n-1}.ln_1``
+Hugging Face ViT / DeiT / CLIP, DINOv2     the last block's pre-attention norm
+backbones, torch-hub DINOv2 (CLS output)   (``layernorm_before``, ``norm1``,
+                                           ``layer_norm1``)
+Hugging Face DINOv2 classifiers (CLS and   the last block
+patch mean), SigLIP (attention pooling)
 anything else                              the last module (in execution order) whose
                                            output is a spatial map with more than one
                                            pixel
@@ -64,14 +69,8 @@ from captum.attr import LayerAttribution, LayerGradCam
 from torch import Tensor, nn
 
 from captum_nave._validation import check_bool, check_int, check_int_pair
-from captum_nave.activations import (
-    find_blocks,
-    LayerSpec,
-    num_prefix_tokens as _read_num_prefix,
-    patch_size_of,
-    resolve_layers,
-    tokens_to_grid,
-)
+from captum_nave.activations import LayerSpec, resolve_layers, tokens_to_grid
+from captum_nave.adapters import get_adapter
 
 from .registry import _forward_args, register_method
 
@@ -88,14 +87,6 @@ class _GridView(nn.Module):
 
 
 # --------------------------------------------------------------------------- defaults
-def _is_torchvision_vit(model: nn.Module) -> bool:
-    return (
-        type(model).__name__ == "VisionTransformer"
-        and hasattr(model, "class_token")
-        and hasattr(model, "encoder")
-    )
-
-
 def _fallback_layer(model: nn.Module, inputs: Tensor, extra: Tuple[Any, ...]) -> str:
     """Name of the last module (execution order) whose output is a map with h*w > 1."""
     names = {m: n for n, m in model.named_modules() if n}
@@ -141,44 +132,9 @@ def default_gradcam_layer(
     -------
     str
     """
-    children = dict(model.named_children())
-    blocks = find_blocks(model)
-    if blocks is not None and (getattr(model, "patch_embed", None) is not None or _is_torchvision_vit(model)):
-        path, seq = blocks
-        last = f"{path}.{len(seq) - 1}"
-        pool = getattr(model, "global_pool", "token" if _is_torchvision_vit(model) else None)
-        token_pooled = pool == "token" or (pool is None and getattr(model, "cls_token", None) is not None)
-        if token_pooled:
-            for norm in ("norm1", "ln_1", "layernorm_before"):
-                if isinstance(getattr(seq[-1], norm, None), nn.Module):
-                    return f"{last}.{norm}"
-            raise ValueError(
-                f"layer: {type(model).__name__} pools its class token and its last block has no "
-                "norm1/ln_1 before the attention; pass layer= (a layer whose patch tokens reach "
-                "the class token)"
-            )
-        return last
-    if "layer4" in children:
-        return "layer4"
-    if "conv_head" in children and isinstance(children.get("bn2"), nn.Module):
-        return "bn2"
-    timm_blocks = children.get("blocks")
-    if "conv_stem" in children and isinstance(timm_blocks, nn.Sequential) and len(timm_blocks) > 0:
-        return f"blocks.{len(timm_blocks) - 1}"  # timm MobileNetV3: conv_head runs after pooling
-    features = children.get("features")
-    if isinstance(features, nn.Sequential):
-        if any(isinstance(m, nn.MaxPool2d) for m in features):  # VGG-like
-            for i in range(len(features) - 1, -1, -1):
-                if isinstance(features[i], nn.ReLU):
-                    return f"features.{i}"
-            for i in range(len(features) - 1, -1, -1):
-                if isinstance(features[i], nn.Conv2d):
-                    return f"features.{i}"
-        if type(model).__name__ in ("EfficientNet", "EfficientNetV2", "MobileNetV2", "MobileNetV3"):
-            return f"features.{len(features) - 1}"
-    stages = children.get("stages")
-    if isinstance(stages, (nn.Sequential, nn.ModuleList)) and len(stages) > 0:
-        return f"stages.{len(stages) - 1}"
+    name = get_adapter(model).default_gradcam_layer()
+    if name is not None:
+        return name
     if inputs is None:
         raise ValueError(f"layer: no default Grad-CAM layer for {type(model).__name__}; pass layer=")
     return _fallback_layer(model, inputs, _forward_args(additional_forward_args))
@@ -194,10 +150,7 @@ def _layer_name(model: nn.Module, layer: nn.Module) -> str:
 def _prefix_count(model: nn.Module, given: Optional[int]) -> Optional[int]:
     if given is not None:
         return check_int(given, "num_prefix_tokens", low=0, allow_none=True)
-    n = _read_num_prefix(model)
-    if n is None and _is_torchvision_vit(model):
-        return 1
-    return n
+    return get_adapter(model).num_prefix_tokens
 
 
 # --------------------------------------------------------------------------- method
@@ -222,7 +175,8 @@ def gradcam(
     Parameters
     ----------
     model : nn.Module
-        CNN or ViT classifier returning (N, K) scores.
+        CNN or ViT classifier returning (N, K) scores (a Hugging Face ``ModelOutput`` is
+        unwrapped by the model's adapter).
     inputs : Tensor of shape (N, C, H, W)
     target : LongTensor of shape (N,)
     layer : module, dotted name or int, optional
@@ -238,9 +192,9 @@ def gradcam(
         Upsampling of the layer map to the input size.
     num_prefix_tokens : int, optional
         Tokens before the patch tokens (class, distillation, registers); default read
-        from the model (timm ``num_prefix_tokens``). Only used for token layers.
+        from the model's adapter. Only used for token layers.
     patch_size : int or (int, int), optional
-        Default read from the model (``patch_embed.patch_size``).
+        Default read from the model's adapter.
     additional_forward_args : any, optional
         Extra positional arguments of the model (Captum convention).
 
@@ -267,7 +221,7 @@ def gradcam(
         module = resolve_layers(model, [layer])[0]
         name = layer if isinstance(layer, str) else _layer_name(model, module)
     prefix = _prefix_count(model, num_prefix_tokens)
-    patch = patch_size_of(model) if patch_size is None else check_int_pair(patch_size, "patch_size")
+    patch = get_adapter(model).patch_size if patch_size is None else check_int_pair(patch_size, "patch_size")
 
     hw = (int(inputs.shape[-2]), int(inputs.shape[-1]))
     view = _GridView()
@@ -311,7 +265,9 @@ def gradcam(
             raise ValueError(f"layer: {name!r} received no positional input to explain")
         return (to_grid(args[0]),) + tuple(args[1:])
 
-    def hook(mod: nn.Module, args: Tuple[Any, ...], out: Any) -> Tensor:
+    def hook(mod: nn.Module, args: Tuple[Any, ...], out: Any) -> Any:
+        if isinstance(out, tuple) and out and isinstance(out[0], Tensor):  # e.g. HF 4.x layers
+            return (to_grid(out[0]),) + tuple(out[1:])
         return to_grid(out)
 
     def start(mod: nn.Module, args: Any) -> None:  # the call count is per forward pass
@@ -330,7 +286,7 @@ def gradcam(
             handles.append(module.register_forward_pre_hook(pre_hook))
         else:
             handles.append(module.register_forward_hook(hook))
-        raw = LayerGradCam(model, view).attribute(
+        raw = LayerGradCam(get_adapter(model).forward_logits(), view).attribute(
             inputs,
             target=target,
             additional_forward_args=additional_forward_args,

@@ -39,6 +39,8 @@ import torch.nn.functional as F
 from captum.attr import IntegratedGradients
 from torch import Tensor
 
+from captum_nave.adapters import logits_function
+
 from .._validation import check_bool, check_int, check_real, check_seed
 from .registry import register_method
 
@@ -205,7 +207,7 @@ def integrated_gradients(
     )
     check_bool(multiply_by_inputs, "multiply_by_inputs")
     base = make_baseline(inputs, baselines, blur_sigma=blur_sigma, random_state=random_state)
-    ig = IntegratedGradients(model, multiply_by_inputs=multiply_by_inputs)
+    ig = IntegratedGradients(logits_function(model), multiply_by_inputs=multiply_by_inputs)
     raw, delta = ig.attribute(
         inputs.detach(),
         baselines=base,

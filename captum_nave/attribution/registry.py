@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from captum_nave._validation import check_images, model_float_dtype
 from captum_nave.activations import preserve_model_state
+from captum_nave.adapters import logits_function, output_logits
 
 __all__ = [
     "AttributionResult",
@@ -240,7 +241,7 @@ class _RangeCheck:
         if self.done:
             return
         self.done = True
-        _check_range(self.target, _check_logits(output).shape[1])
+        _check_range(self.target, _check_logits(output_logits(module, output)).shape[1])
 
     def remove(self) -> None:
         self.handle.remove()
@@ -282,7 +283,8 @@ def attribute(
         A name from :func:`available_methods`: ``"gradcam"``, ``"ig"``, ``"lrp"`` or one
         added with :func:`register_method`.
     model : nn.Module (or callable for methods that only need a forward function)
-        Classifier returning scores of shape (N, K). Never modified: its train/eval
+        Classifier returning scores of shape (N, K); a Hugging Face ``ModelOutput`` is
+        unwrapped to its logits by the model's adapter (:mod:`captum_nave.adapters`). Never modified: its train/eval
         mode, ``requires_grad`` flags, buffers and ``.grad`` are restored and every hook
         is removed, also when the call fails.
     inputs : Tensor of shape (N, C, H, W)
@@ -346,7 +348,7 @@ def attribute(
         if t is None or module is None:
             # "auto" needs the prediction; a plain callable cannot be hooked
             with torch.no_grad():
-                logits = model(x.detach(), *_forward_args(options.get("additional_forward_args")))
+                logits = logits_function(model)(x.detach(), *_forward_args(options.get("additional_forward_args")))
             t = resolve_target(target, logits)
             out = fn(model, x, t, **options)
         else:

@@ -23,6 +23,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from captum_nave.adapters import logits_function
+
 from captum_nave._validation import check_images, check_int, check_seed, model_float_dtype
 from .registry import TargetLike, _forward_args, _Guard, resolve_target
 
@@ -354,14 +356,15 @@ def segment_importance(
                 f"baselines: expected a tensor broadcastable to {tuple(inputs.shape)}, got {tuple(baselines.shape)}"
             ) from None
     module = model if isinstance(model, nn.Module) else None
+    forward = logits_function(model)
     x = inputs.detach()
     mask = segments.detach().to(device=x.device, dtype=torch.long)
     with _Guard(module):
         with torch.no_grad():
-            logits = model(x, *_forward_args(additional_forward_args))
+            logits = forward(x, *_forward_args(additional_forward_args))
         t = resolve_target(target, logits)
         if method == "ablation":
-            attr = FeatureAblation(model).attribute(
+            attr = FeatureAblation(forward).attribute(
                 x, baselines=baselines, target=t, additional_forward_args=additional_forward_args,
                 feature_mask=mask, perturbations_per_eval=int(perturbations_per_eval),
             )
@@ -369,7 +372,7 @@ def segment_importance(
             with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
                 if random_state is not None:
                     torch.manual_seed(int(random_state))
-                attr = ShapleyValueSampling(model).attribute(
+                attr = ShapleyValueSampling(forward).attribute(
                     x, baselines=baselines, target=t, additional_forward_args=additional_forward_args,
                     feature_mask=mask, n_samples=int(n_samples),
                     perturbations_per_eval=int(perturbations_per_eval), show_progress=False,

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, NoReturn, Optional, Sequence,
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 
+from ._models import MODEL_HELP
+
 NAME = "compare"
 
 _BASELINES = ("zeros", "blur", "uniform")
@@ -71,7 +73,7 @@ def register(subparsers: Any) -> None:
                    help="class to explain: an index, an ImageNet class name (\"tabby cat\"), or auto (the prediction; default)")
     p.add_argument(
         "--model", default="efficientnet_lite0",
-        help="timm name, 'tv:NAME' for torchvision, or efficientnet_lite0 (default, offline)",
+        help=MODEL_HELP,
     )
     p.add_argument("--no-pretrained", action="store_true", help="random weights of the same architecture")
     p.add_argument(
@@ -242,9 +244,10 @@ def run(args: argparse.Namespace) -> int:
     from captum_nave import LayerClusterExplainer
     from captum_nave.attribution import SegmentRelevanceTable, attribute, segment_relevance
     from captum_nave.attribution.lrp import normalisation_bounds
+    from captum_nave.cli._models import check_input_size, class_scores, load_model_cli
     from captum_nave.cli.common import layers_error
     from captum_nave.files import save_figure
-    from captum_nave.models import WeightsUnavailableError, imagenet_class_name, load_model, normalize
+    from captum_nave.models import imagenet_class_name, normalize
 
     methods = parse_methods(args.methods)
     target = parse_target(args.target)
@@ -252,12 +255,7 @@ def run(args: argparse.Namespace) -> int:
     lrp_opts = lrp_options(args)
     device = torch.device(args.device or "cpu")
 
-    try:
-        model, info = load_model(args.model, pretrained=not args.no_pretrained, device=device)
-    except ValueError as exc:
-        _fail(f"--model: {' '.join(str(exc).split())}")
-    except WeightsUnavailableError as exc:
-        _fail(" ".join(str(exc).split()))
+    model, info = load_model_cli(args.model, pretrained=not args.no_pretrained, device=device)
     layers = _parse_layers(args.layers) or list(info["default_layers"])
     if not layers:
         _fail(f"--layers: model {args.model!r} has no default layers; name them with --layers")
@@ -266,12 +264,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as exc:
         _fail(layers_error(exc, model, info))
     size = (args.size, args.size) if args.size is not None else tuple(info["input_size"])
-    embed = getattr(model, "patch_embed", None)
-    if getattr(embed, "strict_img_size", False) and tuple(getattr(embed, "img_size", size)) != size:
-        _fail(
-            f"--size: model {args.model!r} only accepts {embed.img_size[0]}x{embed.img_size[1]} "
-            f"inputs, got {size[0]}x{size[1]}"
-        )
+    check_input_size(model, size, args.model)  # type: ignore[arg-type]
     names, x01 = _load_images(args, size)  # type: ignore[arg-type]
     x = normalize(x01, info).to(device)
     n_classes = info.get("num_classes")
@@ -317,8 +310,7 @@ def run(args: argparse.Namespace) -> int:
             audit, sanity = _faithfulness(args, model, x, x01, segments, maps, targets, layers, options, names, info)
             bar.update(1 + int(sanity is not None))
     if targets is None:
-        with torch.no_grad():
-            logits = model(x)
+        logits = class_scores(model, x)
         targets = (logits.argmax(1) if target == "auto" else torch.full((x.shape[0],), int(target))).cpu()
 
     imagenet = n_classes == 1000 and not args.no_pretrained

@@ -8,6 +8,8 @@ import os
 import sys
 from typing import Any, Dict, List, Sequence, Tuple
 
+from ._models import MODEL_HELP
+
 NAME = "compare-registers"
 
 _EPILOG = """\
@@ -47,8 +49,8 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    p.add_argument("--model-a", required=True, help="model name (usually without registers)")
-    p.add_argument("--model-b", required=True, help="model name (usually with registers)")
+    p.add_argument("--model-a", required=True, help="model without registers: " + MODEL_HELP)
+    p.add_argument("--model-b", required=True, help="model with registers (same forms as --model-a)")
     p.add_argument("--name-a", default=None, help="display name of model A (default: its name)")
     p.add_argument("--name-b", default=None, help="display name of model B (default: its name)")
     p.add_argument("--out", default="compare-registers", help="output folder (default: ./compare-registers)")
@@ -64,6 +66,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--outlier-threshold", type=float, default=None, help="fixed norm threshold instead of the robust rule")
     p.add_argument("--boxes", default=None, help="JSON file: {image file name: [[x0, y0, x1, y1], ...]}")
     p.add_argument("--corloc-strategy", choices=("inner", "outer"), default="inner")
+    p.add_argument("--corloc-protocol", choices=("authors", "clean"), default="authors",
+                   help="CorLoc conventions: authors (default; the authors' evaluation script exactly) or clean "
+                   "(float conventions of captum-nave 0.1)")
     p.add_argument("--corloc-min-area", type=int, default=None, help="CorLoc min component area (default: paper's 784)")
     p.add_argument("--corloc-border", type=int, default=None, help="CorLoc border width (default: paper's 14)")
     p.add_argument("--figure-rows", type=int, default=4, help="images shown in the figure (default: 4)")
@@ -154,28 +159,31 @@ def run(args: argparse.Namespace) -> int:
     """Run the comparison and write the summary, tables and figure."""
     import torch
 
+    from captum_nave.cli._models import check_input_size, load_model_cli
     from captum_nave.files import save_figure, write_text
-    from captum_nave.models import load_image, load_model, normalize, resize_images
+    from captum_nave.models import load_image, normalize, resize_images
     from captum_nave.registers.compare import compare_registers
-    from captum_nave.registers.layout import vit_layout
+    from captum_nave.registers.layout import vit_adapter
 
     device = args.device or "cpu"
     torch.manual_seed(args.seed)
     pretrained = not args.no_pretrained
-    model_a, info_a = load_model(args.model_a, pretrained=pretrained, device=device)
-    model_b, info_b = load_model(args.model_b, pretrained=pretrained, device=device)
+    model_a, info_a = load_model_cli(args.model_a, pretrained=pretrained, device=device, flag="--model-a")
+    model_b, info_b = load_model_cli(args.model_b, pretrained=pretrained, device=device, flag="--model-b")
     layouts = []
     for flag, name, m in (("--model-a", args.model_a, model_a), ("--model-b", args.model_b, model_b)):
         try:
-            layouts.append(vit_layout(m))
+            layouts.append(vit_adapter(m).layout)
         except ValueError:
             _fail(f"{flag}: {name!r} is not a ViT with a readable token layout")
     sizes = []
-    for flag, info, lay in (("--model-a", info_a, layouts[0]), ("--model-b", info_b, layouts[1])):
+    for flag, name, m, info, lay in (("--model-a", args.model_a, model_a, info_a, layouts[0]),
+                                     ("--model-b", args.model_b, model_b, info_b, layouts[1])):
         size = (args.size, args.size) if args.size is not None else tuple(info["input_size"])
         ph, pw = lay.patch_size or (1, 1)
         if size[0] % ph or size[1] % pw:
             _fail(f"--size: {size[0]}x{size[1]} is not a multiple of the patch size {ph}x{pw} of {flag}")
+        check_input_size(m, size, name)
         sizes.append(size)
 
     raw = [load_image(p) for p in args.images]
@@ -194,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
         ]
         from captum_nave.evaluation.corloc import CorLocProtocol
 
-        kw = {}
+        kw: Dict[str, Any] = {"conventions": args.corloc_protocol}
         if args.corloc_min_area is not None:
             kw["min_area"] = args.corloc_min_area
         if args.corloc_border is not None:

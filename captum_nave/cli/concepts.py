@@ -14,6 +14,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import Tensor
 
+from ._models import MODEL_HELP
+
 NAME = "concepts"
 
 _EPILOG = """\
@@ -60,7 +62,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("-k", "--n-clusters", type=int, default=10, metavar="K", help="number of concepts (default: 10)")
     p.add_argument(
         "--model", default="efficientnet_lite0",
-        help="timm name, 'tv:NAME' for torchvision, or efficientnet_lite0 (default, offline)",
+        help=MODEL_HELP,
     )
     p.add_argument("--no-pretrained", action="store_true", help="random weights of the same architecture")
     p.add_argument(
@@ -170,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
     from captum_nave.distributed import check_all_ok
     from captum_nave.cli.explain import parse_layers
     from captum_nave.files import save_figure
-    from captum_nave.models import WeightsUnavailableError, load_model, sample_images
+    from captum_nave.cli._models import check_input_size, load_model_cli
+    from captum_nave.models import sample_images
     from captum_nave.visualization import concept_top_images, plot_concept_gallery
 
     if args.inputs:
@@ -198,12 +201,7 @@ def run(args: argparse.Namespace) -> int:
     layers = parse_layers(args.layers)
     device = torch.device(args.device or "cpu")  # checked by cli.main
     torch.manual_seed(args.seed)  # --no-pretrained weights are reproducible with --seed
-    try:
-        model, info = load_model(args.model, pretrained=not args.no_pretrained, device=device)
-    except ValueError as exc:
-        _fail(f"--model: {' '.join(str(exc).split())}")
-    except WeightsUnavailableError as exc:
-        _fail(" ".join(str(exc).split()))
+    model, info = load_model_cli(args.model, pretrained=not args.no_pretrained, device=device)
     if layers is None:
         layers = list(info["default_layers"])
         if not layers:
@@ -213,9 +211,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as exc:
         _fail(layers_error(exc, model, info))
     size = (args.size, args.size) if args.size is not None else tuple(info["input_size"])
-    embed = getattr(model, "patch_embed", None)
-    if getattr(embed, "strict_img_size", False) and tuple(getattr(embed, "img_size", size)) != size:
-        _fail(f"--size: model {args.model!r} only accepts {embed.img_size[0]}x{embed.img_size[1]} inputs, got {size[0]}x{size[1]}")
+    check_input_size(model, size, args.model)  # type: ignore[arg-type]
     # under torchrun every rank fits on its share (ConceptClusters.fit is then a collective)
     data = _Batches(sources, size, info, args.batch_size, device, indices=my_indices(len(sources)),  # type: ignore[arg-type]
                     workers=args.workers)

@@ -8,6 +8,8 @@ import re
 import sys
 from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple, Union
 
+from ._models import MODEL_HELP
+
 NAME = "corloc"
 _RANDOM_SUFFIX = "@random"
 _BASELINES = ("slic", "grid")
@@ -90,9 +92,8 @@ def register(subparsers: Any) -> None:
 
     m = p.add_argument_group("methods")
     m.add_argument("--model", nargs="*", default=["efficientnet_lite0"], metavar="NAME",
-                   help="models to evaluate (timm names, 'tv:NAME', efficientnet_lite0 (default, "
-                   "offline)); append @random for random weights; give --model with no name to "
-                   "evaluate only --baseline")
+                   help="models to evaluate: " + MODEL_HELP + "; append @random for random "
+                   "weights; give --model with no name to evaluate only --baseline")
     m.add_argument("--no-pretrained", action="store_true", help="random weights for every model")
     m.add_argument("--layers", nargs="+", default=None, metavar="L",
                    help="layers to cluster (dotted names or block indices such as -1); default: "
@@ -201,26 +202,17 @@ def parse_model_spec(spec: str, no_pretrained: bool) -> Tuple[str, bool]:
 
 
 def allow_any_input_size(model: Any) -> bool:
-    """Let a fixed-size timm ViT take any (patch-multiple) input size.
+    """Let a fixed-size ViT take any (patch-multiple) input size, where its family can.
 
-    The protocol feeds images at their own resolution. timm builds ViTs for one
-    size unless ``dynamic_img_size=True``; this switches an already built
-    :class:`timm.models.vision_transformer.VisionTransformer` to that mode
-    (position embeddings are then interpolated per input, as DINO does). Returns
-    True when the model was changed.
+    The protocol feeds images at their own resolution; see
+    :meth:`captum_nave.adapters.ModelAdapter.allow_any_input_size`. Returns True when
+    the model was changed.
     """
-    embed = getattr(model, "patch_embed", None)
-    if embed is None or not hasattr(model, "dynamic_img_size") or model.dynamic_img_size:
-        return False
-    if not hasattr(embed, "strict_img_size") or not hasattr(embed, "output_fmt"):
-        return False
-    from timm.layers import Format
+    from torch import nn
 
-    model.dynamic_img_size = True
-    embed.strict_img_size = False
-    embed.flatten = False
-    embed.output_fmt = Format.NHWC
-    return True
+    from captum_nave.adapters import get_adapter
+
+    return isinstance(model, nn.Module) and get_adapter(model).allow_any_input_size()
 
 
 def _dist_world() -> int:
@@ -242,7 +234,7 @@ def _build_methods(args: argparse.Namespace) -> Dict[str, Any]:
     import torch
 
     from captum_nave.evaluation import GridSegmenter, NaveSegmenter, SlicSegmenter
-    from captum_nave.models import WeightsUnavailableError, load_model
+    from captum_nave.cli._models import load_model_cli
 
     device = torch.device(args.device or "cpu")
     layers = parse_layers(args.layers)
@@ -255,15 +247,10 @@ def _build_methods(args: argparse.Namespace) -> Dict[str, Any]:
         key = name if pretrained else f"{name}{_RANDOM_SUFFIX}"
         if key in methods:
             _fail(f"--model: {key!r} is given twice")
-        try:
-            # random weights drawn from --seed: reruns (resume) and shards get the same model
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(args.seed)
-                model, info = load_model(name, pretrained=pretrained, device=device)
-        except ValueError as exc:
-            _fail(f"--model: {' '.join(str(exc).split())}")
-        except WeightsUnavailableError as exc:
-            _fail(" ".join(str(exc).split()))
+        # random weights drawn from --seed: reruns (resume) and shards get the same model
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.seed)
+            model, info = load_model_cli(name, pretrained=pretrained, device=device)
         allow_any_input_size(model)
         model_layers = layers if layers is not None else list(info["default_layers"])
         if not model_layers:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, NoReturn, Optional, Sequence,
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 
+from ._models import MODEL_HELP
+
 NAME = "explain"
 
 _CLUSTERERS = ("kmeans", "ward", "pca", "auto")
@@ -56,7 +58,7 @@ def register(subparsers: Any) -> None:
                    help="image files and/or folders of images (default: scikit-image sample photos)")
     p.add_argument(
         "--model", default="efficientnet_lite0",
-        help="timm name, 'tv:NAME' for torchvision, or efficientnet_lite0 (default, offline)",
+        help=MODEL_HELP,
     )
     p.add_argument("--no-pretrained", action="store_true", help="random weights of the same architecture")
     p.add_argument(
@@ -167,20 +169,16 @@ def whole_image_size(hw: Tuple[int, int], short_side: int, multiple: Union[int, 
 def fixed_input_size(model: Any) -> Optional[Tuple[int, int]]:
     """The one input size a model accepts, or None when it takes any size.
 
-    timm ViTs are switched to dynamic image size first (position embeddings interpolated
-    per input, :func:`captum_nave.cli.corloc.allow_any_input_size`); what remains fixed is
-    a timm patch embedding that checks its size, or a torchvision ViT.
+    Models whose family can take any size are switched to it first (timm ViTs: position
+    embeddings interpolated per input, :func:`captum_nave.cli.corloc.allow_any_input_size`);
+    what remains fixed is what the model's adapter reports
+    (:meth:`captum_nave.adapters.ModelAdapter.input_size`, e.g. a torchvision ViT).
     """
+    from captum_nave.adapters import get_adapter
     from captum_nave.cli.corloc import allow_any_input_size
 
     allow_any_input_size(model)
-    embed = getattr(model, "patch_embed", None)
-    if getattr(embed, "strict_img_size", False):
-        return tuple(int(v) for v in embed.img_size)  # type: ignore[return-value]
-    size = getattr(model, "image_size", None)
-    if isinstance(size, int) and hasattr(model, "class_token"):  # torchvision VisionTransformer
-        return size, size
-    return None
+    return get_adapter(model).input_size()
 
 
 def image_view(
@@ -289,7 +287,8 @@ def run(args: argparse.Namespace) -> int:
     from captum_nave.cli.parallel import gather_in_order, is_main, load_ahead, my_indices
     from captum_nave.distributed import all_reduce, check_all_ok, get_world_size
     from captum_nave.files import save_figure
-    from captum_nave.models import WeightsUnavailableError, imagenet_class_name, load_model, normalize, sample_images
+    from captum_nave.cli._models import class_scores, load_model_cli
+    from captum_nave.models import imagenet_class_name, normalize, sample_images
 
     resolution = parse_resolution(args.resolution)
     n_clusters = parse_n_clusters(args.n_clusters)
@@ -306,12 +305,7 @@ def run(args: argparse.Namespace) -> int:
         )
     # --no-pretrained weights are reproducible with --seed, and the same on every rank under torchrun
     torch.manual_seed(args.seed)
-    try:
-        model, info = load_model(args.model, pretrained=not args.no_pretrained, device=device)
-    except ValueError as exc:
-        _fail(f"--model: {' '.join(str(exc).split())}")
-    except WeightsUnavailableError as exc:
-        _fail(" ".join(str(exc).split()))
+    model, info = load_model_cli(args.model, pretrained=not args.no_pretrained, device=device)
     if layers is None:
         layers = list(info["default_layers"])
         if not layers:
@@ -371,8 +365,7 @@ def run(args: argparse.Namespace) -> int:
                 seg = res.segments.cpu()
                 subtitles: List[Optional[str]] = [None] * len(chunk)
                 if imagenet:
-                    with torch.no_grad():
-                        prob = model(x).softmax(-1).cpu()
+                    prob = class_scores(model, x).softmax(-1).cpu()
                     p, c = prob.max(1)
                     subtitles = [
                         f"prediction: {imagenet_class_name(int(ci))} ({100 * float(pi):.0f}%)"

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, NoReturn, Sequence
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
+from ._models import MODEL_HELP
+
 NAME = "report"
 
 _EPILOG = """\
@@ -68,8 +70,7 @@ def register(subparsers: Any) -> None:
                    help="image files and/or folders of images (default: scikit-image sample photos)")
     p.add_argument(
         "--model", action="append", default=None, metavar="NAME",
-        help="model to explain; repeat for several (default: efficientnet_lite0, offline). timm names, "
-        "'tv:NAME' for torchvision",
+        help="model to explain; repeat for several (default: efficientnet_lite0, offline): " + MODEL_HELP,
     )
     p.add_argument("--no-pretrained", action="store_true", help="random weights of the same architectures")
     p.add_argument(
@@ -96,6 +97,9 @@ def register(subparsers: Any) -> None:
         help="compare ViT A (without registers) with ViT B (with registers); both must be --model names",
     )
     p.add_argument("--boxes", default=None, metavar="FILE", help="JSON ground-truth boxes per image: adds the CorLoc section")
+    p.add_argument("--protocol", choices=("authors", "clean"), default="authors",
+                   help="CorLoc conventions: authors (default; the authors' evaluation script exactly) or clean "
+                   "(float conventions of captum-nave 0.1)")
     p.add_argument("--min-area", type=int, default=None, metavar="PX", help="CorLoc minimum component area (default: the paper's 784)")
     p.add_argument("--border", type=int, default=None, metavar="PX", help="CorLoc border removed from components (default: the paper's 14)")
     p.add_argument("--no-faithfulness", action="store_true",
@@ -218,7 +222,8 @@ def run(args: argparse.Namespace) -> int:
     from captum_nave.cli.common import ImageLoader, collect_images, image_names
     from captum_nave.cli.compare import lrp_options, parse_target
     from captum_nave.cli.explain import parse_layers
-    from captum_nave.models import WeightsUnavailableError, load_model, sample_images
+    from captum_nave.cli._models import load_model_cli
+    from captum_nave.models import sample_images
     from captum_nave.report import build_report
 
     methods = _methods(args.methods)
@@ -237,10 +242,10 @@ def run(args: argparse.Namespace) -> int:
             _fail(f"no image could be read ({len(skipped)} skipped)")
     boxes = read_boxes(args.boxes, paths) if args.boxes is not None else None
     protocol = None
-    if args.min_area is not None or args.border is not None:
+    if args.min_area is not None or args.border is not None or args.protocol != "authors":
         from captum_nave.evaluation import CorLocProtocol
 
-        kw: Dict[str, int] = {}
+        kw: Dict[str, Any] = {"conventions": args.protocol}
         if args.min_area is not None:
             kw["min_area"] = args.min_area
         if args.border is not None:
@@ -254,12 +259,7 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)  # --no-pretrained weights are reproducible with --seed
     models: Dict[str, Any] = {}
     for name in model_names:
-        try:
-            model, info = load_model(name, pretrained=not args.no_pretrained, device=device)
-        except ValueError as exc:
-            _fail(f"--model: {' '.join(str(exc).split())}")
-        except WeightsUnavailableError as exc:
-            _fail(" ".join(str(exc).split()))
+        model, info = load_model_cli(name, pretrained=not args.no_pretrained, device=device)
         models[name] = (model, info)
 
     images: Any = list(paths) if paths else sample_images()

@@ -1,11 +1,12 @@
 """What the lens needs to know about a ViT: its blocks, token layout, final norm and head.
 
 :class:`LensSpec` is the small interface the lens is written against; :func:`lens_spec`
-reads it from a model. The facts come from the model's own structure: the token
-layout from :func:`captum_nave.registers.layout.vit_layout`, the classifier from
-timm's ``VisionTransformer`` attributes (``norm``, ``fc_norm``, ``head``,
-``global_pool``, ``attn_pool``). Families without a readable classifier can be
-described by hand with ``LensSpec(...)``.
+reads it from the model's adapter (:func:`captum_nave.adapters.get_adapter`): the blocks
+and token layout, and the classifier head (final norm, pooling, classifier) of
+:meth:`~captum_nave.adapters.ModelAdapter.classifier_head`, so every family the adapters
+know (timm, Hugging Face ``ViTForImageClassification`` / ``DeiTForImageClassification``,
+...) works the same way. Families without a readable classifier can be described by
+hand with ``LensSpec(...)``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import List
 
 from torch import Tensor, nn
 
-from captum_nave.registers.layout import ViTLayout, resolve_blocks, vit_layout
+from captum_nave.adapters import ViTLayout
 
 __all__ = ["LensSpec", "lens_spec", "POOLINGS"]
 
@@ -81,45 +82,58 @@ class LensSpec:
         return self.head(self.head_norm(self.norm(tokens)))
 
 
-def _identity_if_none(m: object) -> nn.Module:
-    return m if isinstance(m, nn.Module) else nn.Identity()
+def _one_module(modules: List[nn.Module]) -> nn.Module:
+    if not modules:
+        return nn.Identity()
+    return modules[0] if len(modules) == 1 else nn.Sequential(*modules)
 
 
 def lens_spec(model: nn.Module) -> LensSpec:
-    """Read the :class:`LensSpec` of a ViT classifier.
+    """Read the :class:`LensSpec` of a ViT classifier from its adapter.
 
     Raises
     ------
     ValueError
-        The model has no classifier head (``num_classes=0``), pools with attention
-        (MAP heads) or by max, or its structure is not recognised (describe it with
-        ``LensSpec(...)``).
+        The model is not a ViT, has no classifier head (``num_classes=0``, a backbone),
+        pools with attention (MAP heads) or concatenates several pooled features
+        (DINOv2 classifiers: CLS and patch mean), or its head is not known (describe it
+        with ``LensSpec(...)``).
     """
+    from captum_nave.registers.layout import vit_adapter
+
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     try:
-        layout = vit_layout(model)
+        adapter = vit_adapter(model)
     except ValueError as exc:
         raise ValueError(f"model: the lens needs a ViT ({str(exc).splitlines()[0]})") from None
-    head = getattr(model, "head", None)
-    if layout.source != "timm" or not hasattr(model, "global_pool") or not isinstance(head, nn.Module):
+    layout = adapter.layout
+    assert layout is not None  # vit_adapter refuses models without one
+    head = adapter.classifier_head()
+    name = type(model).__name__
+    if head is None or not head.pools:
         raise ValueError(
-            f"model: cannot find the final norm and classifier head of {type(model).__name__}; describe them with "
+            f"model: cannot find the final norm and classifier head of {name}; describe them with "
             "captum_nave.lens.LensSpec(blocks=..., norm=..., head_norm=..., head=..., pooling=..., layout=...)"
         )
-    if isinstance(head, nn.Identity):
-        raise ValueError(f"model: {type(model).__name__} has no classifier head (num_classes=0); the lens projects onto classes")
-    if getattr(model, "attn_pool", None) is not None:
+    if any(p.kind == "map" for p in head.pools):
         raise ValueError("model: attention-pooling (MAP) heads mix all tokens; a per-token projection is not defined")
-    pool = getattr(model, "global_pool", "token")
-    if pool not in POOLINGS:
-        raise ValueError(f"model: global_pool={pool!r} is not supported by the lens (expected one of {POOLINGS})")
+    classifier = head.classifier
+    if classifier is None or head.post[-1] is not classifier:
+        raise ValueError(f"model: {name} has no classifier head (num_classes=0); the lens projects onto classes")
+    if len(head.pools) != 1 or head.pools[0].kind not in POOLINGS:
+        raise ValueError(
+            f"model: the head of {name} pools {', '.join(p.kind for p in head.pools)} and concatenates them; "
+            f"the lens supports one pooled feature ({' or '.join(POOLINGS)})"
+        )
+    # modules between pooling and the classifier (timm fc_norm); dropout is a no-op in eval
+    between = [m for m in head.post[:-1] if not isinstance(m, nn.Dropout)]
     return LensSpec(
-        blocks=resolve_blocks(model, layout),
-        norm=_identity_if_none(getattr(model, "norm", None)),
-        head_norm=_identity_if_none(getattr(model, "fc_norm", None)),
-        head=head,
-        pooling=pool,
+        blocks=[m for _, m in adapter.blocks()],
+        norm=head.final_norm if head.final_norm is not None else nn.Identity(),
+        head_norm=_one_module(between),
+        head=classifier,
+        pooling=head.pools[0].kind,
         layout=layout,
-        source="timm",
+        source=layout.source,
     )

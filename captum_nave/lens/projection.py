@@ -239,9 +239,10 @@ def class_lens(
     Parameters
     ----------
     model : nn.Module
-        A ViT classifier (timm ``VisionTransformer`` with ``global_pool`` ``"token"`` or
-        ``"avg"``, registers included; others through ``spec``). Call ``.eval()`` first;
-        the model is never modified and every hook is removed, also on failure.
+        A ViT classifier whose head reads one token or the token average (timm
+        ``VisionTransformer`` with ``global_pool`` ``"token"`` or ``"avg"``, registers
+        included; Hugging Face ``ViTForImageClassification``; others through ``spec``).
+        Call ``.eval()`` first; the model is never modified and every hook is removed, also on failure.
     inputs : Tensor of shape (N, C, H, W)
     target : "auto", int, sequence of int or integer Tensor (N,)
         The class followed; ``"auto"``: the model's prediction.
@@ -263,6 +264,7 @@ def class_lens(
     >>> lens.segment_first_layer(seg)                    # (N, K): from which block each NAVE segment carries it
     """
     from captum_nave.activations import preserve_model_state
+    from captum_nave.adapters import output_logits
     from captum_nave.attribution.registry import resolve_target
 
     if not isinstance(model, nn.Module):
@@ -296,7 +298,7 @@ def class_lens(
             finally:
                 for h in handles:
                     h.remove()
-            logits = getattr(logits, "logits", logits)
+            logits = output_logits(model, logits)  # a Hugging Face ModelOutput -> its logits
             if not isinstance(logits, Tensor) or logits.dim() != 2:
                 raise TypeError(f"model: expected class scores (N, K), got {getattr(logits, 'shape', type(logits).__name__)}")
             outs.append(logits.float().cpu())

@@ -26,7 +26,7 @@ from .attention import attention_entropy, attention_map, attention_masses
 from .capture import TokenStatistics, collect_token_statistics
 from .compare import AggregateRow, CorLocComparison, RegisterComparison, compare_registers
 from .decomposition import ClsDecomposition, cosine, decompose_cls, linear_cka
-from .layout import ViTLayout, vit_layout
+from .layout import ViTLayout, vit_adapter, vit_layout
 from .norms import OutlierReport, detect_outliers, norm_map, outlier_report, robust_threshold
 from .stats import BootstrapCI, McNemarResult, mcnemar_test, paired_bootstrap_ci
 
@@ -37,6 +37,7 @@ __all__ = [
     "CorLocComparison",
     "ViTLayout",
     "vit_layout",
+    "vit_adapter",
     "collect_token_statistics",
     "TokenStatistics",
     "detect_outliers",

@@ -17,7 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from captum_nave._validation import check_int, check_real
-from .layout import ViTLayout, resolve_blocks
+from captum_nave.adapters import ViTLayout
+
+from .layout import resolve_blocks
 
 __all__ = [
     "nave_grid_labels",

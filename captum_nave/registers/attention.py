@@ -18,7 +18,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .layout import ViTLayout
+from captum_nave.adapters import ViTLayout
 
 __all__ = [
     "split_heads",

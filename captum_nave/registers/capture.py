@@ -29,9 +29,11 @@ import torch
 from torch import Tensor, nn
 
 from captum_nave._validation import check_int
+from captum_nave.adapters import AttentionAccess, ViTLayout
+
 from .attention import mean_query_attention, query_attention, split_heads
 from .decomposition import ClsDecomposition, cosine, decompose_cls
-from .layout import ViTLayout, get_submodule, resolve_blocks, vit_layout
+from .layout import vit_adapter
 
 __all__ = ["TokenStatistics", "collect_token_statistics"]
 
@@ -112,114 +114,21 @@ class TokenStatistics:
 
 
 # ----------------------------------------------------------------------------- access
-@dataclass
-class _BlockAccess:
-    index: int
-    block: nn.Module
-    attn: nn.Module
-    proj: nn.Module
-    qkv: Optional[nn.Module]
-    query: Optional[nn.Module]
-    key: Optional[nn.Module]
-    value: Optional[nn.Module]
-    q_norm: Optional[nn.Module]
-    k_norm: Optional[nn.Module]
-    layer_scale: Optional[nn.Module]
-    num_heads: int
-    scale: Optional[float]
-    decomposable: bool
-
-
-def _optional(block: nn.Module, path: Optional[str]) -> Optional[nn.Module]:
-    if not path:
-        return None
-    try:
-        return block.get_submodule(path)
-    except AttributeError:
-        return None
-
-
-def _block_access(index: int, block: nn.Module, layout: ViTLayout) -> _BlockAccess:
-    attn = get_submodule(block, layout.attn, "attn")
-    proj = get_submodule(block, layout.proj, "proj")
-    qkv = _optional(block, layout.qkv)
-    query = _optional(block, layout.query)
-    key = _optional(block, layout.key)
-    value = _optional(block, layout.value)
-    num_heads = layout.num_heads
-    if num_heads is None:
-        for name in ("num_heads", "num_attention_heads"):
-            v = getattr(attn, name, None)
-            if isinstance(v, int) and not isinstance(v, bool):
-                num_heads = v
-                break
-    if num_heads is None:
-        raise ValueError(
-            f"num_heads: cannot read the number of heads from {type(attn).__name__} "
-            f"(block {index}); pass ViTLayout(num_heads=...)"
-        )
-    scale = layout.scale
-    if scale is None:
-        s = getattr(attn, "scale", None)
-        scale = float(s) if isinstance(s, (int, float)) and not isinstance(s, bool) else None
-    # extra transforms between attn @ v and proj break the linear decomposition
-    extra = getattr(attn, "norm", None)
-    decomposable = not (
-        (isinstance(extra, nn.Module) and not isinstance(extra, nn.Identity))
-        or getattr(attn, "gate", None) is not None
-    )
-    return _BlockAccess(
-        index=index,
-        block=block,
-        attn=attn,
-        proj=proj,
-        qkv=qkv,
-        query=query,
-        key=key,
-        value=value,
-        q_norm=_optional(block, layout.q_norm),
-        k_norm=_optional(block, layout.k_norm),
-        layer_scale=_optional(block, layout.layer_scale),
-        num_heads=num_heads,
-        scale=scale,
-        decomposable=decomposable,
-    )
-
-
-def _has_qkv(acc: _BlockAccess) -> bool:
-    return acc.qkv is not None or (acc.query is not None and acc.key is not None)
-
-
-def _qkv_trusted(attn: nn.Module) -> bool:
-    """Whether ``softmax(q k^T * scale)`` from the projections is the module's attention.
-
-    Non-timm modules are trusted (the layout names their projections). Among timm
-    modules only the standard ``timm.layers.Attention`` is: other timm attention classes
-    add rotary embeddings (EVA), relative position biases (BEiT) and the like.
-    """
-    if not type(attn).__module__.startswith("timm."):
-        return True
-    try:
-        from timm.layers import Attention
-    except ImportError:  # pragma: no cover - very old timm
-        return False
-    return type(attn) is Attention
-
-
-def _choose_method(method: str, accesses: Sequence[_BlockAccess]) -> str:
+def _choose_method(method: str, accesses: Sequence[AttentionAccess]) -> str:
     if method not in ("auto", "qkv", "eager"):
         raise ValueError(f"method: expected 'auto', 'qkv' or 'eager', got {method!r}")
-    eager_ok = all(hasattr(a.attn, "fused_attn") and isinstance(getattr(a.attn, "attn_drop", None), nn.Module) for a in accesses)
-    qkv_ok = all(_has_qkv(a) for a in accesses)
+    eager_ok = all(a.eager is not None for a in accesses)
+    qkv_ok = all(a.has_qk for a in accesses)
     if method == "auto":
-        if qkv_ok and all(_qkv_trusted(a.attn) for a in accesses):
+        if qkv_ok and all(a.exact for a in accesses):
             return "qkv"
         if eager_ok:
             return "eager"
         raise ValueError(
             "layout: cannot obtain attention weights: the blocks have neither a qkv (or query/key) "
-            "projection named in the layout nor a timm-style fused_attn flag with attn_drop; "
-            "set ViTLayout(qkv=...) or ViTLayout(query=..., key=..., value=...)"
+            "projection that gives the attention (named in the layout) nor a way to read the "
+            "probabilities (timm-style fused_attn flag with attn_drop); set ViTLayout(qkv=...) or "
+            "ViTLayout(query=..., key=..., value=...)"
         )
     if method == "qkv" and not qkv_ok:
         raise ValueError(
@@ -228,7 +137,8 @@ def _choose_method(method: str, accesses: Sequence[_BlockAccess]) -> str:
         )
     if method == "eager" and not eager_ok:
         raise ValueError(
-            "method: 'eager' needs attention modules with a fused_attn flag and an attn_drop module"
+            "method: 'eager' needs attention modules whose probabilities can be read (a timm-style "
+            "fused_attn flag and an attn_drop module)"
         )
     return method
 
@@ -284,8 +194,9 @@ def collect_token_statistics(
         left as they were, and all hooks are removed, also on failure.
     images : Tensor of shape (N, C, H, W)
         Preprocessed model input.
-    layout : ViTLayout, optional
-        Token layout; read from the model when omitted (:func:`vit_layout`).
+    layout : ViTLayout or ModelAdapter, optional
+        Token layout and module paths; read from the model by its adapter when omitted
+        (:func:`captum_nave.adapters.get_adapter`).
     attention_layers : "all", sequence of int or None, default "all"
         Blocks whose query attention row is recorded.
     decompose_layers : sequence of int or None, default (-1,)
@@ -309,25 +220,24 @@ def collect_token_statistics(
     if images.shape[0] == 0:
         raise ValueError("images: expected at least one image, got 0")
     batch_size = check_int(batch_size, "batch_size", low=1)
-    if layout is None:
-        layout = vit_layout(model)
-    elif not isinstance(layout, ViTLayout):
-        raise TypeError(f"layout: expected a ViTLayout or None, got {type(layout).__name__}")
-    blocks = resolve_blocks(model, layout)
+    adapter = vit_adapter(model, layout)
+    layout = adapter.layout
+    assert layout is not None
+    blocks = [m for _, m in adapter.blocks()]
     n_blocks = len(blocks)
     att_layers = _normalise_layers(attention_layers, n_blocks, "attention_layers")
     dec_layers = _normalise_layers(decompose_layers, n_blocks, "decompose_layers") if layout.has_cls else ()
-    accesses = [_block_access(i, b, layout) for i, b in enumerate(blocks)]
+    accesses = [adapter.attention(i) for i in range(n_blocks)]
     needed = sorted(set(att_layers) | set(dec_layers))
     chosen = _choose_method(method, [accesses[i] for i in needed] or accesses[:1])
     for b in list(dec_layers):
         acc = accesses[b]
-        if not acc.decomposable or (acc.qkv is None and acc.value is None) or not _qkv_trusted(acc.attn):
+        if not acc.decomposable or not acc.has_v or not acc.exact:
             warnings.warn(
                 f"decompose_layers: block {b} has a transform between attention and projection "
-                "(attn.norm / gate), no value projection, or a timm attention class other than "
-                "timm.layers.Attention (rotary / relative position terms); its CLS decomposition "
-                "is skipped",
+                "(attn.norm / gate), no value projection, or attention that is not a plain "
+                "softmax(q k^T) of its projections (rotary / relative position terms); its CLS "
+                "decomposition is skipped",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -386,7 +296,7 @@ def _run_batch(
     x: Tensor,
     layout: ViTLayout,
     blocks: Sequence[nn.Module],
-    accesses: Sequence[_BlockAccess],
+    accesses: Sequence[AttentionAccess],
     att_layers: Tuple[int, ...],
     dec_layers: Tuple[int, ...],
     method: str,
@@ -406,7 +316,7 @@ def _run_batch(
     attn_out: Dict[int, Tensor] = {}
     meta: Dict[str, int] = {}
     handles: List[Any] = []
-    saved_flags: List[Tuple[nn.Module, Any]] = []
+    saved_flags: List[Tuple[nn.Module, str, Any]] = []
 
     def record(slot: int, tokens: Tensor) -> None:
         if tokens is None or tokens.dim() != 3:
@@ -492,7 +402,7 @@ def _run_batch(
             else:
                 if "row" not in s:
                     raise ValueError(
-                        f"method: 'eager' attention of block {b} did not pass through attn_drop"
+                        f"method: 'eager' attention of block {b} did not pass through its probability module"
                     )
                 row = s.pop("row").to(_out_dtype(s.get("skip", args[0])))
             if b in att_layers:
@@ -536,16 +446,18 @@ def _run_batch(
                         if mod is not None:
                             handles.append(mod.register_forward_hook(stash(b, key)))
                 if method == "eager":
-                    saved_flags.append((acc.attn, acc.attn.fused_attn))
-                    acc.attn.fused_attn = False
-                    handles.append(acc.attn.attn_drop.register_forward_pre_hook(attn_drop_hook(b)))
+                    sw = acc.eager
+                    assert sw is not None
+                    saved_flags.append((sw.owner, sw.flag, getattr(sw.owner, sw.flag)))
+                    setattr(sw.owner, sw.flag, sw.off_value)
+                    handles.append(sw.probs.register_forward_pre_hook(attn_drop_hook(b)))
                 handles.append(acc.proj.register_forward_hook(proj_hook(b)))
             run_until_stopped(model, x)
     finally:
         for h in handles:
             h.remove()
-        for mod, flag in saved_flags:
-            mod.fused_attn = flag
+        for mod, flag, value in saved_flags:
+            setattr(mod, flag, value)
 
     if any(n is None for n in norms):
         missing = [i - 1 for i, n in enumerate(norms) if n is None]

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from .agreement import label_agreement, nave_grid_labels, outlier_cluster_share
 from .attention import attention_entropy, attention_map, attention_masses
 from .capture import TokenStatistics, collect_token_statistics
-from .layout import ViTLayout, vit_layout
+from .layout import ViTLayout, vit_adapter
 from .norms import OutlierReport, detect_outliers, norm_map, outlier_report
 from .stats import BootstrapCI, McNemarResult, mcnemar_test, paired_bootstrap_ci
 
@@ -192,6 +192,11 @@ class RegisterComparison:
                 f"{'exact binomial' if c.mcnemar.exact else 'chi-square (continuity corrected)'}: "
                 f"n01={c.mcnemar.n01}, n10={c.mcnemar.n10}, p={c.mcnemar.pvalue:.4g}."
             )
+            proto = self.config.get("corloc_protocol")
+            if proto is not None:
+                from captum_nave.evaluation.corloc import CorLocProtocol
+
+                lines.append(f"CorLoc {CorLocProtocol.from_dict(dict(proto)).describe()}.")
         for name, share in zip(self.names, self.register_high_share):
             if share is not None:
                 last = ", ".join(f"r{i}: {f(float(v))}" for i, v in enumerate(share[-1]))
@@ -393,7 +398,8 @@ def compare_registers(
     images_b : Tensor of shape (N, 3, H', W'), optional
         Input of model B when it needs other preprocessing or size.
     layout_a, layout_b : ViTLayout, optional
-        Token layouts; read from the models when omitted (:func:`vit_layout`).
+        Token layouts; read from the models by their adapters when omitted
+        (:mod:`captum_nave.adapters`).
     names : (str, str)
         Display names.
     layer : int, default -1
@@ -412,9 +418,10 @@ def compare_registers(
         enables CorLoc with :class:`captum_nave.evaluation.corloc.CorLocProtocol`
         (scaled to ``images_b`` when its size differs).
     corloc_strategy : {"inner", "outer"}, default "inner"
-    corloc_protocol : CorLocProtocol, optional
-        Protocol constants (default: the paper's; scale ``min_area`` / ``border`` for
-        small images).
+    corloc_protocol : CorLocProtocol or {"authors", "clean"}, optional
+        Protocol constants and conventions (default: the paper's constants with the
+        authors' conventions; scale ``min_area`` / ``border`` for small images). Recorded
+        in ``config["corloc_protocol"]`` and stated in :meth:`to_markdown`.
     mcnemar_exact : bool, default True
         Exact binomial McNemar test, else chi-square with continuity correction.
     n_boot, confidence, random_state
@@ -462,11 +469,13 @@ def compare_registers(
         raise ValueError(f"seeds: expected two different ints, got {seeds!r}")
     if corloc_strategy not in ("inner", "outer"):
         raise ValueError(f"corloc_strategy: expected 'inner' or 'outer', got {corloc_strategy!r}")
+    corloc_protocol = _as_protocol(corloc_protocol)
     n = images.shape[0]
     if boxes is not None and len(boxes) != n:
         raise ValueError(f"boxes: expected one array of boxes per image ({n}), got {len(boxes)}")
 
-    layouts = [layout_a or vit_layout(model_a), layout_b or vit_layout(model_b)]
+    adapters = [vit_adapter(model_a, layout_a), vit_adapter(model_b, layout_b)]
+    layouts = [a.layout for a in adapters]
     inputs = [images, xb]
     models = [model_a, model_b]
     okw = dict(method=outlier_method, k=outlier_k, threshold=outlier_threshold, min_ratio=outlier_min_ratio)
@@ -485,7 +494,7 @@ def compare_registers(
     for k in range(2):
         model, x, lay = models[k], inputs[k], layouts[k]
         st = collect_token_statistics(
-            model, x, lay, attention_layers="all", decompose_layers=(layer,),
+            model, x, adapters[k], attention_layers="all", decompose_layers=(layer,),
             method=attention_method, batch_size=batch_size,
         )
         bl = st.block_index(layer)
@@ -577,7 +586,9 @@ def compare_registers(
         names=tuple(names), layer=layer, n_clusters=n_clusters, seeds=tuple(seeds),
         outlier_method=outlier_method, outlier_k=outlier_k, outlier_threshold=outlier_threshold,
         outlier_min_ratio=outlier_min_ratio, outlier_cluster_fraction=outlier_cluster_fraction,
-        corloc_strategy=corloc_strategy if boxes is not None else None, mcnemar_exact=mcnemar_exact,
+        corloc_strategy=corloc_strategy if boxes is not None else None,
+        corloc_protocol=corloc_protocol.to_dict() if boxes is not None else None,
+        mcnemar_exact=mcnemar_exact,
         n_boot=n_boot, confidence=confidence, random_state=random_state,
         attention_method=(stats_l[0].method, stats_l[1].method),
         attention_query=(stats_l[0].attention_query, stats_l[1].attention_query),
@@ -625,6 +636,13 @@ def _minmax(x: Tensor) -> Tensor:
     return (x - lo) / (hi - lo).clamp_min(1e-12)
 
 
+def _as_protocol(protocol: Any) -> Any:
+    """``corloc_protocol`` as a :class:`CorLocProtocol` (None: the paper's, authors' conventions)."""
+    from captum_nave.evaluation.corloc import as_protocol
+
+    return as_protocol(protocol, "corloc_protocol")
+
+
 def _corloc_hits(
     segments: Tensor,
     boxes: Sequence[Any],
@@ -633,9 +651,7 @@ def _corloc_hits(
     strategy: str,
     protocol: Any,
 ) -> np.ndarray:
-    from captum_nave.evaluation.corloc import CorLocProtocol
-
-    proto = protocol if protocol is not None else CorLocProtocol()
+    proto = _as_protocol(protocol)
     sy = float(hw_model[0]) / float(hw_boxes[0])
     sx = float(hw_model[1]) / float(hw_boxes[1])
     out = np.zeros(segments.shape[0], dtype=bool)

@@ -24,7 +24,7 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .layout import ViTLayout
+from captum_nave.adapters import ViTLayout
 
 __all__ = ["ClsDecomposition", "decompose_cls", "linear_cka", "cosine"]
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from captum_nave._validation import check_real
-from .layout import ViTLayout
+from captum_nave.adapters import ViTLayout
 
 __all__ = [
     "MAD_TO_STD",

@@ -262,10 +262,12 @@ def _parse_images(images: Any, image_names: Optional[Sequence[str]]) -> Tuple[Li
 
 
 def _model_defaults(model: nn.Module) -> Dict[str, Any]:
-    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    from captum_nave.adapters import get_adapter
+
+    mean, std = get_adapter(model).normalization() or (_IMAGENET_MEAN, _IMAGENET_STD)
     return {
-        "mean": tuple(float(v) for v in cfg.get("mean", _IMAGENET_MEAN)),
-        "std": tuple(float(v) for v in cfg.get("std", _IMAGENET_STD)),
+        "mean": tuple(float(v) for v in mean),
+        "std": tuple(float(v) for v in std),
         "source": "user model",
         "pretrained": None,
     }
@@ -499,6 +501,7 @@ def _model_run(
     """
     from captum_nave import LayerClusterExplainer
     from captum_nave.attribution import attribute, segment_importance, segment_relevance
+    from captum_nave.adapters import logits_function
     from captum_nave.attribution.registry import resolve_target
     from captum_nave.models import normalize, state_dict_sha256
     from captum_nave.visualization import stability_ari
@@ -511,7 +514,7 @@ def _model_run(
 
     t0 = time.perf_counter()
     with torch.no_grad():
-        logits = model(x)
+        logits = logits_function(model)(x)
     if not isinstance(logits, Tensor) or logits.dim() != 2:
         raise ValueError(f"models[{name!r}]: expected class scores of shape (N, K), got {getattr(logits, 'shape', type(logits))}")
     targets = resolve_target(target, logits)
@@ -625,6 +628,7 @@ def collect_report(
     faithfulness measures and the lens are not split over the ranks yet: every rank
     computes them for all images).
     """
+    from captum_nave.adapters import get_adapter
     from captum_nave.attribution import available_methods
     from captum_nave.lens import class_lens
     from captum_nave.lens.summary import lens_available
@@ -703,14 +707,12 @@ def collect_report(
         layers_of = dict(layers)
 
     for name, module, _ in specs:
-        embed = getattr(module, "patch_embed", None)
-        if getattr(embed, "strict_img_size", False):
-            fixed = tuple(getattr(embed, "img_size", target_size))
-            if fixed != tuple(target_size):
-                raise ValueError(
-                    f"size: model {name!r} only accepts {fixed[0]}x{fixed[1]} inputs, got "
-                    f"{target_size[0]}x{target_size[1]}; pass size={fixed[0]}"
-                )
+        fixed = get_adapter(module).input_size() if isinstance(module, nn.Module) else None
+        if fixed is not None and tuple(fixed) != tuple(target_size):
+            raise ValueError(
+                f"size: model {name!r} only accepts {fixed[0]}x{fixed[1]} inputs, got "
+                f"{target_size[0]}x{target_size[1]}; pass size={fixed[0]}"
+            )
 
     show = (progress if progress is not None else False) and dist_utils.is_main_process()
     collected_warnings: List[str] = []

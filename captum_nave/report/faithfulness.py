@@ -39,8 +39,8 @@ DEFAULT_FAITHFULNESS: Dict[str, Any] = {
 
 READING = (
     "How to read this: a deletion curve follows the probability of the explained class while the pixels (or units) "
-    "a map ranks most relevant are replaced first by a blurred copy of the image; an insertion curve starts from the "
-    "blurred image and puts them back first. A map that points at what the model uses makes the probability fall "
+    "a map ranks most relevant are replaced first by the baseline (the settings below say which); an insertion "
+    "curve starts from the baseline image and puts them back first. A map that points at what the model uses makes the probability fall "
     "fast under deletion (low deletion AUC) and rise fast under insertion (high insertion AUC); it is only "
     "informative where it beats the random map. The randomisation check re-initialises the model from the "
     "classifier downwards and compares each method's map with the trained model's: the similarity should fall "

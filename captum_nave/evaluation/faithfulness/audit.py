@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from captum_nave.adapters import logits_function
+
 from .curves import MODES, PerturbationCurves, check_inputs, check_map, check_units, perturbation_curve
 from .localisation import energy_in_box, pointing_game
 
@@ -320,10 +322,10 @@ def faithfulness_audit(
     module = model if isinstance(model, nn.Module) else None
     if module is not None:
         with preserve_model_state(module), torch.no_grad():
-            logits = model(x)
+            logits = logits_function(model)(x)
     else:
         with torch.no_grad():
-            logits = model(x)
+            logits = logits_function(model)(x)
     t = resolve_target(target, logits).to(x.device)
 
     jobs: List[Tuple[str, str, Dict[str, Any]]] = []

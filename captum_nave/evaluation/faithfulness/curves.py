@@ -57,6 +57,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from captum_nave.adapters import logits_function
+
 __all__ = [
     "BASELINES",
     "MODES",
@@ -575,13 +577,14 @@ def perturbation_curve(
         used_scores = None
     module = model if isinstance(model, nn.Module) else None
     warn_training(module)
+    forward = logits_function(model)  # a Hugging Face ModelOutput becomes its logits
     from tqdm import tqdm
 
     total = sum(len(t) for t in thresholds)
     with preserve_model_state(module) if module is not None else nullcontext():
         if target is None or (isinstance(target, str) and target.strip().lower() == "auto"):
             with torch.no_grad():
-                logits = model(x, *_as_tuple(additional_forward_args))
+                logits = forward(x, *_as_tuple(additional_forward_args))
             if not isinstance(logits, Tensor):
                 raise TypeError(f"model: expected the forward pass to return a Tensor (N, K), got {type(logits).__name__}")
             t: Any = resolve_target(target, logits).to(x.device)
@@ -589,7 +592,7 @@ def perturbation_curve(
             t = lambda logits: resolve_target(target, logits[:1].expand(n, -1))  # noqa: E731
         with tqdm(total=total, desc=f"{mode} curves", unit="image", disable=not progress) as bar:
             scores, fracs, t = score_perturbations(
-                model, x, base, rank, thresholds, t, mode=mode, output=output, batch_size=batch_size,
+                forward, x, base, rank, thresholds, t, mode=mode, output=output, batch_size=batch_size,
                 additional_forward_args=additional_forward_args, bar=bar,
             )
     config: Dict[str, Any] = {

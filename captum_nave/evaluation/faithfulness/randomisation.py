@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from captum_nave.adapters import logits_function
+
 from .curves import _check_int, check_inputs, warn_training
 
 __all__ = [
@@ -434,7 +436,7 @@ def randomisation_check(
 
     with preserve_model_state(model):
         with torch.no_grad():
-            logits = model(x)
+            logits = logits_function(model)(x)
         t = resolve_target(target, logits)
     given = dict(reference_maps or {})
     unknown = [k for k in given if k not in runners]
