@@ -141,7 +141,7 @@ def _write_lens(res: Any, out: str, image_names: List[str]) -> List[str]:
     from captum_nave.files import save_figure
     from captum_nave.lens.plots import plot_lens_overview
     from captum_nave.lens.summary import LAYER_COLUMNS, SEGMENT_COLUMNS, layer_rows, segment_rows
-    from captum_nave.visualization import _new_figure
+    from captum_nave.visualization._base import _new_figure
 
     present = [(name, lens, nave) for name, lens, nave in zip(res.names, res.lens, res.nave) if lens is not None]
     layers = [r for name, lens, _ in present for r in layer_rows(lens, name)]

@@ -35,7 +35,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import time
 import warnings
 from pathlib import Path
@@ -45,9 +44,10 @@ import numpy as np
 
 from .. import distributed as dist_utils
 from ..data import IndexedDataset, iterate_items, loader_kwargs, shard_indices
-from ..files import save_figure, write_text
+from ..files import save_figure
 from .corloc import STRATEGIES, CorLocProtocol, Selection, _check_strategies, as_protocol
 from .datasets import BoxDataset, ImageRecord, load_image
+from .record_files import _AppendLog, _atomic_write_text, _read_meta, _safe_name, _shard_tag, read_records
 from .records import RECORD_KEYS, check_resumable, combine_records, image_record
 from .summary import CorLocSummary, MethodScore, comparison_table, summarize_records
 
@@ -64,96 +64,6 @@ __all__ = [
 
 PathLike = Union[str, "os.PathLike[str]"]
 RECORDS_DIR = "records"
-_SAFE = re.compile(r"[^A-Za-z0-9._+-]+")
-
-
-# --------------------------------------------------------------------------- files
-def _safe_name(name: str) -> str:
-    safe = _SAFE.sub("_", name).strip("._") or "method"
-    return safe
-
-
-def _shard_tag(index: int, num: int) -> str:
-    return f"shard-{index}-of-{num}"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text(path, text)
-
-
-def _read_meta(path: Path) -> Dict[str, Any]:
-    """A run's ``meta.*.json``; a damaged file raises ValueError naming it."""
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(
-            f"{path}: damaged run metadata, not valid JSON ({' '.join(str(exc).split())}); "
-            "remove the file to start this output folder afresh, or rerun with overwrite=True "
-            "(CLI: --overwrite)"
-        ) from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path}: damaged run metadata, expected a JSON object, got a {type(meta).__name__}")
-    return meta
-
-
-def read_records(path: PathLike, *, repair: bool = False) -> List[Dict[str, Any]]:
-    """Read a JSON-lines records file written by :func:`run_corloc`.
-
-    A trailing partial line (a kill in the middle of a write) is ignored, and
-    removed from the file when ``repair`` is True. A malformed complete line
-    raises ``ValueError`` naming the file and line.
-    """
-    p = Path(path)
-    if not p.is_file():
-        return []
-    data = p.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        warnings.warn(
-            f"{p}: ignoring a partial last line of {len(data) - end} bytes "
-            "(interrupted write); that image will be recomputed",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        if repair:
-            with open(p, "r+b") as fh:
-                fh.truncate(end)
-                fh.flush()
-                os.fsync(fh.fileno())
-    out: List[Dict[str, Any]] = []
-    for lineno, line in enumerate(data[:end].decode("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{p}: line {lineno} is not valid JSON ({exc}); the file is corrupt") from None
-        if not isinstance(rec, dict) or "image_id" not in rec:
-            raise ValueError(f"{p}: line {lineno} is not a CorLoc record")
-        out.append(rec)
-    return out
-
-
-class _AppendLog:
-    """Append complete lines with one ``os.write`` each, then ``fsync``."""
-
-    def __init__(self, path: Path, fsync: bool = True) -> None:
-        # 0o666: the user's umask decides the permissions, as for every output
-        self.fd = os.open(str(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        self.fsync = fsync
-
-    def append(self, record: Mapping[str, Any]) -> None:
-        data = (json.dumps(record, sort_keys=True, allow_nan=True) + "\n").encode("utf-8")
-        view = memoryview(data)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
-        if self.fsync:
-            os.fsync(self.fd)
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 # --------------------------------------------------------------------------- overlays

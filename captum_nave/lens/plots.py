@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from captum_nave.visualization import _clean, _finish, _image_hwc, _setup, segment_boundaries, segment_colors
+from captum_nave.visualization._base import _clean, _finish, _image_hwc, _setup, segment_boundaries, segment_colors
 
 if TYPE_CHECKING:  # pragma: no cover
     from .projection import LensResult

@@ -22,8 +22,8 @@ from .builder import (
     build_report,
     collect_report,
     render_report,
-    transform_boxes,
 )
+from .inputs import transform_boxes
 from .escaping import Markup, escape
 from .sections import SECTION_IDS
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .escaping import Markup, tag
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .builder import ModelRun, ReportData
+    from .data import ModelRun, ReportData
 
 __all__ = ["DEFAULT_FAITHFULNESS", "check_faithfulness_options", "collect_faithfulness", "render_faithfulness"]
 

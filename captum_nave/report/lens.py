@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, List
 from .escaping import Markup, tag
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .builder import ReportData
+    from .data import ReportData
 
 __all__ = ["render_lens", "READING"]
 

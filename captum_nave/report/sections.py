@@ -1,4 +1,4 @@
-"""Render a :class:`~captum_nave.report.builder.ReportData` into the report's HTML.
+"""Render a :class:`~captum_nave.report.data.ReportData` into the report's HTML.
 
 Every section is built with :func:`captum_nave.report.escaping.tag`, which escapes all
 text and attribute values, so user-provided strings (titles, image, model and class
@@ -21,7 +21,7 @@ import torch
 from .escaping import Markup, escape, figure_data_uri, join, png_data_uri, safe_id, tag
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .builder import ReportData
+    from .data import ReportData
 
 __all__ = ["SECTION_IDS", "render", "load_template"]
 

@@ -1,6 +1,6 @@
 """A report's per-image work split over processes (torchrun), merged in image order.
 
-Under ``torchrun`` every rank computes a :class:`~captum_nave.report.builder.ModelRun`
+Under ``torchrun`` every rank computes a :class:`~captum_nave.report.data.ModelRun`
 for its images (``i % world == rank``, :func:`captum_nave.data.shard_indices`); the
 parts are gathered on every rank and merged here into the run over all images, in
 image order, as one process would have computed it: every per-image tensor is

@@ -163,7 +163,7 @@ def write_csv(path: Union[str, "os.PathLike[str]"], columns: Sequence[str], rows
     import io
     from pathlib import Path
 
-    from captum_nave.evaluation.runner import _atomic_write_text
+    from captum_nave.evaluation.record_files import _atomic_write_text
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns))

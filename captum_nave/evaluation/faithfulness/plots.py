@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple
 
 import numpy as np
 
-from captum_nave.visualization import _finish, _setup
+from captum_nave.visualization._base import _finish, _setup
 
 if TYPE_CHECKING:  # pragma: no cover
     from .audit import FaithfulnessAudit
