@@ -124,8 +124,7 @@ def check(args: argparse.Namespace) -> None:
         _fail(f"--internal-batch-size: expected a positive integer, got {args.internal_batch_size}")
     if str(args.ig_baseline).strip().lower() not in _BASELINES:
         _fail(f"--ig-baseline: expected one of {', '.join(_BASELINES)}, got {args.ig_baseline!r}")
-    if not args.lrp_epsilon >= 0:
-        _fail(f"--lrp-epsilon: expected a number >= 0, got {args.lrp_epsilon}")
+    check_lrp_arguments(args)
     if args.size is not None and args.size < 8:
         _fail(f"--size: expected an image size of at least 8 pixels, got {args.size}")
     if args.faithfulness_steps < 1:
@@ -159,18 +158,20 @@ def add_lrp_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def lrp_options(args: argparse.Namespace) -> Dict[str, Any]:
-    """LRP options from ``--lrp-composite`` / ``--lrp-epsilon`` (checked)."""
+def check_lrp_arguments(args: argparse.Namespace) -> None:
+    """``--lrp-composite`` / ``--lrp-epsilon`` checked without torch (compare and report)."""
     import math
-
-    from captum_nave.attribution._lrp_composites import COMPOSITES
 
     if not (math.isfinite(args.lrp_epsilon) and args.lrp_epsilon >= 0):
         _fail(f"--lrp-epsilon: expected a number >= 0, got {args.lrp_epsilon}")
     name = str(args.lrp_composite).strip().lower()
-    if name != "auto" and name not in COMPOSITES:
-        _fail(f"--lrp-composite: expected auto or one of {', '.join(COMPOSITES)}, got {args.lrp_composite!r}")
-    return {"composite": name, "epsilon": float(args.lrp_epsilon)}
+    if name != "auto" and name not in LRP_COMPOSITE_NAMES:
+        _fail(f"--lrp-composite: expected auto or one of {', '.join(LRP_COMPOSITE_NAMES)}, got {args.lrp_composite!r}")
+
+
+def lrp_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """LRP options from ``--lrp-composite`` / ``--lrp-epsilon`` (checked by :func:`check_lrp_arguments`)."""
+    return {"composite": str(args.lrp_composite).strip().lower(), "epsilon": float(args.lrp_epsilon)}
 
 
 def parse_methods(text: str) -> List[str]:

@@ -184,6 +184,9 @@ def check(args: argparse.Namespace) -> None:
     """Every check that needs no model (run before torch is imported)."""
     from captum_nave.cli.common import check_out_file, collect_images
 
+    from captum_nave.cli.compare import check_lrp_arguments
+
+    check_lrp_arguments(args)
     if args.n_clusters < 2:
         _fail(f"-k/--n-clusters: expected an integer >= 2, got {args.n_clusters}")
     if args.size is not None and args.size < 8:
