@@ -204,17 +204,19 @@ def collect_report(
                 dist_utils.check_all_ok(error)
                 run, texts = gather_model_run(part, idx, n, mine)
                 collected_warnings.extend(t for t in texts if t not in collected_warnings)
+            # the set-level work below runs on all images: the model's inputs, normalised once
+            device = _model_device(model)
+            x = normalize(x01, info).to(device)
             if register_pair is not None and name in register_pair:
-                inputs_of[name] = normalize(x01, info).to(_model_device(model))
+                inputs_of[name] = x
             if faithfulness:
-                _add_faithfulness(run, model, info, x01, names, n_clusters=n_clusters, seed=seed_list[0], opts=opts,
+                _add_faithfulness(run, model, x, x01, names, n_clusters=n_clusters, seed=seed_list[0], opts=opts,
                                   boxes=report_boxes, faith_opts=faith_opts, on_error=on_error,
                                   warnings_out=collected_warnings)
                 bar.update(1)
             if lens and lens_available(model):
                 t0 = time.perf_counter()
-                run.lens = class_lens(model, normalize(x01, info).to(_model_device(model)),
-                                      run.targets.to(_model_device(model)))
+                run.lens = class_lens(model, x, run.targets.to(device))
                 run.timings["lens"] = time.perf_counter() - t0
             runs.append(run)
 

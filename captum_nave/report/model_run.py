@@ -31,7 +31,7 @@ def _one_line(exc: BaseException) -> str:
 def _add_faithfulness(
     run: ModelRun,
     model: nn.Module,
-    info: Dict[str, Any],
+    x: Tensor,
     x01: Tensor,
     names: List[str],
     *,
@@ -43,12 +43,12 @@ def _add_faithfulness(
     on_error: str,
     warnings_out: List[str],
 ) -> None:
-    """The faithfulness audit and randomisation check of ``run``'s maps (in place, all images)."""
-    from captum_nave.models import normalize
+    """The faithfulness audit and randomisation check of ``run``'s maps (in place, all images).
 
+    ``x`` (N, 3, H, W): the normalised images on the model's device; ``x01``: the same in [0, 1].
+    """
     from .faithfulness import collect_faithfulness
 
-    x = normalize(x01, info).to(_model_device(model))
     try:
         run.faithfulness, run.randomisation, faith_times = collect_faithfulness(
             run, model, x, x01, image_names=names, n_clusters=n_clusters, seed=seed,
