@@ -164,6 +164,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 traceback.print_exc()
             _error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             return 2 if not isinstance(exc, RuntimeError) or isinstance(exc, CLIError) else 1
+        except Exception:
+            if interrupts.count:  # e.g. a module left half-imported by a swallowed interrupt
+                _error("interrupted")
+                return 130
+            raise
         if interrupts.count:
             _error("interrupted")
             return 130
