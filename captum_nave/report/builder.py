@@ -74,11 +74,12 @@ def collect_report(
     """Compute everything the report shows (see :func:`build_report` for the parameters).
 
     Under ``torchrun`` every rank computes the per-image results of its images
-    (``i % world == rank``) for every model; the parts are merged in image order on
-    every rank, and the set-level sections (faithfulness, lens, register comparison,
-    CorLoc) follow on the merged results, so every rank returns the same data (the
-    faithfulness measures and the lens are not split over the ranks yet: every rank
-    computes them for all images).
+    (``i % world == rank``) for every model, and then the faithfulness measures
+    (deletion / insertion curves, localisation, the randomisation check) of the same
+    images on the merged maps; both are merged in image order on every rank, into what
+    one process computes, so every rank returns the same data. The set-level sections
+    follow on the merged results on every rank: the class-embedding lens (one forward
+    pass over all images), the register comparison and CorLoc are not split.
     """
     from captum_nave.adapters import get_adapter
     from captum_nave.attribution import available_methods
@@ -188,6 +189,7 @@ def collect_report(
                 class_names=class_names, importance=importance, on_error=on_error, bar=bar,
                 warnings_out=collected_warnings,
             )
+            idx: Optional[List[int]] = None  # torchrun: this rank's images
             if world == 1:
                 run = _model_run(name, model, info, x01, names, target, **common)
             else:  # torchrun: every rank explains its images; the parts are merged in image order
@@ -204,7 +206,7 @@ def collect_report(
                 dist_utils.check_all_ok(error)
                 run, texts = gather_model_run(part, idx, n, mine)
                 collected_warnings.extend(t for t in texts if t not in collected_warnings)
-            # the set-level work below runs on all images: the model's inputs, normalised once
+            # the set-level work below: the model's inputs (all images), normalised once
             device = _model_device(model)
             x = normalize(x01, info).to(device)
             if register_pair is not None and name in register_pair:
@@ -212,7 +214,7 @@ def collect_report(
             if faithfulness:
                 _add_faithfulness(run, model, x, x01, names, n_clusters=n_clusters, seed=seed_list[0], opts=opts,
                                   boxes=report_boxes, faith_opts=faith_opts, on_error=on_error,
-                                  warnings_out=collected_warnings)
+                                  warnings_out=collected_warnings, indices=idx)  # split like the run
                 bar.update(1)
             if lens and lens_available(model):
                 t0 = time.perf_counter()

@@ -23,6 +23,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["DEFAULT_FAITHFULNESS", "check_faithfulness_options", "collect_faithfulness", "render_faithfulness"]
 
+#: Seed of the random reference map of the report's audit.
+RANDOM_STATE = 0
 #: Defaults of ``faithfulness_options`` (:func:`captum_nave.report.build_report`).
 DEFAULT_FAITHFULNESS: Dict[str, Any] = {
     "n_steps": 20,
@@ -77,43 +79,81 @@ def collect_faithfulness(
     boxes: Optional[Sequence[Any]],
     options: Mapping[str, Any],
     progress: bool = False,
+    indices: Optional[Sequence[int]] = None,
 ) -> Tuple[Any, Any, Dict[str, float]]:
     """The audit and the randomisation result of one model of a report.
+
+    Parameters
+    ----------
+    run : ModelRun
+        The model's results on all N images (maps, NAVE segments, segment importance, targets).
+    model : nn.Module
+    x : Tensor (N, 3, H, W)
+        The normalised images on the model's device.
+    x01 : Tensor (N, 3, H, W)
+        The same images in [0, 1] (for SLIC).
+    image_names : sequence of N str
+    n_clusters, seed : int
+        NAVE's settings in the randomisation check (the report's first k-means seed).
+    nave_options, method_options : mapping
+        The report's method options.
+    boxes : sequence of N arrays (M_i, 4), optional
+    options : mapping
+        :func:`check_faithfulness_options`'s result.
+    progress : bool, default False
+    indices : sequence of int, optional
+        Compute only for these images of the N (a torchrun rank's share); the results
+        are those images' rows of the results over all N images: every measure of an
+        image depends on that image only, and the random reference map is drawn for
+        all N images and then cut. :func:`captum_nave.report.shards.merge_faithfulness`
+        puts the shares back together.
 
     Returns
     -------
     (FaithfulnessAudit, RandomisationResult or None, timings in seconds)
+        Over all N images, or over ``indices`` (in their order).
     """
     import time
 
-    from captum_nave.evaluation.faithfulness import faithfulness_audit, randomisation_check
+    from captum_nave.evaluation.faithfulness import faithfulness_audit, random_maps, randomisation_check
 
     timings: Dict[str, float] = {}
     t0 = time.perf_counter()
     maps = {m: res.maps for m, res in run.attributions.items()}
-    scores = {"segment_importance": run.importance.to(x.device)} if run.importance is not None else None
+    segments, targets, importance = run.nave.segments, run.targets, run.importance
+    random_map: Any = True
+    if indices is not None:  # a share of the images: their rows of every per-image input and of the random map
+        rows = [int(i) for i in indices]
+        random_map = random_maps((x.shape[0], 1) + tuple(x.shape[2:]), RANDOM_STATE)[rows]
+        x, x01, image_names = x[rows], x01[rows], [image_names[i] for i in rows]
+        boxes = None if boxes is None else [boxes[i] for i in rows]
+        maps = {m: v[rows] for m, v in maps.items()}
+        segments, targets = segments[rows], targets[rows]
+        importance = None if importance is None else importance[rows]
+    scores = {"segment_importance": importance.to(x.device)} if importance is not None else None
     audit = faithfulness_audit(
-        model, x, maps, run.targets.to(x.device), segments=run.nave.segments.to(x.device), segment_scores=scores,
+        model, x, maps, targets.to(x.device), segments=segments.to(x.device), segment_scores=scores,
         rankings=options["rankings"], images=x01.to(x.device), slic_segments=options["slic_segments"],
         grid=tuple(options["grid"]), n_steps=options["n_steps"], baseline=options["baseline"],
         blur_sigma=options["blur_sigma"], output=options["output"], boxes=boxes, tolerance=options["tolerance"],
         image_names=image_names, model_name=run.name, batch_size=options["batch_size"], progress=progress,
+        random_map=random_map, random_state=RANDOM_STATE,
     )
     timings["faithfulness curves"] = time.perf_counter() - t0
     sanity = None
     stages = options["randomisation_stages"]
     if stages not in (0, False):
         t0 = time.perf_counter()
-        methods = ["nave"] + list(run.attributions)
+        methods = ["nave"] + list(maps)
         mopts: Dict[str, Dict[str, Any]] = {
             "nave": {"layers": list(run.layers), "n_clusters": n_clusters, "random_state": seed, **dict(nave_options)}
         }
-        for m in run.attributions:
+        for m in maps:
             mopts[m] = dict(method_options.get(m, {}))
-        refs = {m: res.maps for m, res in run.attributions.items()}
-        refs["nave"] = run.nave.segments  # the first seed's map, computed with the same options
+        refs = dict(maps)
+        refs["nave"] = segments  # the first seed's map, computed with the same options (per-image k-means seeds)
         sanity = randomisation_check(
-            model, x, run.targets.to(x.device), methods=methods, method_options=mopts,
+            model, x, targets.to(x.device), methods=methods, method_options=mopts,
             stages=None if stages is True else stages, reference_maps=refs, progress=progress,
         )
         timings["randomisation"] = time.perf_counter() - t0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -20,6 +20,10 @@ def _model_device(model: nn.Module) -> torch.device:
     if p is None:
         p = next(model.buffers(), None)
     return p.device if p is not None else torch.device("cpu")
+
+
+#: Errors of a method or of the faithfulness measures that ``on_error="record"`` records instead of raising.
+RECORDABLE = (ValueError, TypeError, RuntimeError, NotImplementedError)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -42,27 +46,46 @@ def _add_faithfulness(
     faith_opts: Dict[str, Any],
     on_error: str,
     warnings_out: List[str],
+    indices: Optional[Sequence[int]] = None,
 ) -> None:
     """The faithfulness audit and randomisation check of ``run``'s maps (in place, all images).
 
     ``x`` (N, 3, H, W): the normalised images on the model's device; ``x01``: the same in [0, 1].
+    With ``indices`` (torchrun: this rank's images, :func:`captum_nave.data.shard_indices`)
+    a collective: every rank computes the measures of its images only and the parts are
+    merged in image order on every rank (:func:`~captum_nave.report.shards.gather_faithfulness`),
+    into what one process computes; an error on any rank is raised on every rank
+    (``on_error="raise"``) or recorded with the same text on every rank (``"record"``).
     """
     from .faithfulness import collect_faithfulness
+    from .shards import gather_faithfulness
 
-    try:
-        run.faithfulness, run.randomisation, faith_times = collect_faithfulness(
+    def compute(rows: Optional[Sequence[int]]) -> Tuple[Any, Any, Dict[str, float]]:
+        return collect_faithfulness(
             run, model, x, x01, image_names=names, n_clusters=n_clusters, seed=seed,
             nave_options=dict(opts.get("nave", {})), method_options=opts, boxes=boxes, options=faith_opts,
+            indices=rows,
         )
+
+    msg: Optional[str] = None
+    if indices is None:
+        try:
+            result: Optional[Tuple[Any, Any, Dict[str, float]]] = compute(None)
+        except RECORDABLE as exc:
+            if on_error == "raise":
+                raise
+            result, msg = None, _one_line(exc)
+    else:
+        result, msg = gather_faithfulness(lambda: compute(indices), indices, len(names),
+                                          recordable=RECORDABLE if on_error == "record" else ())
+    if result is not None:
+        run.faithfulness, run.randomisation, faith_times = result
         run.timings.update(faith_times)
-    except (ValueError, TypeError, RuntimeError, NotImplementedError) as exc:
-        if on_error == "raise":
-            raise
-        msg = _one_line(exc)
-        run.errors["faithfulness"] = msg
-        text = f"report: the faithfulness measures failed on model {run.name!r}: {msg}"
-        warnings_out.append(text)
-        warnings.warn(text, RuntimeWarning, stacklevel=3)
+        return
+    run.errors["faithfulness"] = msg or ""
+    text = f"report: the faithfulness measures failed on model {run.name!r}: {msg}"
+    warnings_out.append(text)
+    warnings.warn(text, RuntimeWarning, stacklevel=3)
 
 
 def _model_run(
@@ -152,7 +175,7 @@ def _model_run(
             method_opts["input_bounds"] = normalisation_bounds(info["mean"], info["std"])
         try:
             res = attribute(method, model, x, target=targets, **method_opts)
-        except (ValueError, TypeError, RuntimeError, NotImplementedError) as exc:
+        except RECORDABLE as exc:
             if on_error == "raise":
                 raise
             msg = _one_line(exc)

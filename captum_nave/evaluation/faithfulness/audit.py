@@ -211,7 +211,7 @@ def faithfulness_audit(
     baseline: Any = "blur",
     blur_sigma: Optional[float] = None,
     output: str = "probability",
-    random_map: bool = True,
+    random_map: Union[bool, Tensor] = True,
     random_state: int = 0,
     boxes: Optional[Sequence[Any]] = None,
     tolerance: float = 0.0,
@@ -247,10 +247,16 @@ def faithfulness_audit(
     modes : sequence of {"deletion", "insertion"}
     n_steps, baseline, blur_sigma, output, batch_size
         See :func:`~captum_nave.evaluation.faithfulness.perturbation_curve`.
-    random_map : bool, default True
-        Add a seeded uniform-noise map (method :data:`RANDOM_METHOD`) as the reference.
+    random_map : bool or Tensor (N, 1, H, W), default True
+        Add a seeded uniform-noise map (method :data:`RANDOM_METHOD`,
+        :func:`random_maps` of the inputs' shape and ``random_state``) as the reference.
+        A Tensor is used as that reference map instead: e.g. the rows of
+        ``random_maps((N_all, 1, H, W), random_state)`` of the images of a shard, so
+        that an image split off from a larger batch (a torchrun report) gets the noise
+        it gets in the whole batch.
     random_state : int, default 0
-        Seed of the random map.
+        Seed of the random map (only recorded in ``config`` when ``random_map`` is a
+        Tensor).
     boxes : sequence of N arrays (M_i, 4), optional
         Boxes in input pixels: adds the pointing game and the energy in box per map.
     tolerance : float, default 0
@@ -286,10 +292,13 @@ def faithfulness_audit(
     all_maps: Dict[str, Tensor] = {}
     for k, v in maps.items():
         all_maps[str(k)] = check_map(v, x, name=f"maps[{k!r}]").to(x.device)
-    if random_map:
+    if isinstance(random_map, Tensor) or random_map:
         if RANDOM_METHOD in all_maps:
             raise ValueError(f"maps: the name {RANDOM_METHOD!r} is reserved for the reference map (random_map=True)")
-        all_maps[RANDOM_METHOD] = random_maps(x.shape, random_state, x.device)
+        all_maps[RANDOM_METHOD] = (
+            check_map(random_map, x, name="random_map").to(x.device) if isinstance(random_map, Tensor)
+            else random_maps(x.shape, random_state, x.device)
+        )
     if not all_maps:
         raise ValueError("maps: expected at least one map, got none")
     if isinstance(rankings, str) or not all(r in RANKINGS for r in rankings):
