@@ -501,6 +501,30 @@ def test_audit_table_csv_and_figure(linear, tmp_path) -> None:
     assert axes.shape == (2, 2) and len(axes[0, 0].lines) == 3
 
 
+def test_random_map_rows_give_a_shard_the_whole_batch_noise(linear) -> None:
+    # a torchrun report audits each rank's images with their rows of the whole batch's random map: the per-image
+    # results equal the whole batch's rows (float64 linear model: exact up to rounding)
+    from captum_nave.evaluation.faithfulness import random_maps
+
+    model, x = linear
+    a = _random_maps(x, 5)
+    kw = dict(rankings=("pixels", "grid"), grid=(2, 2), n_steps=6, baseline="zeros", output="logit")
+    full = faithfulness_audit(model, x, {"a": a}, [0, 1, 2], **kw)
+    rows = [2, 0]
+    part = faithfulness_audit(model, x[rows], {"a": a[rows]}, [2, 0], **kw,
+                              random_map=random_maps(x.shape, 0)[rows])
+    drawn = faithfulness_audit(model, x[rows], {"a": a[rows]}, [2, 0], **kw)  # drawn for the 2 images alone
+    for ranking in ("pixels", "grid"):
+        ref = full.auc(RANDOM_METHOD, ranking, "deletion")[rows]
+        torch.testing.assert_close(part.auc(RANDOM_METHOD, ranking, "deletion"), ref, rtol=1e-12, atol=1e-12)
+        assert not torch.allclose(drawn.auc(RANDOM_METHOD, ranking, "deletion"), ref)
+        torch.testing.assert_close(part.auc("a", ranking, "deletion"), full.auc("a", ranking, "deletion")[rows],
+                                   rtol=1e-12, atol=1e-12)
+    assert part.config == drawn.config
+    with pytest.raises(ValueError, match=r"random_map: expected a float tensor of shape \(2, 1, 12, 12\)"):
+        faithfulness_audit(model, x[rows], {"a": a[rows]}, [2, 0], **kw, random_map=random_maps(x.shape, 0))
+
+
 # --------------------------------------------------------------------------- safety and errors
 def test_model_state_is_restored_and_training_mode_warns() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),

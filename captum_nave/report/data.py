@@ -56,7 +56,7 @@ class ModelRun:
         classifier head, for the explained classes.
     timings : dict of str to float
         Seconds per stage (``nave``, each method, ``relevance``, ``importance``,
-        ``faithfulness curves``, ``randomisation``).
+        ``faithfulness curves``, ``randomisation``); under torchrun the slowest rank's.
     """
 
     name: str
