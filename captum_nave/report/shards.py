@@ -89,6 +89,11 @@ def _cat(tensors: Sequence[Optional[Tensor]], order: Tensor, dim: int = 0) -> Op
     return torch.cat(list(tensors), dim).index_select(dim, order)  # type: ignore[arg-type]
 
 
+def _cat_fields(objs: Sequence[Any], order: Tensor, fields: Sequence[str], cat: Callable[..., Any] = _cat) -> Dict[str, Any]:
+    """``{field: the objects' per-image tensors of that field, concatenated in image order}``."""
+    return {f: cat([getattr(o, f) for o in objs], order) for f in fields}
+
+
 def _slowest(dicts: Sequence[Dict[str, float]]) -> Dict[str, float]:
     out: Dict[str, float] = {}
     for d in dicts:
@@ -104,14 +109,9 @@ def _merge_nave(results: Sequence[Any], sizes: Sequence[int], order: Tensor) -> 
                 "method_options['nave']: the NAVE settings cluster the images jointly (shared=True); "
                 "such a report cannot be split over processes; run it in one process"
             )
-    first = results[0]
     return replace(
-        first,
-        segments=_cat([r.segments for r in results], order),
-        grid_labels=_cat([r.grid_labels for r in results], order),
-        centroids=_cat([r.centroids for r in results], order),
-        inertia=_cat([r.inertia for r in results], order),
-        n_clusters=_cat([r.n_clusters for r in results], order),
+        results[0],
+        **_cat_fields(results, order, ("segments", "grid_labels", "centroids", "inertia", "n_clusters")),
         timings=_slowest([r.timings for r in results]),
     )
 
@@ -247,12 +247,8 @@ def _merge_curves(curves: Sequence[Any], order: Tensor) -> Any:
         config["unit_scores"] = _cat_padded([c.config["unit_scores"] for c in curves], order)
     return replace(
         first,
-        scores=_cat_padded([c.scores for c in curves], order),
-        fractions=_cat_padded([c.fractions for c in curves], order),
-        unit_fractions=_cat_padded([c.unit_fractions for c in curves], order),
-        n_points=_cat([c.n_points for c in curves], order),
-        n_units=_cat([c.n_units for c in curves], order),
-        target=_cat([c.target for c in curves], order),
+        **_cat_fields(curves, order, ("scores", "fractions", "unit_fractions"), _cat_padded),
+        **_cat_fields(curves, order, ("n_points", "n_units", "target")),
         config=config,
     )
 
