@@ -208,12 +208,19 @@ def faith_reference():
 
 
 def _faithfulness_worker(rank: int, world: int, data: dict) -> dict:
+    """The split measures of this rank, then the error cases (one spawn for both tests)."""
     from captum_nave.data import shard_indices
     from captum_nave.report.shards import _cpu
 
     run, forwarded, _ = _faithfulness(data, shard_indices(N, world, rank))
     return {"audit": _cpu(run.faithfulness), "randomisation": _cpu(run.randomisation), "forwarded": forwarded,
-            "timings": {k: run.timings[k] for k in ("faithfulness curves", "randomisation")}}
+            "timings": {k: run.timings[k] for k in ("faithfulness curves", "randomisation")},
+            "errors": _error_cases(rank, world, data)}
+
+
+@pytest.fixture(scope="module")
+def split_results(faith_reference, tmp_path_factory):
+    return run_ranks(_faithfulness_worker, 2, tmp_path_factory.mktemp("split"), faith_reference[0])
 
 
 def assert_same_faithfulness(audit, sanity, ref_audit, ref_sanity, rtol=F64_RTOL, atol=F64_ATOL):
@@ -254,9 +261,9 @@ def assert_same_faithfulness(audit, sanity, ref_audit, ref_sanity, rtol=F64_RTOL
     assert torch.equal(sanity.target, ref_sanity.target)
 
 
-def test_split_faithfulness_equals_one_process(faith_reference, tmp_path):
-    data, ref, ref_forwarded = faith_reference
-    res = run_ranks(_faithfulness_worker, 2, tmp_path, data)
+def test_split_faithfulness_equals_one_process(faith_reference, split_results):
+    _, ref, ref_forwarded = faith_reference
+    res = split_results
     for r in (0, 1):
         assert_same_faithfulness(res[r]["audit"], res[r]["randomisation"], ref.faithfulness, ref.randomisation)
         # timings: the slowest rank's
@@ -332,11 +339,11 @@ def replace_config(audit):
     return replace(audit, config=dict(audit.config, n_steps=99))
 
 
-def _error_worker(rank: int, world: int, data: dict) -> dict:
+def _error_cases(rank: int, world: int, data: dict) -> dict:
     import captum_nave.report.faithfulness as report_faith
     from captum_nave.data import shard_indices
 
-    out = {}
+    out, real = {}, report_faith.collect_faithfulness
     for case, exc in (("record", ValueError("boom\nsecond line")), ("raise", ValueError("boom")),
                       ("record-other", KeyError("bug"))):
         def collect(*a, **k):  # rank 1's images fail; rank 0's would succeed (never merged)
@@ -350,10 +357,11 @@ def _error_worker(rank: int, world: int, data: dict) -> dict:
             out[case] = (run.errors, run.faithfulness, warned)
         except Exception as e:  # noqa: BLE001 - compared below
             out[case] = (type(e).__name__, str(e))
+    report_faith.collect_faithfulness = real
     return out
 
 
-def test_split_faithfulness_errors_like_one_process(faith_reference, tmp_path, monkeypatch):
+def test_split_faithfulness_errors_like_one_process(faith_reference, split_results, monkeypatch):
     import captum_nave.report.faithfulness as report_faith
 
     data = faith_reference[0]
@@ -369,7 +377,7 @@ def test_split_faithfulness_errors_like_one_process(faith_reference, tmp_path, m
         assert (run.errors, run.faithfulness, warned) == ({"faithfulness": "ValueError: boom"}, None, [text])
         with pytest.raises(ValueError, match="boom"):
             _faithfulness(data, None, on_error="raise")
-    res = run_ranks(_error_worker, 2, tmp_path, data)
+    res = [r["errors"] for r in split_results]
     for r in (0, 1):  # on_error="record": every rank records the same error, as one process does
         assert res[r]["record"] == ({"faithfulness": "ValueError: boom"}, None, [text])
     assert res[1]["raise"] == ("ValueError", "boom")  # "raise": the failing rank raises its error, the other
