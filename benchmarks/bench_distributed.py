@@ -11,6 +11,11 @@ process start-up excluded) and reported by rank 0:
   resolution, K = 10) over N images; every rank streams its N / P images in batches of
   B (the global batch is P x B); throughput = N / wall time. The bare forward pass
   over the same batches is timed too (the fit cannot beat it).
+* ``faithfulness``: the report's faithfulness step (``collect_report``'s deletion / insertion
+  curves of Grad-CAM, IG, LRP and the random map with pixels, NAVE segments, SLIC and a grid,
+  segment importance, and the 4-stage randomisation check of every method, NAVE included; the
+  report's defaults) on N random images with a randomly initialised ResNet18 (10 classes), each
+  rank on its own images and merged; the maps come from a report run before the timing.
 * ``corloc``: ``run_corloc`` as ``captum-nave corloc`` runs it (efficientnet_lite0 with
   its packaged weights, default layers, K = 5, both strategies, the paper's protocol,
   ``--workers`` decoding processes per rank) on a synthetic folder dataset of N JPEGs
@@ -160,7 +165,57 @@ def worker_corloc(args: argparse.Namespace) -> Dict:
     return {"t_fit": t_run, "t_forward": t_forward, "world": cnd.get_world_size(), "model": "EfficientNet-Lite0"}
 
 
-WORKERS = {"concepts": worker_concepts, "corloc": worker_corloc}
+def worker_faithfulness(args: argparse.Namespace) -> Dict:
+    torch, cnd, device = _setup(args.device)
+    import torchvision
+
+    from captum_nave.data import shard_indices
+    from captum_nave.models import normalize
+    from captum_nave.report import collect_report
+    from captum_nave.report.faithfulness import check_faithfulness_options
+    from captum_nave.report.model_run import _add_faithfulness
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval().to(device)
+    g = torch.Generator().manual_seed(2)
+    x01 = torch.rand(args.report_images, 3, args.size, args.size, generator=g)
+    ig = {"ig": {"n_steps": 8}}
+    data = collect_report(x01, {"resnet18": model}, methods=("nave", "gradcam", "ig", "lrp"), n_clusters=5,
+                          seeds=(0,), method_options=ig, faithfulness=False, lens=False)  # split and merged
+    run, world = data.runs[0], cnd.get_world_size()
+    x = normalize(data.images, run.info).to(device)
+    opts = check_faithfulness_options(None)  # the report's defaults: 20 steps, 4 rankings, 4 randomisation stages
+    mine = shard_indices(len(x), world, cnd.get_rank())
+
+    # control: the perturbation passes of one map and one ranking over this rank's images (perfectly parallel)
+    cnd.barrier()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        copies = x[mine].repeat_interleave(opts["n_steps"] + 1, dim=0)
+        for s in range(0, len(copies), opts["batch_size"]):
+            model(copies[s : s + opts["batch_size"]])
+    _sync(device)
+    cnd.barrier()
+    t_forward = time.perf_counter() - t0
+
+    cnd.barrier()
+    t0 = time.perf_counter()
+    _add_faithfulness(run, model, x, data.images, list(data.image_names), n_clusters=5, seed=0, opts=ig,
+                      boxes=None, faith_opts=opts, on_error="raise", warnings_out=[],
+                      indices=mine if world > 1 else None)
+    _sync(device)
+    cnd.barrier()
+    t_run = time.perf_counter() - t0
+    return {"t_fit": t_run, "t_forward": t_forward, "world": world, "model": "ResNet18",
+            "timings": {k: run.timings[k] for k in ("faithfulness curves", "randomisation")}}
+
+
+WORKERS = {"concepts": worker_concepts, "corloc": worker_corloc, "faithfulness": worker_faithfulness}
+LABELS = {
+    "concepts": "ConceptClusters ({model} layers 3-4, input res, K=10, batch {batch}/rank)",
+    "corloc": "CorLoc ({model} default layers, K=5, both strategies, {workers} decoding worker(s)/rank)",
+    "faithfulness": "report faithfulness ({model} random init, 4 maps x 4 rankings + randomisation, 4 stages)",
+}
 
 
 # --------------------------------------------------------------------------- driver
@@ -178,7 +233,8 @@ def launch(kind: str, nproc: int, args: argparse.Namespace) -> Dict:
         cmd = [
             sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
             os.path.abspath(__file__), "--worker", kind, "--result", out, "--device", args.device,
-            "--images", str(args.images if kind == "concepts" else args.corloc_images),
+            "--images", str(args.images), "--corloc-images", str(args.corloc_images),
+            "--report-images", str(args.report_images),
             "--batch", str(args.batch), "--size", str(args.size), "--workers", str(args.workers),
             "--data", args.data or "",
         ] + (["--quick"] if args.quick else [])
@@ -242,7 +298,8 @@ def report(results: Dict[str, Dict[int, Dict]], args: argparse.Namespace, argv: 
         "",
         "The control is a perfectly parallel job on the same images in the same processes (ConceptClusters:",
         "the bare forward pass of the batches; CorLoc: decoding, normalisation and the bare forward pass",
-        "of every image). On a machine shared with other jobs, P processes get about P shares of the",
+        "of every image; report faithfulness: the forward passes of one map's pixel deletion curves over the",
+        "rank's images). On a machine shared with other jobs, P processes get about P shares of the",
         "CPU, so raw efficiencies measure the scheduler; 'efficiency vs control' = (throughput / control",
         "throughput with P processes) / (the same with 1 process) is the part of the scaling that the",
         "distributed code itself loses or keeps (1.0: none lost).",
@@ -258,6 +315,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny sizes (ResNet18, 64 px, 16 images); prints only")
     p.add_argument("--images", type=int, default=None, help="images of the ConceptClusters fit (default 160)")
     p.add_argument("--corloc-images", type=int, default=None, help="images of the CorLoc run (default 48)")
+    p.add_argument("--report-images", type=int, default=None,
+                   help="images of the report's faithfulness step (default 16)")
     p.add_argument("--batch", type=int, default=None, help="images per batch and rank (default 8)")
     p.add_argument("--size", type=int, default=None, help="image size (default 224)")
     p.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="process counts (default: 1 2)")
@@ -271,6 +330,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     args.images = args.images or (16 if args.quick else 160)
     args.corloc_images = args.corloc_images or (8 if args.quick else 48)
+    args.report_images = args.report_images or (4 if args.quick else 16)
     args.batch = args.batch or (4 if args.quick else 8)
     args.size = args.size or (64 if args.quick else 224)
 
@@ -293,11 +353,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         results[kind] = {}
         for nproc in args.procs:
             r = launch(kind, nproc, args)
-            r["images"] = args.images if kind == "concepts" else args.corloc_images
-            r["label"] = (f"ConceptClusters ({r.get('model', '')} layers 3-4, input res, K=10, batch {args.batch}/rank)"
-                          if kind == "concepts" else
-                          f"CorLoc ({r.get('model', '')} default layers, K=5, both strategies, "
-                          f"{args.workers} decoding worker(s)/rank)")
+            r["images"] = {"concepts": args.images, "corloc": args.corloc_images}.get(kind, args.report_images)
+            r["label"] = LABELS[kind].format(model=r.get("model", ""), batch=args.batch, workers=args.workers)
             results[kind][nproc] = r
             print(f"{kind} with {nproc} process(es): {r['images'] / r['t_fit']:.2f} images/s "
                   f"(load {r['load_before']} -> {r['load_after']})", flush=True)
