@@ -156,19 +156,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except KeyboardInterrupt:
             _error("interrupted")
             return 130
-        except (CLIError, ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as exc:
-            if interrupts.count:  # an interrupt a library turned into another error
-                _error("interrupted")
+        except Exception as exc:
+            if interrupts.count:  # an interrupt a library turned into another error (any type: e.g.
+                _error("interrupted")  # AttributeError from a module left half-imported)
                 return 130
+            if not isinstance(exc, (CLIError, ValueError, TypeError, RuntimeError, OSError)):
+                raise  # a bug: the full traceback
             if getattr(args, "debug", False):
                 traceback.print_exc()
             _error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             return 2 if not isinstance(exc, RuntimeError) or isinstance(exc, CLIError) else 1
-        except Exception:
-            if interrupts.count:  # e.g. a module left half-imported by a swallowed interrupt
-                _error("interrupted")
-                return 130
-            raise
         if interrupts.count:
             _error("interrupted")
             return 130
