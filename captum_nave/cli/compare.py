@@ -116,21 +116,9 @@ def check(args: argparse.Namespace) -> None:
     """Every check that needs no model (run before torch is imported)."""
     from captum_nave.cli.common import check_out_dir
 
-    if args.n_clusters < 2:
-        _fail(f"-k/--n-clusters: expected an integer >= 2, got {args.n_clusters}")
-    if args.ig_steps < 1:
-        _fail(f"--ig-steps: expected a positive integer, got {args.ig_steps}")
-    if args.internal_batch_size < 1:
-        _fail(f"--internal-batch-size: expected a positive integer, got {args.internal_batch_size}")
     if str(args.ig_baseline).strip().lower() not in _BASELINES:
         _fail(f"--ig-baseline: expected one of {', '.join(_BASELINES)}, got {args.ig_baseline!r}")
-    check_lrp_arguments(args)
-    if args.size is not None and args.size < 8:
-        _fail(f"--size: expected an image size of at least 8 pixels, got {args.size}")
-    if args.faithfulness_steps < 1:
-        _fail(f"--faithfulness-steps: expected a positive integer, got {args.faithfulness_steps}")
-    if args.randomisation_stages < 0:
-        _fail(f"--randomisation-stages: expected an integer >= 0, got {args.randomisation_stages}")
+    check_method_arguments(args)
     for path in args.images:
         if not os.path.isfile(path):
             _fail(f"image file {path!r} does not exist")
@@ -158,19 +146,31 @@ def add_lrp_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def check_lrp_arguments(args: argparse.Namespace) -> None:
-    """``--lrp-composite`` / ``--lrp-epsilon`` checked without torch (compare and report)."""
+def check_method_arguments(args: argparse.Namespace) -> None:
+    """The options ``compare`` and ``report`` share (K, size, IG, LRP, faithfulness), checked without torch."""
     import math
 
+    if args.n_clusters < 2:
+        _fail(f"-k/--n-clusters: expected an integer >= 2, got {args.n_clusters}")
+    if args.size is not None and args.size < 8:
+        _fail(f"--size: expected an image size of at least 8 pixels, got {args.size}")
+    if args.ig_steps < 1:
+        _fail(f"--ig-steps: expected a positive integer, got {args.ig_steps}")
+    if args.internal_batch_size < 1:
+        _fail(f"--internal-batch-size: expected a positive integer, got {args.internal_batch_size}")
     if not (math.isfinite(args.lrp_epsilon) and args.lrp_epsilon >= 0):
         _fail(f"--lrp-epsilon: expected a number >= 0, got {args.lrp_epsilon}")
     name = str(args.lrp_composite).strip().lower()
     if name != "auto" and name not in LRP_COMPOSITE_NAMES:
         _fail(f"--lrp-composite: expected auto or one of {', '.join(LRP_COMPOSITE_NAMES)}, got {args.lrp_composite!r}")
+    if args.faithfulness_steps < 1:
+        _fail(f"--faithfulness-steps: expected a positive integer, got {args.faithfulness_steps}")
+    if args.randomisation_stages < 0:
+        _fail(f"--randomisation-stages: expected an integer >= 0, got {args.randomisation_stages}")
 
 
 def lrp_options(args: argparse.Namespace) -> Dict[str, Any]:
-    """LRP options from ``--lrp-composite`` / ``--lrp-epsilon`` (checked by :func:`check_lrp_arguments`)."""
+    """LRP options from ``--lrp-composite`` / ``--lrp-epsilon`` (checked by :func:`check_method_arguments`)."""
     return {"composite": str(args.lrp_composite).strip().lower(), "epsilon": float(args.lrp_epsilon)}
 
 

@@ -184,21 +184,9 @@ def check(args: argparse.Namespace) -> None:
     """Every check that needs no model (run before torch is imported)."""
     from captum_nave.cli.common import check_out_file, collect_images
 
-    from captum_nave.cli.compare import check_lrp_arguments
+    from captum_nave.cli.compare import check_method_arguments
 
-    check_lrp_arguments(args)
-    if args.n_clusters < 2:
-        _fail(f"-k/--n-clusters: expected an integer >= 2, got {args.n_clusters}")
-    if args.size is not None and args.size < 8:
-        _fail(f"--size: expected an image size of at least 8 pixels, got {args.size}")
-    if args.ig_steps < 1:
-        _fail(f"--ig-steps: expected a positive integer, got {args.ig_steps}")
-    if args.internal_batch_size < 1:
-        _fail(f"--internal-batch-size: expected a positive integer, got {args.internal_batch_size}")
-    if args.faithfulness_steps < 1:
-        _fail(f"--faithfulness-steps: expected a positive integer, got {args.faithfulness_steps}")
-    if args.randomisation_stages < 0:
-        _fail(f"--randomisation-stages: expected an integer >= 0, got {args.randomisation_stages}")
+    check_method_arguments(args)
     seeds = list(args.seeds) if args.seeds is not None else [args.seed, args.seed + 1, args.seed + 2]
     if len(set(seeds)) != len(seeds):
         _fail(f"--seeds: expected distinct seeds, got {' '.join(map(str, seeds))}")
