@@ -523,6 +523,8 @@ def test_random_map_rows_give_a_shard_the_whole_batch_noise(linear) -> None:
     assert part.config == drawn.config
     with pytest.raises(ValueError, match=r"random_map: expected a float tensor of shape \(2, 1, 12, 12\)"):
         faithfulness_audit(model, x[rows], {"a": a[rows]}, [2, 0], **kw, random_map=random_maps(x.shape, 0))
+    with pytest.raises(TypeError, match=r"random_map: expected True, False or a Tensor \(N, 1, H, W\), got str"):
+        faithfulness_audit(model, x[rows], {"a": a[rows]}, [2, 0], **kw, random_map="yes")
 
 
 # --------------------------------------------------------------------------- safety and errors

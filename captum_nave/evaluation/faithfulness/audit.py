@@ -292,6 +292,8 @@ def faithfulness_audit(
     all_maps: Dict[str, Tensor] = {}
     for k, v in maps.items():
         all_maps[str(k)] = check_map(v, x, name=f"maps[{k!r}]").to(x.device)
+    if not isinstance(random_map, (bool, Tensor)):
+        raise TypeError(f"random_map: expected True, False or a Tensor (N, 1, H, W), got {type(random_map).__name__}")
     if isinstance(random_map, Tensor) or random_map:
         if RANDOM_METHOD in all_maps:
             raise ValueError(f"maps: the name {RANDOM_METHOD!r} is reserved for the reference map (random_map=True)")
